@@ -1,0 +1,98 @@
+"""Settings from the environment (DESIGN.md, "The contract": these names are public)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_TRUSTED_ISSUERS = ("https://token.actions.githubusercontent.com",)
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    this_endpoint: str
+    port: int
+    data_dir: Path
+    database_uri: str | None
+    secret_key: str | None
+    do_oauth_client_id: str | None
+    do_oauth_client_secret: str | None
+    do_api_url: str
+    do_oauth_url: str
+    trusted_issuers: tuple[str, ...]
+    allow_insecure_issuers: bool
+    max_body_bytes: int
+    max_exchange_ttl: int
+    upstream_timeout: float
+
+    @property
+    def public_dir(self) -> Path:
+        """Files Caddy serves directly (issuer metadata, JWKS)."""
+        return self.data_dir / "public"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint(raw: str | None, port: int) -> str:
+    value = (raw or f"http://localhost:{port}").strip()
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"THIS_ENDPOINT must be an absolute http(s) URL, got {value!r}")
+    if value.endswith("/") or parts.query or parts.fragment:
+        raise ConfigError(f"THIS_ENDPOINT must have no trailing slash, query or fragment, got {value!r}")
+    return value
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """Read once per process; tests that change the environment call settings.cache_clear()."""
+    port = _int("PORT", 8080)
+    issuers = os.environ.get("WID_TRUSTED_ISSUERS")
+    trusted = tuple(issuers.split()) if issuers is not None else DEFAULT_TRUSTED_ISSUERS
+    return Settings(
+        this_endpoint=_endpoint(os.environ.get("THIS_ENDPOINT"), port),
+        port=port,
+        data_dir=Path(os.environ.get("WID_DATA_DIR") or "./data").resolve(),
+        database_uri=os.environ.get("DATABASE_URI") or None,
+        secret_key=os.environ.get("WID_SECRET_KEY") or None,
+        do_oauth_client_id=os.environ.get("DIGITALOCEAN_OAUTH_CLIENT_ID") or None,
+        do_oauth_client_secret=os.environ.get("DIGITALOCEAN_OAUTH_CLIENT_SECRET") or None,
+        do_api_url=(os.environ.get("DIGITALOCEAN_API_URL") or "https://api.digitalocean.com").rstrip("/"),
+        do_oauth_url=(os.environ.get("DIGITALOCEAN_OAUTH_URL") or "https://cloud.digitalocean.com").rstrip("/"),
+        trusted_issuers=trusted,
+        allow_insecure_issuers=_flag("WID_ALLOW_INSECURE_ISSUERS"),
+        max_body_bytes=_int("WID_MAX_BODY_BYTES", 1024 * 1024),
+        max_exchange_ttl=_int("WID_MAX_EXCHANGE_TTL", 3600),
+        upstream_timeout=float(_int("WID_UPSTREAM_TIMEOUT", 30)),
+    )

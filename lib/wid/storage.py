@@ -1,0 +1,237 @@
+"""One schema, two backends: SQLite (default, WAL) and PostgreSQL (DATABASE_URI=postgresql://...).
+
+SQL is written once with `?` placeholders; migrations are the .sql files in `migrations/`, applied in
+name order under a lock so two processes starting at once cannot apply one twice. `{blob}` and
+`{autoid}` in migration files are replaced per dialect.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from wid import config
+
+Row = tuple[Any, ...]
+_DIALECT_WORDS = {
+    "sqlite": {"{blob}": "BLOB", "{autoid}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgresql": {"{blob}": "BYTEA", "{autoid}": "BIGSERIAL PRIMARY KEY"},
+}
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or used right now: the caller answers 503, never a guess."""
+
+
+class Conflict(Exception):
+    """A uniqueness rule refused the write (for example a nonce used twice)."""
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction:
+    def __init__(self, db: Database, cursor: _Cursor):
+        self._db = db
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if self._db.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        try:
+            self._cursor.execute(sql, tuple(params))
+            try:
+                return [tuple(row) for row in self._cursor.fetchall()]
+            except Exception as exc:  # statements without a result set
+                if _is_no_results(exc):
+                    return []
+                raise
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.execute(sql, params)
+        return rows[0] if rows else None
+
+    def lock(self, name: str) -> None:
+        """Serialise writers on `name` until the transaction ends (SQLite's write lock already does)."""
+        if self._db.dialect == "postgresql":
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
+
+def _is_no_results(exc: Exception) -> bool:
+    return type(exc).__name__ == "ProgrammingError" and "no result" in str(exc).lower()
+
+
+def _translate(exc: Exception) -> Exception:
+    name = type(exc).__name__
+    if isinstance(exc, sqlite3.IntegrityError) or name in {"UniqueViolation", "IntegrityError"}:
+        return Conflict(str(exc))
+    if isinstance(exc, sqlite3.OperationalError) or name in {"OperationalError", "InterfaceError",
+                                                             "AdminShutdown", "ConnectionTimeout"}:
+        return DatabaseUnavailable(f"database unavailable: {str(exc).splitlines()[0] if str(exc) else name}")
+    return exc
+
+
+class Database:
+    def __init__(self, uri: str | None, data_dir: Path):
+        self.uri = uri
+        self.dialect = "postgresql" if uri and uri.startswith(("postgres://", "postgresql://")) else "sqlite"
+        if uri and self.dialect == "sqlite" and not uri.startswith("sqlite:"):
+            raise config.ConfigError(f"DATABASE_URI must start with postgresql:// (or be unset for SQLite), "
+                                     f"got {uri.split(':', 1)[0]}://...")
+        self.data_dir = data_dir
+        self._local = threading.local()
+        self._migrated = False
+        # Per-database memo for modules that cache what they read (signing keys, compiled RBAC...).
+        self.cache: dict[str, Any] = {}
+        self.cache_lock = threading.Lock()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "wid.sqlite3"
+
+    def _connect(self) -> Any:
+        if self.dialect == "postgresql":
+            try:
+                import psycopg  # only on PostgreSQL deployments: its import costs ~0.1 s
+            except ImportError as exc:
+                raise config.ConfigError("DATABASE_URI names PostgreSQL but psycopg is not installed") from exc
+            try:
+                return psycopg.connect(str(self.uri), connect_timeout=5, autocommit=True)
+            except psycopg.Error as exc:
+                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {str(exc).splitlines()[0]}") from exc
+        ensure_data_dir(self.data_dir)
+        try:
+            conn = sqlite3.connect(self.sqlite_path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"cannot open SQLite database {self.sqlite_path}: {exc}") from exc
+        return conn
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+        """One transaction; `write` takes SQLite's write lock up front so read-then-write cannot race."""
+        if not self._migrated:
+            self.migrate()
+        with self._raw_transaction(write) as tx:
+            yield tx
+
+    @contextmanager
+    def _raw_transaction(self, write: bool) -> Iterator[Transaction]:
+        conn = self._connection()
+        if self.dialect == "postgresql":
+            try:
+                with conn.transaction():
+                    yield Transaction(self, conn.cursor())
+            except Exception as exc:
+                if getattr(conn, "closed", False):
+                    self._local.conn = None
+                raise _translate(exc) from exc
+            return
+        cursor = conn.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        try:
+            yield Transaction(self, cursor)
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            try:
+                conn.commit()
+            except sqlite3.Error as exc:
+                raise _translate(exc) from exc
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; safe when several processes start at the same moment."""
+        names = migration_names()
+        with self._raw_transaction(write=True) as tx:
+            tx.lock("wid-migrations")
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT)")
+            done = {row[0] for row in tx.execute("SELECT name FROM schema_migrations")}
+            applied = []
+            for name in names:
+                if name in done:
+                    continue
+                for statement in _statements(self._render(name)):
+                    tx.execute(statement)
+                tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, _now()))
+                applied.append(name)
+        self._migrated = True
+        return applied
+
+    def _render(self, name: str) -> str:
+        sql = resources.files("wid.migrations").joinpath(name).read_text(encoding="utf-8")
+        for word, replacement in _DIALECT_WORDS[self.dialect].items():
+            sql = sql.replace(word, replacement)
+        return sql
+
+    def ping(self) -> None:
+        with self._raw_transaction(write=False) as tx:
+            tx.execute("SELECT 1")
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())
+
+
+def migration_names() -> list[str]:
+    folder = resources.files("wid.migrations")
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+
+
+def ensure_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise config.ConfigError(f"data directory {path} (WID_DATA_DIR) cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise config.ConfigError(f"data directory {path} (WID_DATA_DIR) is not writable by uid {os.getuid()}")
+
+
+_databases: dict[tuple[str | None, Path], Database] = {}
+_lock = threading.Lock()
+
+
+def database() -> Database:
+    """The process-wide database for the current settings."""
+    s = config.settings()
+    key = (s.database_uri, s.data_dir)
+    with _lock:
+        db = _databases.get(key)
+        if db is None:
+            db = _databases[key] = Database(s.database_uri, s.data_dir)
+    return db
