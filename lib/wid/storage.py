@@ -34,6 +34,8 @@ class Conflict(Exception):
 
 
 class _Cursor(Protocol):
+    description: Any
+
     def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
     def fetchall(self) -> list[Any]: ...
 
@@ -48,12 +50,9 @@ class Transaction:
             sql = sql.replace("?", "%s")
         try:
             self._cursor.execute(sql, tuple(params))
-            try:
-                return [tuple(row) for row in self._cursor.fetchall()]
-            except Exception as exc:  # statements without a result set
-                if _is_no_results(exc):
-                    return []
-                raise
+            if self._cursor.description is None:  # a statement without a result set
+                return []
+            return [tuple(row) for row in self._cursor.fetchall()]
         except Exception as exc:
             raise _translate(exc) from exc
 
@@ -65,10 +64,6 @@ class Transaction:
         """Serialise writers on `name` until the transaction ends (SQLite's write lock already does)."""
         if self._db.dialect == "postgresql":
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
-
-
-def _is_no_results(exc: Exception) -> bool:
-    return type(exc).__name__ == "ProgrammingError" and "no result" in str(exc).lower()
 
 
 def _translate(exc: Exception) -> Exception:
@@ -235,3 +230,11 @@ def database() -> Database:
         if db is None:
             db = _databases[key] = Database(s.database_uri, s.data_dir)
     return db
+
+
+def close_all() -> None:
+    """Close this thread's connections and forget every database (tests switch settings between cases)."""
+    with _lock:
+        for db in _databases.values():
+            db.close()
+        _databases.clear()

@@ -1,0 +1,58 @@
+"""Shared fixtures: one PostgreSQL cluster and one proxy per session; fresh state per test where it matters."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import PostgresServer, ProxyServer
+from wid import config, storage
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """In-process settings pointing at a fresh data dir; SQLite unless a test sets DATABASE_URI."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("WID_DATA_DIR", str(data))
+    monkeypatch.setenv("THIS_ENDPOINT", "https://wid.example.test")
+    for name in ("DATABASE_URI", "WID_SECRET_KEY", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    config.settings.cache_clear()
+    yield data
+    storage.close_all()
+    config.settings.cache_clear()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, app_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on SQLite and once on a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        monkeypatch.setenv("DATABASE_URI", pg.fresh_database())
+        config.settings.cache_clear()
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    """The proxy as `make run` serves it (Caddy + fcgiwrap + CGI), with SQLite."""
+    server = ProxyServer(tmp_path_factory.mktemp("proxy") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """The current process environment plus overrides, for `wid` or helper processes."""
+    return {**os.environ, **overrides}

@@ -1,0 +1,137 @@
+"""Real components for tests: a PostgreSQL cluster, and the proxy itself under Caddy + fcgiwrap.
+
+Both are expensive to start, so conftest.py shares one of each per test session.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 30.0, status: int = 200,
+             process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(f"the process serving {url} exited with status {process.returncode}")
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == status:
+                return
+            last = response.status_code
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout}s (last: {last})")
+
+
+class PostgresServer:
+    """A throwaway cluster on a loopback port (initdb + pg_ctl as the postgres user when we are root)."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed: run scripts/install.sh --test")
+        self.bin = Path(bins[-1])
+        # Not under pytest's tmp dirs: those are private to root, and the server runs as postgres.
+        self.dir = Path(tempfile.mkdtemp(prefix="wid-pg-"))
+        self.port = free_port()
+        self.user = "wid"
+
+    def _run(self, *args: str | Path) -> None:
+        command = [str(a) for a in args]
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        if os.getuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        self._run(self.bin / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", self.user, "--no-sync")
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-l", self.dir / "log", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def admin_uri(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def fresh_database(self) -> str:
+        """A new empty database; tests never share tables."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_uri, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+
+class ProxyServer:
+    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "WID_DATA_DIR": str(data_dir),
+            "THIS_ENDPOINT": self.url,
+            "DIGITALOCEAN_API_URL": "http://127.0.0.1:9",
+            "WID_ALLOW_INSECURE_ISSUERS": "1",
+            **(env or {}),
+        }
+        self.log_path = data_dir.parent / f"proxy-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # the server writes here until stop()
+        self.process = subprocess.Popen([str(ROOT / "scripts" / "run.sh")], env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(f"{self.url}/health", timeout, process=self.process)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"proxy did not start; log:\n{self.log_text()[-4000:]}") from None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wid(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the `wid` admin command against this server's database."""
+        return subprocess.run([str(ROOT / ".venv" / "bin" / "wid"), *args], env=self.env, text=True,
+                              capture_output=True, check=check, timeout=60)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

@@ -1,0 +1,131 @@
+"""The running service through real Caddy + fcgiwrap: metadata, a third-party verifier, errors, readiness."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from jwcrypto import jwk, jwt
+
+from tests.harness import PostgresServer, ProxyServer
+
+AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
+
+
+def verify_by_discovery(issuer: str, token: str) -> dict[str, object]:
+    """What a third party does: discovery, then jwks_uri, then verify with jwcrypto (not our code)."""
+    config = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=5).json()
+    assert config["issuer"] == issuer
+    keyset = jwk.JWKSet.from_json(requests.get(config["jwks_uri"], timeout=5).text)
+    verified = jwt.JWT(jwt=token, key=keyset, algs=["RS256"], expected_type="JWS",
+                       check_claims={"iss": issuer, "aud": AUD, "exp": None})
+    claims: dict[str, object] = json.loads(verified.claims)
+    return claims
+
+
+def test_health_endpoints(proxy: ProxyServer) -> None:
+    assert requests.get(f"{proxy.url}/health", timeout=5).status_code == 200
+    ready = requests.get(f"{proxy.url}/health/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_openid_configuration(proxy: ProxyServer) -> None:
+    response = requests.get(f"{proxy.url}/.well-known/openid-configuration", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert "max-age" in response.headers["Cache-Control"]
+    doc = response.json()
+    assert doc["issuer"] == proxy.url
+    assert doc["jwks_uri"] == f"{proxy.url}/.well-known/jwks"
+    assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
+    for field in ("response_types_supported", "subject_types_supported", "claims_supported", "scopes_supported"):
+        assert isinstance(doc[field], list) and doc[field]
+
+
+def test_jwks_lists_signing_keys(proxy: ProxyServer) -> None:
+    response = requests.get(f"{proxy.url}/.well-known/jwks", timeout=5)
+    assert "max-age" in response.headers["Cache-Control"]
+    keys = response.json()["keys"]
+    assert keys
+    for key in keys:
+        assert key["kty"] == "RSA" and key["alg"] == "RS256" and key["use"] == "sig"
+        assert {"n", "e", "kid"} <= set(key)
+        assert "d" not in key and "p" not in key  # never a private member
+
+
+def test_third_party_verifier_accepts_our_token_across_rotation(proxy: ProxyServer) -> None:
+    old = proxy.wid("token", "--aud", AUD, "--sub", SUB, "--ttl", "600").stdout.strip()
+    assert verify_by_discovery(proxy.url, old)["sub"] == SUB
+    rotated = proxy.wid("keys", "rotate").stdout
+    assert "retired" in rotated
+    new = proxy.wid("token", "--aud", AUD, "--sub", SUB).stdout.strip()
+    assert verify_by_discovery(proxy.url, new)["sub"] == SUB
+    assert verify_by_discovery(proxy.url, old)["sub"] == SUB  # old tokens keep verifying after rotation
+    listing = proxy.wid("keys", "list").stdout
+    assert "active" in listing and "retired" in listing
+
+
+def test_errors_are_json_with_request_id(proxy: ProxyServer) -> None:
+    response = requests.get(f"{proxy.url}/no/such/route", timeout=5)
+    assert response.status_code == 404
+    body = response.json()
+    assert body["id"] == "not_found" and body["message"]
+    assert body["request_id"] == response.headers["X-Request-Id"]
+
+
+def test_wrong_method_is_405_json(proxy: ProxyServer) -> None:
+    response = requests.post(f"{proxy.url}/health/ready", timeout=5)
+    assert response.status_code == 405
+    assert response.json()["id"] == "method_not_allowed"
+    assert response.headers["Allow"] == "GET"
+
+
+def test_client_cannot_choose_the_request_id(proxy: ProxyServer) -> None:
+    response = requests.get(f"{proxy.url}/health/ready", headers={"X-Request-Id": "attacker-chosen-id"}, timeout=5)
+    assert response.headers["X-Request-Id"] != "attacker-chosen-id"
+
+
+def test_oversized_body_is_413_json(proxy: ProxyServer) -> None:
+    response = requests.post(f"{proxy.url}/v1/oidc/issue", data=b"x" * (2 * 1024 * 1024),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 413
+    assert response.json()["id"] == "request_too_large"
+
+
+def test_concurrent_requests(proxy: ProxyServer) -> None:
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(lambda _: requests.get(f"{proxy.url}/health/ready", timeout=30).status_code,
+                                 range(36)))
+    assert statuses == [200] * 36
+
+
+def test_logs_are_json_lines_with_request_ids(proxy: ProxyServer) -> None:
+    rid = requests.get(f"{proxy.url}/health/ready", timeout=5).headers["X-Request-Id"]
+    lines = [json.loads(line) for line in proxy.log_text().splitlines() if line.startswith("{")]
+    assert any(entry.get("request_id") == rid and entry.get("event") == "request" for entry in lines)
+
+
+def test_database_outage_is_503_and_recovers_clearly(tmp_path: Path) -> None:
+    pg = PostgresServer()
+    pg.start()
+    server = ProxyServer(tmp_path / "data", {"DATABASE_URI": pg.fresh_database()})
+    try:
+        server.start()
+        assert requests.get(f"{server.url}/health/ready", timeout=5).status_code == 200
+        pg.stop()
+        down = requests.get(f"{server.url}/health/ready", timeout=15)
+        assert down.status_code == 503
+        assert down.json()["id"] == "service_unavailable"
+        assert "PostgreSQL" in down.json()["message"]
+    finally:
+        server.stop()
+
+
+def test_bad_secret_key_stops_startup_with_a_clear_message(tmp_path: Path) -> None:
+    server = ProxyServer(tmp_path / "data", {"WID_SECRET_KEY": "not-a-key"})
+    with pytest.raises(RuntimeError, match="WID_SECRET_KEY must be 32 random bytes"):
+        server.start(timeout=20)

@@ -1,0 +1,207 @@
+"""Signing keys and our own tokens: generation under concurrency, rotation, pruning, strict verification."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from wid import config, jose, keys, storage, tokens, wellknown
+
+AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
+
+
+def _b64(data: dict[str, Any] | bytes) -> str:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _forge(header: dict[str, Any], claims: dict[str, Any], key: rsa.RSAPrivateKey | None = None) -> str:
+    if key is None:
+        return f"{_b64(header)}.{_b64(claims)}."
+    return jose.sign_rs256(key, header, claims) if header.get("alg") == "RS256" else ""
+
+
+def _good_claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {"iss": "https://wid.example.test", "aud": AUD, "sub": SUB, "iat": now, "nbf": now, "exp": now + 300,
+              "jti": "j1", "wid_kind": "exchanged"}
+    claims.update(over)
+    return claims
+
+
+def test_concurrent_first_requests_create_one_key(backend: str) -> None:
+    code = "from wid import keys; print(keys.active_key().kid)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    kids = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(kids) == 1
+    listing = keys.listing()
+    assert [k.state for k in listing] == ["active"]
+    assert listing[0].kid == kids.pop()
+
+
+def test_kid_is_the_rfc7638_thumbprint(backend: str) -> None:
+    key = keys.active_key()
+    numbers = key.private_key.public_key().public_numbers()
+
+    def b64int(value: int) -> str:
+        return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+    canonical = json.dumps({"e": b64int(numbers.e), "kty": "RSA", "n": b64int(numbers.n)}, separators=(",", ":"))
+    expected = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+    assert key.kid == expected
+    assert key.private_key.key_size == 2048
+
+
+def test_private_keys_are_encrypted_at_rest(backend: str) -> None:
+    keys.active_key()
+    with storage.database().transaction(write=False) as tx:
+        sealed = bytes(tx.one("SELECT private_key FROM signing_keys")[0])  # type: ignore[index]
+    assert b"PRIVATE KEY" not in sealed
+
+
+def test_sign_and_verify_roundtrip(backend: str) -> None:
+    token, claims = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    verified = tokens.verify(token, kinds={tokens.EXCHANGED}, audience=AUD)
+    assert verified == claims
+    assert set(claims) >= {"iss", "aud", "sub", "iat", "nbf", "exp", "jti"}
+    assert claims["iss"] == "https://wid.example.test"
+    assert claims["exp"] - claims["iat"] == 300
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "RS256", "typ": "JWT", "kid": keys.active_key().kid}
+    assert keys.active_key().kid in wellknown.published_kids()
+
+
+def test_rotation_keeps_old_tokens_verifiable_and_published(backend: str) -> None:
+    old_token, _ = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    old_kid = keys.active_key().kid
+    retired, new_kid = keys.rotate(max_token_ttl=600)
+    assert retired == old_kid and new_kid != old_kid
+    wellknown.publish()
+    assert tokens.verify(old_token, kinds={tokens.EXCHANGED})["sub"] == SUB
+    assert wellknown.published_kids() == {old_kid, new_kid}
+    new_token, _ = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    assert json.loads(base64.urlsafe_b64decode(new_token.split(".")[0] + "=="))["kid"] == new_kid
+    assert keys.prune() == []  # the retired key still has live tokens
+
+
+def test_prune_removes_only_expired_retired_keys(backend: str) -> None:
+    old_kid = keys.active_key().kid
+    keys.rotate(max_token_ttl=600)
+    with storage.database().transaction() as tx:
+        tx.execute("UPDATE signing_keys SET verify_until = ? WHERE kid = ?", (int(time.time()) - 1, old_kid))
+    assert keys.prune() == [old_kid]
+    assert [k.state for k in keys.listing()] == ["active"]
+
+
+class TestRefusedTokens:
+    """Every way a presented token can be wrong is a TokenError, never a pass."""
+
+    @pytest.fixture(autouse=True)
+    def _env(self, app_env: Any) -> None:
+        self.key = keys.active_key()
+
+    def _signed(self, claims: dict[str, Any], **header: Any) -> str:
+        return jose.sign_rs256(self.key.private_key, {"alg": "RS256", "kid": self.key.kid, **header}, claims)
+
+    def test_alg_none(self) -> None:
+        with pytest.raises(tokens.TokenError, match="algorithm 'none' is not allowed"):
+            tokens.verify(_forge({"alg": "none", "kid": self.key.kid}, _good_claims()), kinds={"exchanged"})
+
+    def test_hs256_signed_with_our_public_key(self) -> None:
+        public_pem = self.key.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        signing_input = f"{_b64({'alg': 'HS256', 'kid': self.key.kid})}.{_b64(_good_claims())}"
+        mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+        with pytest.raises(tokens.TokenError, match="HS256"):
+            tokens.verify(f"{signing_input}.{_b64(mac)}", kinds={"exchanged"})
+
+    def test_unknown_kid(self) -> None:
+        token = jose.sign_rs256(self.key.private_key, {"alg": "RS256", "kid": "nope"}, _good_claims())
+        with pytest.raises(tokens.TokenError, match="does not know"):
+            tokens.verify(token, kinds={"exchanged"})
+
+    def test_swapped_key_with_our_kid(self) -> None:
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        token = jose.sign_rs256(other, {"alg": "RS256", "kid": self.key.kid}, _good_claims())
+        with pytest.raises(tokens.TokenError, match="signature does not verify"):
+            tokens.verify(token, kinds={"exchanged"})
+
+    @pytest.mark.parametrize("name", ["jku", "x5u", "jwk", "x5c", "crit"])
+    def test_key_location_headers_are_refused(self, name: str) -> None:
+        with pytest.raises(tokens.TokenError, match=name):
+            tokens.verify(self._signed(_good_claims(), **{name: "https://attacker.example/jwks"}), kinds={"exchanged"})
+
+    def test_tampered_claims(self) -> None:
+        header, _, signature = self._signed(_good_claims()).split(".")
+        admin = _good_claims(sub="actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:admin")
+        forged = f"{header}.{_b64(admin)}.{signature}"
+        with pytest.raises(tokens.TokenError, match="signature"):
+            tokens.verify(forged, kinds={"exchanged"})
+
+    @pytest.mark.parametrize(("claims", "message"), [
+        (_good_claims(exp=int(time.time()) - 120), "expired"),
+        (_good_claims(nbf=int(time.time()) + 600), "not valid yet"),
+        (_good_claims(iat=int(time.time()) + 600), "future"),
+        (_good_claims(iss="https://evil.example"), "not issued by this issuer"),
+        (_good_claims(aud="api://DigitalOcean?actx=a&actx=b"), "exactly one actx"),
+        (_good_claims(aud="api://DigitalOcean?actx=a&x=1"), "exactly one actx"),
+        (_good_claims(aud=[AUD]), "one string"),
+        (_good_claims(wid_kind="provisioning"), "provisioning token cannot be used here"),
+        (_good_claims(sub="role:admin"), "sub must start with actx"),
+        (_good_claims(exp="9999999999"), "exp must be a number"),
+    ])
+    def test_bad_claims(self, claims: dict[str, Any], message: str) -> None:
+        with pytest.raises(tokens.TokenError, match=message):
+            tokens.verify(self._signed(claims), kinds={"exchanged"})
+
+    def test_wrong_audience(self) -> None:
+        with pytest.raises(tokens.TokenError, match="audience"):
+            tokens.verify(self._signed(_good_claims()), kinds={"exchanged"}, audience="api://DigitalOcean?actx=other")
+
+    def test_duplicate_claim_names(self) -> None:
+        payload = base64.urlsafe_b64encode(b'{"sub":"a","sub":"b"}').rstrip(b"=").decode()
+        header = _b64({"alg": "RS256", "kid": self.key.kid})
+        with pytest.raises(tokens.TokenError, match="twice"):
+            tokens.verify(f"{header}.{payload}.AAAA", kinds={"exchanged"})
+
+    @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!!.e30.x", "e30.e30.e30", "x" * 20000])
+    def test_garbage(self, token: str) -> None:
+        with pytest.raises(tokens.TokenError):
+            tokens.verify(token, kinds={"exchanged"})
+
+
+def test_signer_refuses_bad_audience_and_lifetime(app_env: Any) -> None:
+    with pytest.raises(tokens.TokenError):
+        tokens.sign({"aud": "DigitalOcean", "sub": SUB}, kind="exchanged", lifetime=60)
+    with pytest.raises(ValueError, match="lifetime"):
+        tokens.sign({"aud": AUD, "sub": SUB}, kind="exchanged", lifetime=10**9)
+
+
+def test_wrong_secret_key_is_a_clear_error(app_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys.active_key()
+    key_file = app_env / "secret.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    other = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("WID_SECRET_KEY", other)
+    config.settings.cache_clear()
+    storage.database().cache.clear()
+    with pytest.raises(config.ConfigError, match="WID_SECRET_KEY"):
+        keys.rotate(600)
+    monkeypatch.setenv("WID_SECRET_KEY", "too-short")
+    config.settings.cache_clear()
+    with pytest.raises(config.ConfigError, match="32 random bytes"):
+        keys.rotate(600)

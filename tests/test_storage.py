@@ -1,0 +1,77 @@
+"""Storage: one schema on SQLite and a real PostgreSQL, migrations safe under concurrent starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import free_port
+from wid import config, storage
+
+
+def _spawn(code: str, count: int) -> list[subprocess.CompletedProcess[str]]:
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(count)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def test_migrations_apply_once_when_processes_start_together(backend: str) -> None:
+    results = _spawn("from wid import storage; print(len(storage.database().migrate()))", 6)
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    applied = sorted(int(r.stdout) for r in results)
+    assert applied[-1] == len(storage.migration_names())  # exactly one process applied them...
+    assert applied[:-1] == [0] * 5  # ...and the others found nothing left to do
+    with storage.database().transaction(write=False) as tx:
+        names = [row[0] for row in tx.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    assert names == storage.migration_names()
+
+
+def test_unique_violation_is_a_conflict_and_rolls_back(backend: str) -> None:
+    db = storage.database()
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO key_check (id, token) VALUES (1, ?)", (b"x",))
+    with pytest.raises(storage.Conflict), db.transaction() as tx:
+        tx.execute("INSERT INTO audit_log (ts, event, decision, detail) VALUES (1, 'e', 'info', '{}')")
+        tx.execute("INSERT INTO key_check (id, token) VALUES (1, ?)", (b"y",))
+    with db.transaction(write=False) as tx:
+        assert tx.execute("SELECT count(*) FROM audit_log") == [(0,)]  # the first insert rolled back too
+
+
+def test_sqlite_uses_wal(app_env: Path) -> None:
+    with storage.database().transaction(write=False) as tx:
+        assert tx.execute("PRAGMA journal_mode") == [("wal",)]
+
+
+def test_unreachable_postgresql_is_unavailable(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URI", f"postgresql://wid@127.0.0.1:{free_port()}/none")
+    config.settings.cache_clear()
+    with pytest.raises(storage.DatabaseUnavailable, match="cannot connect to PostgreSQL"):
+        storage.database().migrate()
+
+
+def test_unknown_database_scheme_is_a_config_error(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URI", "mysql://root@localhost/db")
+    config.settings.cache_clear()
+    with pytest.raises(config.ConfigError, match="DATABASE_URI must start with postgresql://"):
+        storage.database()
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("WID_DATA_DIR", str(blocker / "data"))
+    monkeypatch.delenv("DATABASE_URI", raising=False)
+    config.settings.cache_clear()
+    try:
+        with pytest.raises(config.ConfigError, match="WID_DATA_DIR"):
+            storage.database().migrate()
+    finally:
+        config.settings.cache_clear()
