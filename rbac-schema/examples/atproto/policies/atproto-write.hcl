@@ -1,0 +1,3 @@
+path "/xrpc/com.atproto.repo.createRecord" {
+  capabilities = ["create"]
+}
