@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -126,6 +128,31 @@ class ProxyServer:
         """Run the `wid` admin command against this server's database."""
         return subprocess.run([str(ROOT / ".venv" / "bin" / "wid"), *args], env=self.env, text=True,
                               capture_output=True, check=check, timeout=60)
+
+    @contextmanager
+    def configured(self) -> Iterator[None]:
+        """Run library code in this test process against this server's database and keys."""
+        from wid import config, storage
+
+        names = ("WID_DATA_DIR", "THIS_ENDPOINT", "DATABASE_URI", "WID_SECRET_KEY", "WID_TRUSTED_ISSUERS",
+                 "WID_ALLOW_INSECURE_ISSUERS", "DIGITALOCEAN_API_URL", "DIGITALOCEAN_OAUTH_URL")
+        saved = {name: os.environ.get(name) for name in names}
+        for name in names:
+            if self.env.get(name) is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = self.env[name]
+        config.settings.cache_clear()
+        try:
+            yield
+        finally:
+            storage.close_all()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            config.settings.cache_clear()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
