@@ -320,10 +320,7 @@ def compile_tree(
         elif rest.endswith(".hcl") and "/" not in rest and top.endswith("roles"):
             role_files.append(name)
         else:
-            compiler.warnings.append(
-                f"{name}: ignored (roles are *.hcl files directly in top-level folders ending in 'roles', "
-                "policies are *.hcl files directly in policies/)"
-            )
+            compiler.warnings.append(f"{name}: ignored (not a *.hcl file directly in policies/ or in a *roles folder)")
     for name in role_files:
         compiler.role_file(name, files[name])
     compiler.check_references()
