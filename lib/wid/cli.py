@@ -13,7 +13,7 @@ from pathlib import Path
 from wid import config, storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
-_PLUGINS: tuple[str, ...] = ()
+_PLUGINS = ("wid.cli_policy",)
 
 
 def _print_json(value: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,6 +57,8 @@ def is_loopback_host(host: str | None) -> bool:
         return False
     if host == "localhost":
         return True
+    import ipaddress  # only when an issuer URL is checked: not on every request
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

@@ -12,7 +12,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -182,7 +181,7 @@ class Database:
         return applied
 
     def _render(self, name: str) -> str:
-        sql = resources.files("wid.migrations").joinpath(name).read_text(encoding="utf-8")
+        sql = (MIGRATIONS_DIR / name).read_text(encoding="utf-8")
         for word, replacement in _DIALECT_WORDS[self.dialect].items():
             sql = sql.replace(word, replacement)
         return sql
@@ -203,9 +202,12 @@ def _now() -> int:
     return int(time.time())
 
 
+# A plain directory listing: importlib.resources costs ~12 ms per CGI process.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
 def migration_names() -> list[str]:
-    folder = resources.files("wid.migrations")
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return sorted(name for name in os.listdir(MIGRATIONS_DIR) if name.endswith(".sql"))
 
 
 def ensure_data_dir(path: Path) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -193,7 +193,7 @@ def wsgi(handler: Handler) -> WsgiApp:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex)
+        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16))
         try:
             started = time.perf_counter()
             request = Request(environ)
