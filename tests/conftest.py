@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import PostgresServer, ProxyServer
+from tests.standins.digitalocean import DigitalOceanStandIn
+from tests.standins.github_oidc import GitHubOIDCStandIn
 from wid import config, storage
+
+OAUTH_CLIENT_ID = "wid-test-client"
+OAUTH_CLIENT_SECRET = "wid-test-client-secret"
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +53,41 @@ def backend(request: pytest.FixtureRequest, app_env: Path, monkeypatch: pytest.M
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """The proxy as `make run` serves it (Caddy + fcgiwrap + CGI), with SQLite."""
     server = ProxyServer(tmp_path_factory.mktemp("proxy") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def do_api() -> Iterator[DigitalOceanStandIn]:
+    """The stand-in DigitalOcean API and OAuth server, shared by the session."""
+    with DigitalOceanStandIn() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def github_oidc() -> Iterator[GitHubOIDCStandIn]:
+    """The stand-in GitHub Actions OIDC issuer, shared by the session."""
+    with GitHubOIDCStandIn() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, do_api: DigitalOceanStandIn,
+          github_oidc: GitHubOIDCStandIn) -> Iterator[ProxyServer]:
+    """The proxy wired to the stand-ins: DigitalOcean API + OAuth, and the GitHub issuer on the allowlist.
+
+    Tests that share it use their own teams (do_api.add_team) so they never see each other's state.
+    """
+    server = ProxyServer(tmp_path_factory.mktemp("stack") / "data", {
+        "DIGITALOCEAN_API_URL": do_api.url,
+        "DIGITALOCEAN_OAUTH_URL": do_api.url,
+        "DIGITALOCEAN_OAUTH_CLIENT_ID": OAUTH_CLIENT_ID,
+        "DIGITALOCEAN_OAUTH_CLIENT_SECRET": OAUTH_CLIENT_SECRET,
+        "WID_TRUSTED_ISSUERS": f"{github_oidc.issuer} https://token.actions.githubusercontent.com",
+        "WID_ALLOW_INSECURE_ISSUERS": "1",
+    })
+    do_api.add_oauth_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, f"{server.url}/auth/digitalocean/v1/callback")
     server.start()
     yield server
     server.stop()
