@@ -20,6 +20,7 @@ from wid.policy_params import ConstraintError, build_allowed, build_denied
 from wid.rbac_hcl import Attribute, Block, HclError, HclList, HclObject, read
 
 MAX_FILE_BYTES = 1 << 20
+MAX_TOTAL_BYTES = 4 << 20  # parsing costs about 10 s per MiB; bound the work one push can cause
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _ACTX = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,254}\Z")
 _API = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}\Z")
@@ -52,7 +53,7 @@ def _where(name: str, line: int) -> str:
 
 def _hint(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _plain(value: Any) -> Any:
@@ -84,6 +85,7 @@ class _Compiler:
         self.roles: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.role_policies: list[tuple[str, str, int, str]] = []  # role, file, line, policy
+        self.role_sources: dict[str, str] = {}  # casefolded role name -> where it is defined
 
     def error(self, name: str, line: int, message: str) -> None:
         self.errors.append(f"{_where(name, line)}: {message}")
@@ -205,9 +207,9 @@ class _Compiler:
         errors = len(self.errors)
         if not _NAME.match(role_name):
             self.error(name, block.line, f"role name {role_name!r} must match {_NAME.pattern}")
-        for other, existing in self.roles.items():
-            if other.casefold() == role_name.casefold():
-                self.error(name, block.line, f"role {role_name!r} is already defined at {existing['source']}")
+        defined = self.role_sources.setdefault(role_name.casefold(), _where(name, block.line))
+        if defined != _where(name, block.line):
+            self.error(name, block.line, f"role {role_name!r} is already defined at {defined}")
         aud = self.string(name, attributes.get("aud"), 'aud = "api://..." (the token audience)', block.line)
         sub = self.string(name, attributes.get("sub"), 'sub = "..." (the token subject)', block.line)
         iss = self.iss(name, attributes.get("iss"))
@@ -312,15 +314,21 @@ def compile_tree(
     if not _ACTX.match(actx):
         raise CompileError([f"actx {actx!r} must match {_ACTX.pattern}"])
     compiler = _Compiler(api, actx, issuer, trusted_issuers)
+    policy_files: list[str] = []
     role_files: list[str] = []
     for name in sorted(files):
         top, _, rest = name.partition("/")
         if rest.endswith(".hcl") and "/" not in rest and top == "policies":
-            compiler.policy(name, files[name])
+            policy_files.append(name)
         elif rest.endswith(".hcl") and "/" not in rest and top.endswith("roles"):
             role_files.append(name)
         else:
             compiler.warnings.append(f"{name}: ignored (not a *.hcl file directly in policies/ or in a *roles folder)")
+    total = sum(len(files[name]) for name in policy_files + role_files)
+    if total > MAX_TOTAL_BYTES:
+        raise CompileError([f"role and policy files total {total} bytes, more than {MAX_TOTAL_BYTES}"])
+    for name in policy_files:
+        compiler.policy(name, files[name])
     for name in role_files:
         compiler.role_file(name, files[name])
     compiler.check_references()

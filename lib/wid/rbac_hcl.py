@@ -73,7 +73,7 @@ def _syntax_error(exc: UnexpectedInput) -> HclError:
     if isinstance(exc, UnexpectedCharacters):
         found = repr(exc.char)
     elif isinstance(exc, UnexpectedToken):
-        found = "end of file" if exc.token.type == "$END" else repr(str(exc.token))
+        found = "end of file" if exc.token.type == "$END" else repr(str(exc.token)[:40])
     else:
         found = "end of file"
     return HclError(line, f"HCL syntax error at column {column}: unexpected {found}")
