@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from wid.policy import CompiledRbac, Decision, ParameterError, parse_path_pattern, request_parameters
-from wid.policy_params import Glob
+from wid.policy_params import Glob, build_allowed, build_denied
 from wid.rbac_compile import compile_tree
 
 ACTX = "team-1"
@@ -534,3 +534,51 @@ def test_evaluator_imports_only_the_standard_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_fast_path_agrees_with_the_explanation() -> None:
+    """ok() decides, check() explains: they must agree on every input."""
+    specs = [
+        {"k": "a*b"},
+        {"k": ["x", 1, True, 1.5]},
+        {"k": []},
+        {"k": {"n": "1", "*": []}},
+        {"k": [{"a": "1"}, {"b": ["2", "3"]}]},
+        {"k": "x", "*": []},
+        {"?": {"q": ["1", "2"]}},
+        {"?": []},
+        {},
+    ]
+    denied_specs = [{"k": []}, {"k": ["x*", 2]}, {"k": {"n": []}}, {"*": []}, {"?": {"q": "1"}}]
+    values: list[Any] = [
+        "ab",
+        "aXb",
+        "x",
+        1,
+        True,
+        1.5,
+        2,
+        None,
+        [],
+        ["x"],
+        ["x", "y"],
+        [1, True],
+        {},
+        {"n": "1"},
+        {"n": "1", "m": 2},
+        {"n": 1},
+        [{"a": "1"}],
+        [{"b": "3"}, {"a": "1"}],
+        [{"a": "2"}],
+        [{}],
+    ]
+    corpus: list[dict[str, Any]] = [{}, {"other": 1}, {"?": {"q": "1"}}, {"?": {"q": ["1", "2"]}}, {"?": {"q": "3"}}]
+    corpus += [{"k": value} for value in values] + [{"K": value} for value in values[:4]]
+    for spec in specs:
+        matcher = build_allowed(spec)
+        for params in corpus:
+            assert matcher.ok(params) is (matcher.check(params, "") is None), (spec, params)
+    for spec in denied_specs:
+        matcher = build_denied(spec)
+        for params in corpus:
+            assert matcher.ok(params) is (matcher.check(params, "") is None), (spec, params)

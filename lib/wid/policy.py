@@ -353,18 +353,13 @@ class CompiledRbac:
         for role, rule in ordered:
             if "deny" in rule.capabilities:
                 return verdict(False, role, rule, ": the rule has the deny capability")
-            if capability in rule.capabilities and rule.denied is not None:
-                failure = rule.denied.check(params, "")
-                if failure is not None:
-                    return verdict(False, role, rule, f": {failure}")
-        refusals: list[tuple[_Role, _Rule, str]] = []
+            if capability in rule.capabilities and rule.denied is not None and not rule.denied.ok(params):
+                return verdict(False, role, rule, f": {rule.denied.check(params, '')}")
         for role, rule in ordered:
-            if capability not in rule.capabilities:
-                refusals.append((role, rule, f": the rule grants only {', '.join(sorted(rule.capabilities))}"))
-                continue
-            failure = None if rule.allowed is None else rule.allowed.check(params, "")
-            if failure is None:
+            if capability in rule.capabilities and (rule.allowed is None or rule.allowed.ok(params)):
                 return verdict(True, role, rule, "")
-            refusals.append((role, rule, f": {failure}"))
-        # A parameter failure explains more than a missing capability.
-        return verdict(False, *next((r for r in refusals if capability in r[1].capabilities), refusals[0]))
+        # Explain one refusal, preferring a parameter failure to a missing capability.
+        role, rule = next(((r, u) for r, u in ordered if capability in u.capabilities), ordered[0])
+        if capability in rule.capabilities and rule.allowed is not None:
+            return verdict(False, role, rule, f": {rule.allowed.check(params, '')}")
+        return verdict(False, role, rule, f": the rule grants only {', '.join(sorted(rule.capabilities))}")

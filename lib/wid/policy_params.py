@@ -64,11 +64,17 @@ def child(where: str, key: str) -> str:
 
 
 class Matcher(Protocol):
-    def check(self, value: Any, where: str) -> str | None:
-        """None when value is allowed, else why not."""
+    """ok() is the fast test; check() explains, and returns None exactly when ok() is True."""
+
+    def ok(self, value: Any) -> bool: ...
+
+    def check(self, value: Any, where: str) -> str | None: ...
 
 
 class _Any:
+    def ok(self, value: Any) -> bool:
+        return True
+
     def check(self, value: Any, where: str) -> str | None:
         return None
 
@@ -119,7 +125,12 @@ class _Scalars:
     def allows(self, value: Any) -> bool:
         # bool before int: True == 1 in Python, never here.
         if isinstance(value, str):
-            return value in self.strings or any(glob.matches(value) for glob in self.globs)
+            if value in self.strings:
+                return True
+            for glob in self.globs:
+                if glob.matches(value):
+                    return True
+            return False
         if isinstance(value, bool):
             return value in self.bools
         if type(value) is int:
@@ -127,6 +138,16 @@ class _Scalars:
         if type(value) is float:
             return value in self.floats
         return False
+
+    def ok(self, value: Any) -> bool:
+        if self.many and isinstance(value, list):
+            if not value:
+                return False
+            for element in value:
+                if not self.allows(element):
+                    return False
+            return True
+        return self.allows(value)
 
     def check(self, value: Any, where: str) -> str | None:
         if self.many and isinstance(value, list):
@@ -153,6 +174,19 @@ class _Object:
         self.keys = keys
         self.others = others
 
+    def ok(self, value: Any) -> bool:
+        # Plain loops: this runs for every candidate rule of every request.
+        if not isinstance(value, dict):
+            return False
+        if not self.others:
+            for key in value:
+                if key not in self.keys:
+                    return False
+        for key, matcher in self.keys.items():
+            if key not in value or not matcher.ok(value[key]):
+                return False
+        return True
+
     def check(self, value: Any, where: str) -> str | None:
         if not isinstance(value, dict):
             return f"{where} {show(value)} ({type_name(value)}) is not an object"
@@ -175,6 +209,17 @@ class _Objects:
 
     def __init__(self, objects: list[_Object]) -> None:
         self.objects = objects
+
+    def ok(self, value: Any) -> bool:
+        if not isinstance(value, list) or not value:
+            return False
+        for element in value:
+            for obj in self.objects:
+                if obj.ok(element):
+                    break
+            else:
+                return False
+        return True
 
     def check(self, value: Any, where: str) -> str | None:
         if not isinstance(value, list) or not value:
@@ -269,6 +314,9 @@ def build_allowed(spec: Any) -> Matcher:
 
 
 class _DenyKey:
+    def ok(self, value: Any) -> bool:
+        return False
+
     def check(self, value: Any, where: str) -> str | None:
         return f"parameter {where} is denied"
 
@@ -278,6 +326,11 @@ class _DenyValues:
 
     def __init__(self, patterns: Sequence[Any]) -> None:
         self.scalars = _Scalars(patterns, many=True)
+
+    def ok(self, value: Any) -> bool:
+        elements = value if isinstance(value, list) else [value]
+        types = self.scalars.types
+        return all(type_name(element) in types and not self.scalars.allows(element) for element in elements)
 
     def check(self, value: Any, where: str) -> str | None:
         elements = value if isinstance(value, list) else [value]
@@ -297,6 +350,17 @@ class _DeniedObject:
     def __init__(self, keys: dict[str, Matcher], every: bool) -> None:
         self.keys = keys
         self.every = every
+
+    def ok(self, value: Any) -> bool:
+        if not isinstance(value, dict):
+            return False
+        if self.every:
+            return not value
+        for key, item in value.items():
+            matcher = self.keys.get(key.casefold())
+            if matcher is not None and not matcher.ok(item):
+                return False
+        return True
 
     def check(self, value: Any, where: str) -> str | None:
         if not isinstance(value, dict):
