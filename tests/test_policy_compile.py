@@ -426,6 +426,7 @@ def test_compiled_output_round_trips_and_malformed_compiled_input_is_refused() -
         lambda d: d.update(version=2),
         lambda d: d.pop("roles"),
         lambda d: d["roles"]["r"].update(policies=["nope"]),
+        lambda d: d["roles"]["r"].update(policies="p"),
         lambda d: d["roles"]["r"].update(aud=1),
         lambda d: d["policies"]["p"]["rules"][0].update(capabilities=["raed"]),
         lambda d: d["policies"]["p"]["rules"][0].update(path="/a*"),

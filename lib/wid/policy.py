@@ -227,6 +227,8 @@ def _load_role(name: str, data: Mapping[str, Any], index: Mapping[str, int]) -> 
     aud, sub, claims = data["aud"], data["sub"], data.get("claims", {})
     if not all(isinstance(v, str) for v in (aud, sub, *claims.values())) or not isinstance(iss, str | None):
         raise ValueError(f"role {name!r}: iss, aud, sub and claims must be strings")
+    if not isinstance(data["policies"], list):
+        raise ValueError(f"role {name!r}: policies must be a list")
     missing = [policy for policy in data["policies"] if policy not in index]
     if missing:
         raise ValueError(f"role {name!r} names unknown policies {missing}")
