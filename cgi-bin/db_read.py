@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""GET /v2/databases and /v2/databases/{uuid} with a JWT: policy check, forward with the team token."""
-from wid.handlers.unimplemented import handler
+"""/v2/databases* with a JWT: policy check, forward with the team token (wrapped route)."""
+from wid.handlers.do_proxy import handler
 from wid.web import run_cgi
 
 run_cgi(handler)

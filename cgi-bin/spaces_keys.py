@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""POST /v2/spaces/keys, DELETE /v2/spaces/keys/{key} with a JWT: policy check, forward."""
-from wid.handlers.unimplemented import handler
+"""/v2/spaces/keys* with a JWT: policy check, forward with the team token (wrapped route)."""
+from wid.handlers.do_proxy import handler
 from wid.web import run_cgi
 
 run_cgi(handler)
