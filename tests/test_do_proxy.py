@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import requests
@@ -110,6 +111,11 @@ def test_database_by_uuid_with_curl_as_in_the_articles(world: World, team: Team,
     assert uri.startswith("postgres://doadmin:s3cret@") and uri.endswith("/defaultdb?sslmode=require")
     forwarded = world.stand_in.requests_to(f"/v2/databases/{DATABASE_UUID}")[-1]
     assert forwarded.authorization == f"Bearer {team_token(world, team)}"
+    # The same call with a DigitalOcean token, through the proxy and straight to the API: same answer.
+    pat = world.pat(team.uuid)
+    for base in (world.url, world.stand_in.url):
+        pat_status, pat_body = curl("-H", f"Authorization: Bearer {pat}", f"{base}/v2/databases/{DATABASE_UUID}")
+        assert (pat_status, json.loads(pat_body)) == (200, json.loads(body))
 
 
 def test_pydo_gets_the_same_answers_through_the_proxy_as_from_the_api(world: World, team: Team, token: str) -> None:
@@ -178,6 +184,12 @@ def test_pydo_spaces_keys_with_a_jwt(world: World, team: Team, token: str) -> No
     # The API's own answer comes back unchanged: deleting it again is DigitalOcean's 404.
     again = client.spaces_key.delete(access_key=key["access_key"])
     assert again is not None and again["id"] == "not_found"
+    # A DigitalOcean token through the proxy: DigitalOcean's answers, no policy in the way (not even for 222).
+    with_pat = pydo_client(world.url, world.pat(team.uuid))
+    other = with_pat.spaces_key.create(body=SPACES_KEY_222)["key"]
+    assert other["grants"] == [{"bucket": "222", "permission": "read"}]
+    assert with_pat.spaces_key.delete(access_key=other["access_key"]) is None
+    assert with_pat.spaces_key.delete(access_key=other["access_key"]) == again | {"request_id": ANY}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,8 +243,15 @@ def test_digitalocean_token_passes_through_untouched_without_python(world: World
     seen = world.stand_in.requests_to("/v2/account")[-1]
     assert seen.authorization == f"Bearer {pat}" and seen.headers["X-Client-Header"] == marker
     assert seen.raw_query == f"probe={marker}"
-    # Caddy answered it alone: no handler (which logs every request it serves) saw the request.
-    assert marker not in world.proxy.log_text()
+    # Caddy answered alone: no handler (each logs the path of every request it serves) saw these.
+    unknown = requests.get(f"{world.url}/v2/{marker}", headers={"Authorization": f"Bearer {pat}"}, timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["id"] == "not_found"  # DigitalOcean's own 404
+    with_jwt = requests.get(f"{world.url}/v2/jwt-{marker}", headers=bearer(world.jwt(team.uuid)), timeout=10)
+    assert with_jwt.status_code == 403  # policy: no rule for that path
+    log = world.proxy.log_text()
+    assert f"/v2/jwt-{marker}" in log  # the check below can see Python at work...
+    assert f'"/v2/{marker}"' not in log  # ...and Python never saw the DigitalOcean token's requests
+    assert world.stand_in.requests_to(f"/v2/{marker}")[-1].authorization == f"Bearer {pat}"
     # A wrapped path with a DigitalOcean token is passed through as well (its answer is DigitalOcean's).
     db = requests.get(f"{world.url}/v2/databases/{DATABASE_UUID}", headers={"Authorization": f"Bearer {pat}"},
                       timeout=10)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from tests.harness import ProxyServer
+from tests.harness import PostgresServer, ProxyServer
 from tests.standins.digitalocean import Team
 from tests.test_do_helpers import CALLBACK, START, World
 from wid import config, do_oauth
@@ -201,6 +201,23 @@ def test_state_from_another_browser_is_refused_and_burned(world: World) -> None:
     other_cookie = attacker.get(callback2, allow_redirects=False, timeout=10)
     assert other_cookie.status_code == 400 and "different browser" in other_cookie.json()["message"]
     assert world.credential(team.uuid) is None
+
+
+def race_one_callback(world: World, team_uuid: str) -> list[int]:
+    """The browser's callback sent twice at the same moment (a double click, a replay racing it)."""
+    session = requests.Session()
+    callback = world.consent(session, team_uuid)
+    cookies = session.cookies.get_dict()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return sorted(pool.map(lambda _: requests.get(callback, cookies=cookies, allow_redirects=False,
+                                                      timeout=15).status_code, range(2)))
+
+
+def test_simultaneous_callbacks_with_one_state_succeed_once(world: World) -> None:
+    team = world.stand_in.add_team("Double Click Team")
+    exchanges = token_requests(world, "authorization_code")
+    assert race_one_callback(world, team.uuid) == [303, 400]
+    assert token_requests(world, "authorization_code") == exchanges + 1
 
 
 def test_expired_state_is_refused(world: World) -> None:
@@ -390,6 +407,28 @@ def test_revoked_authorization_is_a_clear_error_and_shown_on_the_landing_page(wo
     assert world.authorize(team.uuid).status_code == 303  # an admin authorizes again
     assert world.credential(team.uuid).status == "active"
     assert db_get(world, team.uuid).status_code == 200
+
+
+def test_flow_and_refresh_on_postgresql(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    pg_world = World.start(tmp_path_factory.mktemp("oauth-pg") / "data", {"DATABASE_URI": postgres.fresh_database()})
+    try:
+        team = connected_team(pg_world, "PostgreSQL Team")
+        assert db_get(pg_world, team.uuid).status_code == 200
+        assert race_one_callback(pg_world, pg_world.stand_in.add_team("PG Double Click").uuid) == [303, 400]
+        set_expiry(pg_world, team.uuid, 60)
+        refreshes = token_requests(pg_world, "refresh_token")
+        token = pg_world.jwt(team.uuid)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            statuses = list(pool.map(lambda _: requests.get(
+                f"{pg_world.url}/v2/databases?tag_name=my-tag", headers={"Authorization": f"Bearer {token}"},
+                timeout=30).status_code, range(6)))
+        assert statuses == [200] * 6
+        assert token_requests(pg_world, "refresh_token") == refreshes + 1
+        pg_world.stand_in.revoke_authorization(team.uuid)
+        assert db_get(pg_world, team.uuid).json()["id"] == "team_authorization_revoked"
+        assert pg_world.credential(team.uuid).status == "revoked"
+    finally:
+        pg_world.stop()
 
 
 # ------------------------------------------------------------------------------------------------

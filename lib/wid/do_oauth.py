@@ -164,6 +164,7 @@ def consume_state(state: str | None, cookie_header_value: str | None) -> None:
     now = int(time.time())
     problem: str | None = None
     with storage.database().transaction() as tx:
+        tx.lock(f"do_oauth_state:{_digest(state)}")  # two callbacks with one state: the second sees it used
         row = tx.one("SELECT browser_hash, expires_at, used_at FROM do_oauth_states WHERE state_hash = ?",
                      (_digest(state),))
         if row is None:
