@@ -207,7 +207,7 @@ def race_one_callback(world: World, team_uuid: str) -> list[int]:
     """The browser's callback sent twice at the same moment (a double click, a replay racing it)."""
     session = requests.Session()
     callback = world.consent(session, team_uuid)
-    cookies = session.cookies.get_dict()
+    cookies = {name: value or "" for name, value in session.cookies.get_dict().items()}
     with ThreadPoolExecutor(max_workers=2) as pool:
         return sorted(pool.map(lambda _: requests.get(callback, cookies=cookies, allow_redirects=False,
                                                       timeout=15).status_code, range(2)))
