@@ -11,7 +11,10 @@ lists=(scripts/debian-packages.txt)
 
 missing=()
 for pkg in $(grep -hv '^\s*#' "${lists[@]}"); do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" && continue
+  # A command of the same name installed another way (e.g. npm bundled with a nodesource nodejs) counts:
+  # installing Debian's package over it would fight the existing one.
+  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
