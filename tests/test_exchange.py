@@ -297,6 +297,12 @@ def test_bad_bodies_are_400_or_415(proxy: ProxyServer, team: str, data: bytes, c
     assert response.json()["id"] and response.json()["request_id"]
 
 
+@pytest.mark.parametrize("name", ["?", "a b", "", "1abc", "x" * 65, "\u00e9t\u00e9", "a/b"])
+def test_odd_claim_names_are_400(proxy: ProxyServer, team: str, name: str) -> None:
+    response = exchange(proxy, workload(proxy, team), article_body(team, **{name: "v"}))
+    assert response.status_code == 400, response.text
+
+
 def test_case_variant_duplicate_keys_are_400(proxy: ProxyServer, team: str) -> None:
     data = json.dumps(article_body(team)).replace('"ttl": 300', '"ttl": 300, "TTL": 1')
     response = exchange(proxy, workload(proxy, team), data, headers={"Content-Type": "application/json"})
