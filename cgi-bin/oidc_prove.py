@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""POST /v1/oidc/prove, /v1/oidc/refresh: SSH host key attestation and token refresh."""
-from wid.handlers.unimplemented import handler
+"""POST /v1/oidc/prove, /v1/oidc/refresh, /v1/oidc/recover[/challenge]: SSH host key attestation and refresh."""
+from wid.handlers.oidc_prove import handler
 from wid.web import run_cgi
 
 run_cgi(handler)
