@@ -175,7 +175,7 @@ class TestRefusedTokens:
     def test_duplicate_claim_names(self) -> None:
         payload = base64.urlsafe_b64encode(b'{"sub":"a","sub":"b"}').rstrip(b"=").decode()
         header = _b64({"alg": "RS256", "kid": self.key.kid})
-        with pytest.raises(tokens.TokenError, match="twice"):
+        with pytest.raises(tokens.TokenError, match="duplicate JSON key .sub."):
             tokens.verify(f"{header}.{payload}.AAAA", kinds={"exchanged"})
 
     @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!!.e30.x", "e30.e30.e30", "x" * 20000])

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from wid import strictjson
+
 # alg -> (key type, hash); anything else is refused before a key is even looked up.
 ALLOWED_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
     "RS256": ("RSA", hashes.SHA256),
@@ -53,20 +55,10 @@ _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                raise JoseError(f"{what} has the claim {key!r} twice")
-            result[key] = value
-        return result
-
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, JoseError):
-            raise
-        raise JoseError(f"{what} is not JSON") from None
+        value = strictjson.loads(data)
+    except strictjson.StrictJsonError as exc:
+        raise JoseError(f"{what}: {exc}") from None
     if not isinstance(value, dict):
         raise JoseError(f"{what} is not a JSON object")
     return value

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from wid import config
+from wid import config, strictjson
 from wid.errors import ApiError, bad_request
 from wid.log import log, request_id
 
@@ -92,27 +92,12 @@ class Request:
         return value.strip()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise bad_request(f"JSON object has the key {key!r} more than once")
-        result[key] = value
-    return result
-
-
 def parse_json(data: bytes | str) -> Any:
-    """json.loads that refuses duplicate keys at any depth and non-finite numbers."""
+    """Untrusted JSON: duplicate keys (case variants too) and non-finite numbers are a 400."""
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ApiError):
-            raise
-        raise bad_request(f"body is not valid JSON: {exc}") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise bad_request(f"JSON constant {name} is not allowed")
+        return strictjson.loads(data)
+    except strictjson.StrictJsonError as exc:
+        raise bad_request(f"body is rejected: {exc}") from None
 
 
 def parse_json_object(data: bytes) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""The one JSON parser for untrusted input: bodies, token headers and claims.
+
+Duplicate keys are refused at any depth, case variants included: Go's encoding/json (DigitalOcean's
+API) matches keys case-insensitively, so {"name": "ok", "NAME": "evil"} could be checked as one value
+and acted on as the other. NaN/Infinity and out-of-range numbers are refused too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+class StrictJsonError(ValueError):
+    """The text is not acceptable JSON; the message says why (without echoing much of the input)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    folded: set[str] = set()
+    for key, value in pairs:
+        if key.casefold() in folded:
+            raise StrictJsonError(f"duplicate JSON key {key[:60]!r}")
+        folded.add(key.casefold())
+        result[key] = value
+    return result
+
+
+def _constant(name: str) -> Any:
+    raise StrictJsonError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StrictJsonError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def loads(data: bytes | str) -> Any:
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+    except StrictJsonError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise StrictJsonError(f"not valid JSON: {exc}") from None
