@@ -44,7 +44,7 @@ def request_parameters(query_string: str, body: bytes | None) -> dict[str, Any]:
         try:
             parsed = strictjson.loads(body)
         except strictjson.StrictJsonError as exc:
-            raise ParameterError(f"the request body is rejected: {exc}") from None
+            raise ParameterError(f"{exc} in the request body") from None
         if not isinstance(parsed, dict):
             raise ParameterError("the request body must be a JSON object")
         if QUERY_KEY in parsed:
