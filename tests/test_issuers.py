@@ -300,15 +300,15 @@ def test_tls_issuer_is_verified_against_the_system_trust_store(app_env: Path,
 
 
 def test_unreachable_issuer_fails_closed_then_fast(trusted: GitHubOIDCStandIn) -> None:
-    trusted.fail_next("/.well-known/openid-configuration", None, delay_seconds=5)
+    trusted.fail_next("/.well-known/openid-configuration", None, delay_seconds=20)
     started = time.monotonic()
     error = refused(mint(trusted), 503)
-    assert time.monotonic() - started < 3  # the 1 s deadline, not the issuer's 5 s
+    assert time.monotonic() - started < 10  # the 1 s deadline, not the issuer's 20 s
     assert "within 1s" in error.message and int(error.headers["Retry-After"]) >= 1
     started = time.monotonic()
     again = refused(mint(trusted), 503)  # within the backoff: no second wait, no second fetch
-    assert time.monotonic() - started < 0.5
-    assert "within 1s" in again.message
+    assert time.monotonic() - started < 1
+    assert "within 1s" in again.message and "retry in" in again.message
     assert fetches(trusted) == (1, 0)
     set_cache(trusted.issuer, attempt_at=int(time.time()) - issuers.FAILURE_BACKOFF_SECONDS - 1)
     assert authz.authenticate(mint(trusted)).issuer == trusted.issuer  # retried after the backoff
@@ -339,7 +339,7 @@ def test_trickling_issuer_is_cut_at_the_deadline(trusted: GitHubOIDCStandIn) -> 
     try:
         started = time.monotonic()
         error = refused(mint(trusted), 503)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 5  # the 1 s deadline; the trickle alone would take hours
         assert "within 1s" in error.message
     finally:
         stop.set()
