@@ -1,0 +1,611 @@
+"""Deployment artifacts: the Dockerfile's contract and its unprivileged run, and the App Platform specs.
+
+No Docker engine runs where the tests run, so the image is checked in two ways:
+
+- its instructions are parsed and held to the contract (Debian 12 base, scripts/install.sh as the only
+  installer, an unprivileged USER, PORT, run.sh as the entrypoint, no secret baked in, everything the
+  service runs is copied and nothing the build needs is ignored);
+- its run is reproduced: the Dockerfile's own COPY instructions lay out the image's tree (root-owned,
+  read-only to the service), the RUN step's result is stood in for by a venv on Debian's python3 over the
+  Python packages this checkout already installed from the same lock (with install.sh's own stamp), and the
+  ENTRYPOINT runs as an unprivileged user with the image's ENV plus the run-time variables only.
+
+app.yaml and .do/deploy.template.yaml are validated against the App Platform app spec schema derived from
+DigitalOcean's OpenAPI description (tests/fixtures/appspec/), and additionally refused if they use any key
+that schema does not declare (OpenAPI objects are open by default, so a misspelt key would pass otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import requests
+import yaml
+
+from tests.harness import PostgresServer, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "tests" / "fixtures" / "appspec" / "app_spec.schema.json"
+SECRET_VARIABLES = ("WID_SECRET_KEY", "DIGITALOCEAN_OAUTH_CLIENT_ID", "DIGITALOCEAN_OAUTH_CLIENT_SECRET")
+# Never in an image: anything that is a credential or says where one is.
+NEVER_BAKED = (*SECRET_VARIABLES, "DATABASE_URI", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
+DEBIAN_12_BASES = re.compile(r"^(debian:(12|bookworm)(-slim)?|python:3\.11(\.\d+)?-(slim-)?bookworm)"
+                             r"(@sha256:[0-9a-f]{64})?$")
+BUTTON = re.compile(r"\[!\[Deploy to DigitalOcean\]\((?P<image>[^)]+)\)\]\((?P<url>https://cloud\.digitalocean\.com/"
+                    r"apps/new\?repo=[^)]+)\)")
+
+
+# ------------------------------------------------------------------------------------------- Dockerfile
+
+@dataclass(frozen=True)
+class Instruction:
+    op: str
+    args: str
+    line: int
+
+    def exec_form(self) -> list[str] | None:
+        if self.args.startswith("["):
+            value = json.loads(self.args)
+            assert isinstance(value, list) and all(isinstance(v, str) for v in value), self
+            return value
+        return None
+
+
+def dockerfile(path: Path = ROOT / "Dockerfile") -> list[Instruction]:
+    """Instructions with line continuations joined and comments dropped (enough for this Dockerfile)."""
+    out: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending.append(line[:-1].strip())
+            continue
+        pending.append(line)
+        text = " ".join(p for p in pending if p)
+        pending = []
+        op, _, args = text.partition(" ")
+        out.append(Instruction(op.upper(), args.strip(), start))
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return out
+
+
+def only(instructions: list[Instruction], op: str) -> list[Instruction]:
+    return [i for i in instructions if i.op == op]
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins in only(instructions, "ENV"):
+        words = shlex.split(ins.args)
+        if words and "=" not in words[0]:  # legacy `ENV NAME value`
+            env[words[0]] = " ".join(words[1:])
+            continue
+        for word in words:
+            name, sep, value = word.partition("=")
+            assert sep, f"line {ins.line}: cannot read ENV {ins.args!r}"
+            env[name] = value
+    return env
+
+
+def copies(instructions: list[Instruction]) -> list[tuple[list[str], str]]:
+    """(sources relative to the build context, destination) of every COPY, in order."""
+    out = []
+    for ins in only(instructions, "COPY"):
+        words = ins.exec_form() or shlex.split(ins.args)
+        assert not [w for w in words if w.startswith("--")], f"line {ins.line}: COPY flags are not expected here"
+        out.append((words[:-1], words[-1]))
+    return out
+
+
+def workdir(instructions: list[Instruction]) -> str:
+    dirs = only(instructions, "WORKDIR")
+    assert len(dirs) == 1 and dirs[0].args.startswith("/"), "one absolute WORKDIR, the application's root"
+    return dirs[0].args
+
+
+def dockerignore() -> list[str]:
+    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore-style `patterns` exclude `path` (relative to the context) or a directory above it.
+
+    Close to Docker's rules for the patterns used here (`**/` matches at any depth; the last match wins); `*`
+    also crossing `/` only makes this stricter."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").strip("/")
+        if pat.startswith("**/"):
+            candidates = ["/".join(p.split("/")[j:]) for p in prefixes for j in range(p.count("/") + 1)]
+            hit = any(fnmatch.fnmatchcase(c, pat[3:]) for c in candidates)
+        else:
+            hit = any(fnmatch.fnmatchcase(p, pat) for p in prefixes)
+        if hit:
+            result = not negate
+    return result
+
+
+def test_dockerfile_base_is_debian_12_and_single_stage() -> None:
+    froms = only(dockerfile(), "FROM")
+    assert len(froms) == 1, "one stage: what runs is what install.sh installed"
+    assert DEBIAN_12_BASES.match(froms[0].args), f"base {froms[0].args!r} is not a Debian 12 image"
+
+
+def test_dockerfile_installs_only_through_the_install_script() -> None:
+    runs = only(dockerfile(), "RUN")
+    assert [r for r in runs if re.search(r"(^|[\s;&|])(\./)?scripts/install\.sh(\s|$|;|&)", r.args)], \
+        "a RUN step runs scripts/install.sh, as `make run` does"
+    installs_with_test_extras = [r for r in runs if "install.sh --test" in r.args]
+    assert not installs_with_test_extras, "the image needs the run-time packages only"
+    for run in runs:
+        for installer in ("apt-get install", "apt install", "pip install", "pip3 install", "dpkg -i"):
+            assert installer not in run.args, f"line {run.line}: packages come from scripts/install.sh only"
+
+
+def test_dockerfile_runs_as_an_unprivileged_user() -> None:
+    instructions = dockerfile()
+    users = only(instructions, "USER")
+    assert users, "a USER instruction: the service never runs as root"
+    user = users[-1].args.split(":")[0]
+    assert user not in {"root", "0"}, "the final USER is not root"
+    last_user = instructions.index(users[-1])
+    entry = only(instructions, "ENTRYPOINT")[-1]
+    assert instructions.index(entry) > last_user, "ENTRYPOINT runs as the final USER"
+    created = [r for r in only(instructions, "RUN") if re.search(rf"useradd\b[^;&]*\s{re.escape(user)}(\s|$)", r.args)]
+    assert created, f"the user {user!r} is created by a RUN step"
+    uid = re.search(r"--uid[ =](\d+)", created[0].args)
+    assert uid and int(uid[1]) >= 1000, "a fixed non-zero uid (so volume ownership is predictable)"
+    data_dir = env_of(instructions)["WID_DATA_DIR"]
+    assert data_dir.startswith("/") and not data_dir.startswith(workdir(instructions) + "/"), \
+        "the data dir lies outside the (root-owned) application tree"
+    assert re.search(rf"(install -d\b[^;&]*-o {re.escape(user)}\b[^;&]*{re.escape(data_dir)}"
+                     rf"|chown\b[^;&]*{re.escape(user)}[^;&]*{re.escape(data_dir)})",
+                     " ".join(r.args for r in only(instructions, "RUN"))), \
+        f"{data_dir} is made writable for {user}"
+
+
+def test_dockerfile_listens_on_port_and_runs_run_sh() -> None:
+    instructions = dockerfile()
+    env = env_of(instructions)
+    assert env.get("PORT", "").isdigit(), "ENV PORT names the default port"
+    exposed = [p.split("/")[0] for e in only(instructions, "EXPOSE") for p in e.args.split()]
+    assert exposed == [env["PORT"]], "EXPOSE is the default $PORT"
+    entrypoints = only(instructions, "ENTRYPOINT")
+    assert len(entrypoints) == 1
+    form = entrypoints[0].exec_form()
+    assert form == [f"{workdir(instructions)}/scripts/run.sh"], \
+        "exec-form ENTRYPOINT is scripts/run.sh itself (PID 1, so SIGTERM reaches its trap)"
+    assert not only(instructions, "CMD"), "no CMD: run.sh takes no arguments"
+    caddyfile = (ROOT / "Caddyfile").read_text()
+    assert ":{$PORT}" in caddyfile, "Caddy listens on $PORT on every interface"
+
+
+def test_dockerfile_bakes_in_no_secret() -> None:
+    instructions = dockerfile()
+    names = set(env_of(instructions))
+    for arg in only(instructions, "ARG"):
+        names.add(arg.args.split("=")[0].strip())
+    baked = names & set(NEVER_BAKED)
+    assert not baked, f"credentials come from the environment at run time, not the image: {baked}"
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"[A-Za-z0-9_-]{43}=", text), "nothing that looks like a Fernet key"
+    assert not re.search(r"postgres(ql)?://[^\s/]*:[^\s/]*@", text), "no database URI with a password"
+    for sources, _ in copies(instructions):
+        for source in sources:
+            assert source not in {".", "./"}, "explicit COPY sources, never the whole context"
+            assert not ignored(source, [".venv", "data", ".git", "*.key", "*.pem", ".env"]), source
+    patterns = dockerignore()
+    for must in (".git", ".venv", "data", ".env", "tests"):
+        assert ignored(must, patterns), f".dockerignore keeps {must} out of the build context"
+
+
+def test_dockerfile_copies_what_the_service_runs() -> None:
+    instructions = dockerfile()
+    patterns = dockerignore()
+    copied: set[str] = set()
+    for sources, _ in copies(instructions):
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+            assert not ignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
+            copied.add(source.rstrip("/"))
+
+    def is_copied(path: str) -> bool:
+        return any(path == c or path.startswith(c + "/") for c in copied)
+
+    run_sh = (ROOT / "scripts" / "run.sh").read_text()
+    needed = {"scripts/run.sh", "scripts/install.sh", "scripts/debian-packages.txt", "requirements.lock",
+              "pyproject.toml", "Caddyfile", "lib/wid/__init__.py", "lib/wid/migrations",
+              "rbac-schema/rbac.schema.json"}
+    needed |= {f"cgi-bin/{name}.py" for name in re.findall(r"import cgi (\w+)", (ROOT / "Caddyfile").read_text())}
+    assert "--cgi-source \"$ROOT/cgi-bin\"" in run_sh
+    for path in sorted(needed):
+        assert (ROOT / path).exists(), path
+        assert is_copied(path), f"the image lacks {path}"
+
+
+# ------------------------------------------------------------------ the image's run, as an unprivileged user
+
+def _unprivileged() -> pwd.struct_passwd:
+    return pwd.getpwnam("nobody")
+
+
+def _image_python() -> str:
+    """The interpreter the image runs: Debian 12's python3 (the python3-venv package install.sh installs)."""
+    return "/usr/bin/python3"
+
+
+@pytest.fixture
+def image_root() -> Iterator[Path]:
+    """The image's file tree in a temp dir: the application (root-owned, read-only to the service user) as the
+    Dockerfile's COPY instructions lay it out, and the service user's data dir."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user (setpriv)")
+    if not shutil.which("setpriv") or not Path(_image_python()).exists():
+        pytest.skip("needs setpriv and Debian's python3")
+    instructions = dockerfile()
+    base = Path(tempfile.mkdtemp(prefix="wid-image-"))  # not pytest's tmp dirs: those are private to root
+    base.chmod(0o755)
+    app = base / workdir(instructions).lstrip("/")
+    app.mkdir(parents=True)
+    patterns = dockerignore()
+    for sources, dest in copies(instructions):
+        target = app / dest
+        for source in sources:
+            src = ROOT / source
+            if src.is_dir():
+                shutil.copytree(src, target, dirs_exist_ok=True,
+                                ignore=lambda d, names: [n for n in names if ignored(
+                                    str((Path(d) / n).relative_to(ROOT)), patterns)])
+            else:
+                dest_path = target / src.name if dest.endswith("/") else target
+                dest_path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest_path)
+
+    # Stand-in for the RUN step (install.sh as root needs the network): a venv on the image's interpreter
+    # over the packages install.sh already installed from the same requirements.lock, wid from the copy.
+    venv = app / ".venv"
+    subprocess.run([_image_python(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = venv / "lib" / version / "site-packages"
+    installed = ROOT / ".venv" / "lib" / version / "site-packages"
+    assert site.is_dir() and installed.is_dir(), "the checkout's venv and the image's python must be the same 3.x"
+    (site / "00-wid.pth").write_text(f"{app / 'lib'}\n")
+    (site / "zz-installed.pth").write_text(f"import site; site.addsitedir({str(installed)!r})\n")
+    wid = venv / "bin" / "wid"
+    wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli import main\nsys.exit(main())\n")
+    wid.chmod(0o755)
+    stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
+                           cwd=app, check=True, capture_output=True, text=True).stdout.strip()
+    (venv / f".installed-{stamp}").touch()
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(app / "lib")], check=True, timeout=120)
+
+    user = _unprivileged()
+    data = base / env_of(instructions)["WID_DATA_DIR"].lstrip("/")
+    data.mkdir(parents=True)
+    os.chown(data, user.pw_uid, user.pw_gid)
+    data.chmod(0o700)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_user(command: list[str]) -> list[str]:
+    """Exec as the unprivileged user with no supplementary groups or capabilities, as Docker's USER does."""
+    user = _unprivileged()
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--inh-caps=-all",
+            *command]
+
+
+def _image_env(base: Path, **run_time: str) -> dict[str, str]:
+    """What the container's processes see: the image's ENV (paths inside the temp root) and `docker run -e`."""
+    env = env_of(dockerfile())
+    env["WID_DATA_DIR"] = str(base / env["WID_DATA_DIR"].lstrip("/"))
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": env["WID_DATA_DIR"],
+            **env, **run_time}
+
+
+def _uid_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _processes_in_group(pgid: int) -> dict[int, str]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                out[int(entry.name)] = (entry / "comm").read_text().strip()
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
+def test_install_script_as_unprivileged_user(image_root: Path) -> None:
+    app = image_root / workdir(dockerfile()).lstrip("/")
+    install = str(app / "scripts" / "install.sh")
+    env = _image_env(image_root)
+    done = subprocess.run(_as_user([install]), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"install.sh as non-root finds everything installed:\n{done.stderr}"
+    assert "installing" not in done.stderr
+
+    # A package the image lacks: a clear error and a non-zero exit, never an attempt to install as non-root.
+    packages = app / "scripts" / "debian-packages.txt"
+    packages.chmod(0o644)
+    packages.write_text(packages.read_text() + "wid-test-no-such-package\n")
+    failed = subprocess.run(_as_user([install]), env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1
+    assert "missing Debian packages: wid-test-no-such-package" in failed.stderr
+    assert "install them as root" in failed.stderr
+
+
+def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer) -> None:
+    """The ENTRYPOINT with the image's ENV plus run-time variables only, as the unprivileged user, on
+    PostgreSQL: health, readiness, issuer metadata and JWKS; every process unprivileged; SIGTERM stops it."""
+    instructions = dockerfile()
+    app = image_root / workdir(instructions).lstrip("/")
+    entrypoint = only(instructions, "ENTRYPOINT")[0].exec_form()
+    assert entrypoint
+    port = free_port()
+    endpoint = "https://wid.example.test"  # as behind App Platform: TLS ends at the platform's edge
+    env = _image_env(image_root, PORT=str(port), THIS_ENDPOINT=endpoint, DATABASE_URI=postgres.fresh_database(),
+                     WID_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                     DIGITALOCEAN_OAUTH_CLIENT_ID="client-id", DIGITALOCEAN_OAUTH_CLIENT_SECRET="client-secret")
+    data = Path(env["WID_DATA_DIR"])
+    log_path = image_root / "entrypoint.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(_as_user([str(image_root / entrypoint[0].lstrip("/"))]), env=env, cwd=app,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            wait_for(f"{url}/health", 60, process=process)
+        except TimeoutError:
+            pytest.fail(f"the entrypoint did not serve; log:\n{log_path.read_text(errors='replace')[-4000:]}")
+        health = requests.get(f"{url}/health", timeout=5)
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        ready = requests.get(f"{url}/health/ready", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}, ready.text
+        meta = requests.get(f"{url}/.well-known/openid-configuration", timeout=5).json()
+        assert meta["issuer"] == endpoint and meta["jwks_uri"] == f"{endpoint}/.well-known/jwks"
+        keys = requests.get(f"{url}/.well-known/jwks", timeout=5).json()["keys"]
+        assert keys and all(k["kty"] == "RSA" and "d" not in k for k in keys)
+
+        user = _unprivileged()
+        processes = _processes_in_group(process.pid)
+        names = set(processes.values())
+        assert {"caddy", "fcgiwrap"} <= names, processes
+        for pid, name in processes.items():
+            assert _uid_of(pid) == user.pw_uid, f"{name} ({pid}) does not run as {user.pw_name}"
+        assert not (data / "secret.key").exists(), "with WID_SECRET_KEY set, no key is generated into the data dir"
+        writable_by_service = [p for p in app.rglob("*") if p.stat().st_uid == user.pw_uid]
+        assert not writable_by_service, f"the service wrote into the application tree: {writable_by_service[:5]}"
+
+        # `docker stop`: SIGTERM to PID 1 (run.sh) only.
+        caddy = [pid for pid, name in processes.items() if name == "caddy"]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        deadline = time.monotonic() + 10
+        while any(_uid_of(pid) is not None for pid in caddy) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_uid_of(pid) is None for pid in caddy), "Caddy stops with the entrypoint"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # only what this test started (its own process group)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+# ------------------------------------------------------------------------------------ App Platform specs
+
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return schema
+
+
+def _app_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load((ROOT / "app.yaml").read_text())
+    return spec
+
+
+def _template() -> dict[str, Any]:
+    template: dict[str, Any] = yaml.safe_load((ROOT / ".do" / "deploy.template.yaml").read_text())
+    return template
+
+
+def _validator(definition: str | None = None) -> jsonschema.Draft202012Validator:
+    schema = _schema()
+    if definition:
+        schema = {**schema, "$ref": f"#/$defs/{definition}"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+Schema = dict[str, Any]
+
+
+def _declared(schema: Schema, root: Schema) -> tuple[dict[str, list[Schema]], list[Schema], bool]:
+    """(properties -> subschemas, item schemas, open) a schema declares, through $ref and allOf/anyOf/oneOf."""
+    props: dict[str, list[dict[str, Any]]] = {}
+    items: list[dict[str, Any]] = []
+    open_ = False
+    if "$ref" in schema:
+        p, i, o = _declared(root["$defs"][schema["$ref"].rsplit("/", 1)[-1]], root)
+        for k, v in p.items():
+            props.setdefault(k, []).extend(v)
+        items += i
+        open_ |= o
+    for combinator in ("allOf", "anyOf", "oneOf"):
+        for sub in schema.get(combinator, []):
+            p, i, o = _declared(sub, root)
+            for k, v in p.items():
+                props.setdefault(k, []).extend(v)
+            items += i
+            open_ |= o
+    for name, sub in schema.get("properties", {}).items():
+        props.setdefault(name, []).append(sub)
+    if "items" in schema:
+        items.append(schema["items"])
+    if schema.get("additionalProperties") not in (None, False):
+        open_ = True
+    return props, items, open_
+
+
+def undeclared_keys(instance: Any, schemas: list[dict[str, Any]], root: dict[str, Any], path: str = "") -> list[str]:
+    """Keys of `instance` that no applicable schema declares (App Platform ignores or refuses them)."""
+    props: dict[str, list[dict[str, Any]]] = {}
+    items: list[dict[str, Any]] = []
+    open_ = False
+    for schema in schemas:
+        p, i, o = _declared(schema, root)
+        for k, v in p.items():
+            props.setdefault(k, []).extend(v)
+        items += i
+        open_ |= o
+    found = []
+    if isinstance(instance, dict) and props and not open_:
+        for key, value in instance.items():
+            if key not in props:
+                found.append(f"{path}/{key}")
+            else:
+                found += undeclared_keys(value, props[key], root, f"{path}/{key}")
+    elif isinstance(instance, list) and items:
+        for index, element in enumerate(instance):
+            found += undeclared_keys(element, items, root, f"{path}/{index}")
+    return found
+
+
+def test_schema_fixture_is_the_derived_app_spec_schema() -> None:
+    schema = _schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert re.search(r"digitalocean/openapi at commit [0-9a-f]{40}", schema["$comment"])
+    assert {"app_spec", "apps_deploy_template", "app_service_spec", "app_variable_definition",
+            "app_database_spec"} <= set(schema["$defs"])
+    assert (SCHEMA_PATH.parent / "SOURCE.md").exists()
+
+
+@pytest.mark.parametrize("name", ["app.yaml", ".do/deploy.template.yaml"])
+def test_app_platform_spec_is_valid(name: str) -> None:
+    document = yaml.safe_load((ROOT / name).read_text())
+    definition = "apps_deploy_template" if name.startswith(".do/") else None
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in _validator(definition).iter_errors(document)]
+    assert not errors, errors
+    root = _schema()
+    start = {"$ref": f"#/$defs/{definition or 'app_spec'}"}
+    assert undeclared_keys(document, [start], root) == []
+
+
+def test_spec_validation_is_not_vacuous() -> None:
+    """The same checks refuse a spec with a wrong value and one with a misspelt key."""
+    wrong = _app_spec()
+    wrong["services"][0]["envs"][0]["type"] = "ENCRYPTED"
+    wrong["services"][0]["http_port"] = 70000
+    assert len(list(_validator().iter_errors(wrong))) == 2
+    misspelt = _app_spec()
+    misspelt["services"][0]["health_checks"] = misspelt["services"][0].pop("health_check")
+    assert list(_validator().iter_errors(misspelt)) == []  # the OpenAPI schema alone lets it through...
+    assert undeclared_keys(misspelt, [{"$ref": "#/$defs/app_spec"}], _schema()) == ["/services/0/health_checks"]
+
+
+def _envs(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {env["key"]: env for env in service.get("envs", [])}
+
+
+def test_app_spec_runs_the_image_with_postgres_and_encrypted_secrets() -> None:
+    spec = _app_spec()
+    (service,) = spec["services"]
+    assert service["dockerfile_path"] == "Dockerfile" and (ROOT / service["dockerfile_path"]).exists()
+    port = env_of(dockerfile())["PORT"]
+    envs = _envs(service)
+    assert service["http_port"] == int(port) == int(envs["PORT"]["value"])
+    assert envs["THIS_ENDPOINT"]["value"] == "${APP_URL}"
+    (database,) = spec["databases"]
+    assert database["engine"] == "PG"
+    assert envs["DATABASE_URI"]["value"] == f"${{{database['name']}.DATABASE_URL}}"
+    for name in SECRET_VARIABLES:
+        assert envs[name].get("type") == "SECRET", f"{name} is an encrypted variable"
+        assert "value" not in envs[name], f"{name} has no value in the spec: the operator sets it"
+    for env in envs.values():
+        assert env.get("scope", "RUN_TIME") == "RUN_TIME", f"{env['key']} is not needed at build time"
+    readme = (ROOT / "README.md").read_text()
+    for name in envs:
+        assert f"`{name}`" in readme, f"{name} is documented in README.md's configuration table"
+    caddyfile = (ROOT / "Caddyfile").read_text()
+    for check in ("health_check", "liveness_health_check"):
+        path = service[check]["http_path"]
+        assert path in {"/health", "/health/ready"} and path in caddyfile
+    assert service["health_check"]["http_path"] == "/health/ready", "readiness includes the database"
+    assert spec["ingress"]["rules"][0]["component"]["name"] == service["name"]
+    assert spec.get("disable_edge_cache") is True, "no CDN cache in front of an identity provider"
+
+
+def test_deploy_template_is_app_yaml_from_its_public_repository() -> None:
+    spec = _app_spec()
+    template = _template()
+    assert set(template) == {"spec"}
+    github = spec["services"][0].pop("github")
+    git = template["spec"]["services"][0].pop("git")
+    assert template["spec"] == spec, "the button deploys what app.yaml describes"
+    assert git == {"repo_clone_url": f"https://github.com/{github['repo']}.git", "branch": github["branch"]}
+
+
+def test_readme_has_the_deploy_button_for_the_template_repository() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = BUTTON.search(readme)
+    assert match, "README.md has the Deploy to DigitalOcean button"
+    github = _app_spec()["services"][0]["github"]
+    assert match["url"] == (f"https://cloud.digitalocean.com/apps/new?repo=https://github.com/{github['repo']}"
+                            f"/tree/{github['branch']}")
+    assert urlsplit(match["image"]).scheme == "https"
+    assert re.search(r"^## Deploy", readme, re.M)
+    assert "docs/operator.md" in readme and "docs/security.md" in readme
+
+
+def test_operator_and_security_docs_cover_their_topics() -> None:
+    operator = (ROOT / "docs" / "operator.md").read_text()
+    for topic in ("/auth/digitalocean/v1/callback", "DIGITALOCEAN_OAUTH_SCOPES", "wid keys rotate", "wid keys prune",
+                  "wid audit", "WID_SECRET_KEY", "DATABASE_URI", "/health/ready", "replica", "back up", "make run",
+                  "docker run", "Deploy to DigitalOcean", "README.md#configuration"):
+        assert topic.lower() in operator.lower(), f"docs/operator.md covers {topic}"
+    security = (ROOT / "docs" / "security.md").read_text()
+    for topic in ("anyone who may create droplets with a tag", "trust on first use", "jku", "x5u", "none",
+                  "WID_TRUSTED_ISSUERS", "audit", "provisioning", "refresh", "exchanged", "deny"):
+        assert topic.lower() in security.lower(), f"docs/security.md covers {topic}"
