@@ -14,25 +14,30 @@ mkdir -p "$WID_RUN_DIR"
 
 "$ROOT/.venv/bin/wid" setup --render-cgi "$WID_RUN_DIR/cgi-bin" --cgi-source "$ROOT/cgi-bin"
 
-pids=()
+fcgi_pid="" caddy_pid="" publisher_pid=""
 stop() {
   trap - INT TERM EXIT
-  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  # Caddy first: it stops accepting and lets requests in flight finish.
+  set +e
+  [[ -n "$caddy_pid" ]] && kill "$caddy_pid" 2>/dev/null && wait "$caddy_pid" 2>/dev/null
+  [[ -n "$publisher_pid" ]] && { pkill -P "$publisher_pid"; kill "$publisher_pid"; } 2>/dev/null
+  # fcgiwrap's workers ignore SIGTERM until their next request (libfcgi), and now none can come.
+  [[ -n "$fcgi_pid" ]] && { pkill -KILL -P "$fcgi_pid"; kill "$fcgi_pid"; } 2>/dev/null
+  wait 2>/dev/null
 }
 trap stop INT TERM EXIT
 
 rm -f "$WID_RUN_DIR/fcgiwrap.sock"
 fcgiwrap -c "${WID_CGI_WORKERS:-8}" -s "unix:$WID_RUN_DIR/fcgiwrap.sock" &
-pids+=($!)
+fcgi_pid=$!
 for _ in $(seq 100); do [[ -S "$WID_RUN_DIR/fcgiwrap.sock" ]] && break; sleep 0.05; done
 
 caddy run --config "$ROOT/Caddyfile" --adapter caddyfile &
-pids+=($!)
+caddy_pid=$!
 
 # Another replica may rotate keys: refresh this replica's published JWKS once a minute.
 (while sleep "${WID_PUBLISH_INTERVAL:-60}"; do "$ROOT/.venv/bin/wid" keys publish || true; done) &
-pids+=($!)
+publisher_pid=$!
 
 echo "wid: serving $THIS_ENDPOINT on port $PORT (data in $WID_DATA_DIR)" >&2
-wait -n "${pids[@]}"
+wait -n "$fcgi_pid" "$caddy_pid" "$publisher_pid"

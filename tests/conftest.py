@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,7 @@ def backend(request: pytest.FixtureRequest, app_env: Path, monkeypatch: pytest.M
     if request.param == "postgresql":
         pg: PostgresServer = request.getfixturevalue("postgres")
         monkeypatch.setenv("DATABASE_URI", pg.fresh_database())
+        monkeypatch.setenv("WID_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
         config.settings.cache_clear()
     return str(request.param)
 

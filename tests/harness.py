@@ -5,6 +5,7 @@ Both are expensive to start, so conftest.py shares one of each per test session.
 
 from __future__ import annotations
 
+import base64
 import glob
 import os
 import shutil
@@ -107,6 +108,8 @@ class ProxyServer:
             "WID_ALLOW_INSECURE_ISSUERS": "1",
             **(env or {}),
         }
+        if self.env.get("DATABASE_URI") and not self.env.get("WID_SECRET_KEY"):
+            self.env["WID_SECRET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
         self.log_path = data_dir.parent / f"proxy-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

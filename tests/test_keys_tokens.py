@@ -205,3 +205,12 @@ def test_wrong_secret_key_is_a_clear_error(app_env: Any, monkeypatch: pytest.Mon
     config.settings.cache_clear()
     with pytest.raises(config.ConfigError, match="32 random bytes"):
         keys.rotate(600)
+
+
+def test_shared_database_requires_an_explicit_secret_key(app_env: Any, postgres: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URI", postgres.fresh_database())
+    config.settings.cache_clear()
+    with pytest.raises(config.ConfigError, match="WID_SECRET_KEY must be set when DATABASE_URI is set"):
+        keys.active_key()
+    assert not (app_env / "secret.key").exists()
