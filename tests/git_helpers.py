@@ -40,6 +40,23 @@ echo "username=token"
 echo "password=${TOKEN}"
 """
 
+# The articles' ATProto credential helper, with the keyring lookup replaced by a file the test writes
+# (`python -m keyring get oidc-reverse-proxy rbac.did.token` in the article).
+ATPROTO_CREDENTIAL_HELPER = r"""#!/usr/bin/env bash
+TOKEN="$(cat "${HOME}/.config/rbac-did-token")"
+
+while IFS='=' read -r key value; do
+  if [[ -n "$key" && -n "$value" ]]; then
+    if [[ "$key" == "protocol" || "$key" == "host" ]]; then
+      echo "$key=$value"
+    fi
+  fi
+done
+
+echo "username=token"
+echo "password=${TOKEN}"
+"""
+
 FAKE_DOCTL = """#!/usr/bin/env bash
 # Stand-in for `doctl auth token`: prints the token the test stored for this user.
 if [[ "$1" == "auth" && "$2" == "token" ]]; then

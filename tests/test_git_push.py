@@ -107,7 +107,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     hold = base / "hold"
     hold.mkdir()
     env = {"DIGITALOCEAN_API_URL": do_api.url, "WID_TEST_GIT_HOLD_DIR": str(hold),
-           "WID_GIT_MAX_PUSH_BYTES": str(3 * MiB), "WID_CGI_WORKERS": "8"}
+           "WID_GIT_MAX_PUSH_BYTES": str(3 * MiB)}
     if request.param == "postgresql":
         env["DATABASE_URI"] = request.getfixturevalue("postgres").fresh_database()
     proxy = ProxyServer(base / "data", env)
@@ -240,6 +240,7 @@ def test_article_sequence_verbatim(server: GitServer, team: Team, admin: GitUser
     explicit = f"{server.url}/_rbac/DigitalOcean/{team.uuid}"
     other.git("config", "--global", f"credential.{explicit}.helper", f"!{other.helper}", cwd=other.home)
     assert ls_remote(other, explicit, other.home) == ls_remote(other, server.url, other.home)
+    assert ls_remote(other, explicit + "/", other.home) == ls_remote(other, server.url + "/", other.home)
 
 
 # -- refused pushes ------------------------------------------------------------------------------------
@@ -584,3 +585,65 @@ def test_kill_9_in_the_middle_of_a_push_keeps_the_previous_configuration(
     # Nothing is left locked or torn: the same push goes through now.
     admin.git("push", "deploy", "main", cwd=repo)
     assert state(server, team.uuid)["main_commit"] == attempted
+
+
+# The articles' ATProto section, verbatim but for the DID (a variable here) and the first push's files.
+ARTICLE_ATPROTO = r"""
+git init
+git config --global --unset credential."${THIS_ENDPOINT}".helper
+git config --global credential."${THIS_ENDPOINT}/_rbac/DigitalOcean/".helper \
+  '!'"${HOME}/.local/scripts/git-credential-rbac-digitalocean.sh"
+git config --global credential."${THIS_ENDPOINT}/_rbac/ATProto/".helper \
+  '!'"${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
+git branch -M main
+echo .venv/ >> .gitignore
+git add .
+git commit -sm "feat: setup credential helper"
+git remote add deploy "${THIS_ENDPOINT}/_rbac/ATProto/${DID_PLC}"
+git push -u deploy main
+"""
+ARTICLE_ATPROTO_ROLES = r"""
+git add .
+git commit -sm "feat: configure access from droplet"
+git push -u deploy main
+
+# View deployed config
+git fetch --all && git show deploy/schema:rbac.json | jq
+"""
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
+def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admin: GitUser) -> None:
+    from tests.git_helpers import ATPROTO_CREDENTIAL_HELPER, EXAMPLES
+
+    did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+    with server.proxy.configured():
+        from wid import tokens
+
+        did_token, _ = tokens.sign({"aud": f"api://ATProto?actx={did}", "sub": f"actx:{did}:admin", "did_plc": did},
+                                   kind=tokens.RBAC, lifetime=600)
+    (admin.home / ".config" / "rbac-did-token").write_text(did_token)
+    helper = admin.home / ".local" / "scripts" / "git-credential-rbac-atproto.sh"
+    helper.write_text(ATPROTO_CREDENTIAL_HELPER)
+    helper.chmod(0o755)
+    repo = admin.home / "did-rbac"
+    repo.mkdir()
+    admin.env["DID_PLC"] = did
+    first = admin.shell(ARTICLE_ATPROTO, cwd=repo)
+    assert "remote: wid: warning: .gitignore: ignored" in first.stderr
+
+    for name in ("roles/atproto-write.hcl", "policies/atproto-write.hcl"):
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text((EXAMPLES / "atproto" / name).read_text())
+    run = admin.shell(ARTICLE_ATPROTO_ROLES, cwd=repo)
+    shown = json.loads(run.stdout[run.stdout.index("\n{\n") + 1:])
+    assert shown["api"] == "ATProto" and shown["actx"] == did
+    assert shown["roles"]["atproto-write"]["aud"] == f"api://ATProto?actx={did}"
+
+    # The DID's token opens only the DID's repo; the team's DigitalOcean token cannot open the DID's.
+    assert info_refs(server, f"/_rbac/DigitalOcean/{team.uuid}", did_token).status_code == 403
+    assert info_refs(server, f"/_rbac/ATProto/{did}", team.token).status_code == 403
+    with server.proxy.configured():
+        from wid import rbac_store
+
+        assert rbac_store.main_commit("ATProto", did) == head(admin, repo)
