@@ -647,3 +647,22 @@ def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admi
         from wid import rbac_store
 
         assert rbac_store.main_commit("ATProto", did) == head(admin, repo)
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
+def test_shallow_and_filtered_clones(server: GitServer, team: Team, admin: GitUser) -> None:
+    repo, _ = push_initial(admin)
+    admin.commit(repo, {"README.md": "second\n"}, "second")
+    admin.git("push", "deploy", "main", cwd=repo)
+
+    admin.git("clone", "-q", "--depth", "1", server.url, "shallow", cwd=admin.home)
+    shallow = admin.home / "shallow"
+    assert admin.git("rev-list", "--count", "HEAD", cwd=shallow).stdout.strip() == "1"
+    pushed = admin.commit(shallow, {"README.md": "pushed from a shallow clone\n"}, "from shallow")
+    admin.git("push", "origin", "main", cwd=shallow)
+    assert state(server, team.uuid)["main_commit"] == pushed
+
+    # Partial clone is not offered: git says so and makes a full clone.
+    filtered = admin.git("clone", "--filter=blob:none", server.url, "filtered", cwd=admin.home)
+    assert "filtering not recognized by server" in filtered.stderr
+    assert admin.git("rev-parse", "HEAD", cwd=admin.home / "filtered").stdout.strip() == pushed

@@ -20,6 +20,7 @@ import os
 import re
 import time
 import zlib
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +29,7 @@ from dulwich.errors import GitProtocolError
 from dulwich.objects import ZERO_SHA, Commit
 from dulwich.protocol import (
     CAPABILITY_ATOMIC,
+    CAPABILITY_FILTER,
     CAPABILITY_SIDE_BAND_64K,
     SIDE_BAND_CHANNEL_PROGRESS,
     Protocol,
@@ -189,6 +191,30 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
+class _UploadPack(UploadPackHandler):
+    """Without partial clone: a filtered clone would later ask for single blobs, which is not offered."""
+
+    def capabilities(self) -> list[bytes]:
+        return [cap for cap in super().capabilities() if cap != CAPABILITY_FILTER]
+
+    def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
+        # git asks for "filter" even when told filtering is not offered; git's upload-pack ignores it too.
+        super().set_client_capabilities([cap for cap in caps if cap.split(b"=")[0] != CAPABILITY_FILTER])
+
+
+class _PushProtocol(Protocol):
+    """Skips the `shallow <sha>` lines a shallow clone sends before its commands (dulwich expects none).
+
+    What a shallow clone's push needs beyond its pack must already be stored; rbac_repo.closure checks.
+    """
+
+    def read_pkt_line(self) -> bytes | None:
+        while True:
+            line = super().read_pkt_line()
+            if line is None or not line.startswith(b"shallow "):
+                return line
+
+
 class _Backend(Backend):
     def __init__(self, repo: MemoryRepo) -> None:
         self.repo = repo
@@ -207,7 +233,7 @@ def _advertise(repo: RepoId, service: str) -> Response:
     proto = Protocol(BytesIO().read, out.append)
     proto.write_pkt_line(f"# service={service}\n".encode())
     proto.write_pkt_line(None)
-    cls = UploadPackHandler if service == "git-upload-pack" else ReceivePackHandler
+    cls = _UploadPack if service == "git-upload-pack" else ReceivePackHandler
     cls(_Backend(git_repo), ["/"], proto, stateless_rpc=True, advertise_refs=True).handle()
     return _result(service, out, "advertisement")
 
@@ -223,7 +249,7 @@ def _upload_pack(request: Request, repo: RepoId) -> Response:
     out: list[bytes] = []
     proto = Protocol(BytesIO(body).read, out.append)
     try:
-        UploadPackHandler(_Backend(git_repo), ["/"], proto, stateless_rpc=True).handle()
+        _UploadPack(_Backend(git_repo), ["/"], proto, stateless_rpc=True).handle()
     except GitProtocolError as exc:
         raise bad_request(f"bad upload-pack request: {exc}") from None
     return _result("git-upload-pack", out)
@@ -237,7 +263,7 @@ def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess) ->
     git_repo, store, _ = rbac_repo.open_repo(repo, with_head=False)
     stream = BytesIO(body)
     out: list[bytes] = []
-    proto = Protocol(stream.read, out.append)
+    proto = _PushProtocol(stream.read, out.append)
     push = _Push(repo, access, store, stream, body, truncated, limits)
     try:
         _ReceivePack(_Backend(git_repo), ["/"], proto, push).handle()
