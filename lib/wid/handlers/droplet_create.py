@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wid import audit, authz, cloudinit, config, policy, provisioning, upstream, upstream_digitalocean
+from wid import audit, authz, cloudinit, config, policy, provisioning, storage, upstream, upstream_digitalocean
 from wid.errors import ApiError, bad_request, forbidden, unauthorized
+from wid.log import log
 from wid.web import Request, Response, Router
 
 API = upstream_digitalocean.API
@@ -135,15 +136,26 @@ def create(request: Request) -> Response:
                      outcome="upstream_failed", status=exc.status, reason=exc.message, **detail)
         raise
     ids = _created_ids(response.status, raw)
+    try:
+        _record(prov, team, creator, ids, response.status, detail)
+    except (storage.Conflict, storage.DatabaseUnavailable) as exc:
+        # DigitalOcean created the Droplets: the caller must learn that, whatever happened here. The
+        # nonce stays unbound, so these Droplets cannot prove (they would need to be created again).
+        log("droplet_create_unbound", level="error", actx=team, droplet_ids=ids, jti=prov.claims["jti"],
+            error=type(exc).__name__, detail=str(exc)[:300])
+    return _relay(response, raw)
+
+
+def _record(prov: provisioning.Provisioning, team: str, creator: dict[str, Any], ids: list[int], status: int,
+            detail: dict[str, Any]) -> None:
     if ids:
         provisioning.bind(prov, ids)
         audit.record("droplet_create", "allow", api=API, actx=team, sub=creator["sub"], jti=prov.claims["jti"],
-                     outcome="created", status=response.status, droplet_ids=ids, **detail)
+                     outcome="created", status=status, droplet_ids=ids, **detail)
     else:
-        provisioning.fail(prov, f"upstream answered {response.status}")
+        provisioning.fail(prov, f"upstream answered {status}")
         audit.record("droplet_create", "info", api=API, actx=team, sub=creator["sub"], jti=prov.claims["jti"],
-                     outcome="not_created", status=response.status, **detail)
-    return _relay(response, raw)
+                     outcome="not_created", status=status, **detail)
 
 
 handler = Router()

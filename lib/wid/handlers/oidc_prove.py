@@ -249,7 +249,10 @@ def _open_challenge(challenge: str) -> tuple[str, int]:
         raise unauthorized("recovery challenge is invalid or expired; ask for a new one") from None
     if not isinstance(opened, dict) or opened.get("purpose") != _CHALLENGE_PURPOSE:
         raise unauthorized("recovery challenge is invalid")
-    return str(opened["team"]), int(opened["droplet_id"])
+    team, droplet_id = opened.get("team"), opened.get("droplet_id")
+    if not isinstance(team, str) or not isinstance(droplet_id, int):
+        raise unauthorized("recovery challenge is invalid")
+    return team, droplet_id
 
 
 def _recover(request: Request, context: dict[str, Any]) -> Response:
