@@ -1,0 +1,384 @@
+"""The ATProto upstream's parts that need no peer: identifiers, SSRF rules, DPoP/JWS, the client's
+keys and metadata, the repo guard, DNS TXT parsing, and the event stream decoding of `wid atproto tail`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wid import atproto_identity as identity
+from wid import atproto_oauth, dpop, jose, tokens, upstream
+from wid.config import ConfigError
+from wid.errors import ApiError
+from wid.upstream_atproto import check_repo, nsid_of
+
+DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+OTHER = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+# -- contexts and identifiers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("actx", [DID, "did:web:example.com", "did:web:pds.example.co.uk"])
+def test_did_contexts_are_accepted_everywhere_a_context_is(actx: str) -> None:
+    upstream.get("ATProto").validate_context(actx)
+    assert tokens.parse_audience(f"api://ATProto?actx={actx}").actx == actx
+
+
+@pytest.mark.parametrize("actx", [
+    "did:plc:ewvi7nxzyoun6zhxrhs64oi", "did:plc:EWVI7NXZYOUN6ZHXRHS64OIZ", "did:plc:ewvi7nxzyoun6zhxrhs64oi1",
+    "did:web:localhost", "did:web:example.com:user:alice", "did:web:example.com%3A8080", "did:key:z6Mk",
+    "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "alice.bsky.social", "",
+])
+def test_other_contexts_are_refused(actx: str) -> None:
+    with pytest.raises(ApiError) as err:
+        upstream.get("ATProto").validate_context(actx)
+    assert err.value.status == 400 and "DIDs" in err.value.message
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("alice.bsky.social", ("handle", "alice.bsky.social")),
+    ("@Alice.Bsky.Social", ("handle", "alice.bsky.social")),
+    ("at://alice.test", ("handle", "alice.test")),
+    (f" {DID} ", ("did", DID)),
+    (f"at://{DID}", ("did", DID)),
+])
+def test_identifiers(text: str, expected: tuple[str, str]) -> None:
+    assert identity.parse_identifier(text) == expected
+
+
+@pytest.mark.parametrize("text", ["alice", "alice..test", "-a.test", "a.1com", "alice.local", "x.internal",
+                                  "did:plc:short", "did:web:localhost", "a b.test", "", "alice.test/path"])
+def test_bad_identifiers(text: str) -> None:
+    with pytest.raises(ApiError) as err:
+        identity.parse_identifier(text)
+    assert err.value.status == 400 and err.value.error_id == "bad_identifier"
+
+
+# -- SSRF rules ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def insecure(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wid import config
+
+    monkeypatch.setenv("WID_ALLOW_INSECURE_ISSUERS", "1")
+    config.settings.cache_clear()
+
+
+@pytest.mark.parametrize("url,insecure_allowed,ok", [
+    ("https://pds.example.com", False, True),
+    ("http://pds.example.com", True, False),
+    ("http://localhost:2583", False, False),
+    ("http://localhost:2583", True, True),
+    ("http://127.0.0.1:2583", True, True),
+    ("http://10.0.0.1", True, False),
+    ("https://user:pw@pds.example.com", False, False),
+    ("ftp://pds.example.com", True, False),
+    ("https://pds.example.com/#frag", False, False),
+])
+def test_which_urls_may_be_fetched(app_env: Path, url: str, insecure_allowed: bool, ok: bool) -> None:
+    if ok:
+        identity.check_url(url, "test", allow_insecure=insecure_allowed)
+    else:
+        with pytest.raises(ApiError) as err:
+            identity.check_url(url, "test", allow_insecure=insecure_allowed)
+        assert err.value.status == 502
+
+
+@pytest.mark.parametrize("url", ["https://10.1.2.3/x", "https://169.254.169.254/latest/meta-data",
+                                 "https://[::1]/x", "https://[::ffff:192.168.1.1]/x", "https://localhost:1/x",
+                                 "https://0.0.0.0/x", "https://100.64.0.1/x"])
+def test_private_and_loopback_addresses_are_never_contacted(app_env: Path, url: str) -> None:
+    with pytest.raises(ApiError) as err:
+        identity.request("GET", url, what="test", allow_insecure=False, timeout=2)
+    assert err.value.error_id == "address_refused", err.value.message
+
+
+@pytest.fixture
+def local_server() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "http://10.0.0.1/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"x" * (4096 if self.path == "/big" else 10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://localhost:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_loopback_only_when_insecure_is_allowed(insecure: None, local_server: str) -> None:
+    assert identity.request("GET", f"{local_server}/", what="test").body == b"x" * 10
+    with pytest.raises(ApiError) as err:
+        identity.request("GET", f"{local_server}/", what="test", allow_insecure=False)
+    assert err.value.error_id == "insecure_url_refused"
+    with pytest.raises(ApiError) as err:
+        identity.request("GET", f"{local_server}/big", what="test", limit=1000)
+    assert err.value.error_id == "response_too_large"
+    redirect = identity.request("GET", f"{local_server}/redirect", what="test")
+    assert redirect.status == 302  # returned, never followed
+
+
+# -- DPoP, client assertions, PKCE ---------------------------------------------------------------------------------
+
+
+def _decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    head, body, signature = token.split(".")
+    header = json.loads(jose.b64url_decode(head))
+    claims = json.loads(jose.b64url_decode(body))
+    jws = jose.Jws(header, claims, f"{head}.{body}".encode(), jose.b64url_decode(signature))
+    jose.verify(jws, header.get("jwk") or {})
+    return header, claims
+
+
+def test_dpop_proof() -> None:
+    key = dpop.generate_key()
+    proof = dpop.proof(key, "post", "http://localhost:2583/xrpc/com.atproto.repo.createRecord?x=1",
+                       nonce="n-1", access_token="tok")
+    header, claims = _decode(proof)
+    assert header["typ"] == "dpop+jwt" and header["alg"] == "ES256" and "d" not in header["jwk"]
+    assert claims["htm"] == "POST"
+    assert claims["htu"] == "http://localhost:2583/xrpc/com.atproto.repo.createRecord"  # as written, no query
+    assert claims["nonce"] == "n-1"
+    assert claims["ath"] == base64.urlsafe_b64encode(hashlib.sha256(b"tok").digest()).rstrip(b"=").decode()
+    again = _decode(dpop.proof(key, "GET", "https://pds.example.com/x"))[1]
+    assert again["jti"] != claims["jti"] and "nonce" not in again and "ath" not in again
+    assert dpop.key_from_pem(dpop.key_to_pem(key)).private_numbers() == key.private_numbers()
+
+
+def test_client_assertion_and_pkce() -> None:
+    key = dpop.generate_key()
+    token = dpop.client_assertion(key, "kid-1", "https://wid.example.com/m.json", "https://as.example.com")
+    head, body, signature = token.split(".")
+    header, claims = json.loads(jose.b64url_decode(head)), json.loads(jose.b64url_decode(body))
+    jose.verify(jose.Jws(header, claims, f"{head}.{body}".encode(), jose.b64url_decode(signature)),
+                dpop.public_jwk(key))
+    assert header == {"alg": "ES256", "typ": "JWT", "kid": "kid-1"}
+    assert claims["iss"] == claims["sub"] == "https://wid.example.com/m.json"
+    assert claims["aud"] == "https://as.example.com" and claims["exp"] - claims["iat"] == 60
+    verifier, challenge = dpop.pkce_pair()
+    assert 43 <= len(verifier) <= 128
+    assert challenge == base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def test_use_dpop_nonce_answers() -> None:
+    def result(status: int, body: bytes = b"", **headers: str) -> identity.HttpResult:
+        return identity.HttpResult(status, {k.lower().replace("_", "-"): v for k, v in headers.items()}, body, "u")
+
+    assert atproto_oauth.wants_nonce(result(400, b'{"error":"use_dpop_nonce"}'))
+    assert atproto_oauth.wants_nonce(result(401, www_authenticate='DPoP error="use_dpop_nonce"'))
+    assert not atproto_oauth.wants_nonce(result(401, www_authenticate='DPoP error="invalid_token"'))
+    assert not atproto_oauth.wants_nonce(result(400, b'{"error":"invalid_grant"}'))
+    assert not atproto_oauth.wants_nonce(result(400, b"not json"))
+
+
+# -- the client's keys and metadata ----------------------------------------------------------------------------------
+
+
+def test_client_metadata_keys_and_rotation(app_env: Path) -> None:
+    meta = atproto_oauth.client_metadata()
+    assert meta["client_id"] == "https://wid.example.test/oauth/atproto/client-metadata.json"
+    assert meta["jwks_uri"] == "https://wid.example.test/oauth/atproto/jwks.json"
+    assert meta["redirect_uris"] == ["https://wid.example.test/auth/atproto/callback"]
+    first = atproto_oauth.jwks()["keys"]
+    assert len(first) == 1 and first[0]["kid"] == atproto_oauth.client_key().kid
+    old, new = atproto_oauth.rotate_client_key()
+    assert old == first[0]["kid"] and new != old
+    published = [k["kid"] for k in atproto_oauth.jwks()["keys"]]
+    assert published == [new, old]  # the old key keeps serving the sessions authorized with it
+    assert atproto_oauth.client_key().kid == new
+    assert atproto_oauth.client_key(old).kid == old
+    with pytest.raises(ApiError):
+        atproto_oauth.client_key("no-such-kid")
+
+
+def test_sign_in_needs_a_public_https_endpoint(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wid import config
+
+    monkeypatch.setenv("THIS_ENDPOINT", "http://localhost:8080")
+    config.settings.cache_clear()
+    with pytest.raises(ApiError) as err:
+        atproto_oauth.start("alice.bsky.social")
+    assert err.value.status == 503 and "THIS_ENDPOINT" in err.value.message
+
+
+@pytest.mark.parametrize("name,value", [("ATPROTO_TIMEOUT", "soon"), ("ATPROTO_OAUTH_SCOPE", "transition:generic"),
+                                        ("ATPROTO_PLC_URL", "plc.directory"), ("ATPROTO_RBAC_TOKEN_TTL", "10")])
+def test_bad_settings_are_named(app_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        identity.atproto_config()
+
+
+def test_rbac_token_lifetime_is_the_operators(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATPROTO_RBAC_TOKEN_TTL", "600")
+    token, expires_at = atproto_oauth.rbac_token(DID, "alice.test")
+    claims = tokens.verify(token, kinds={tokens.RBAC}, audience=f"api://ATProto?actx={DID}")
+    assert claims["exp"] - claims["iat"] == 600 == expires_at - claims["iat"]
+    assert claims["did_plc"] == claims["did"] == DID and claims["handle"] == "alice.test"
+    assert claims["sub"] == f"actx:{DID}:admin"
+
+
+# -- XRPC paths and the repo guard -----------------------------------------------------------------------------------
+
+
+def test_nsids() -> None:
+    assert nsid_of("/xrpc/com.atproto.repo.createRecord") == "com.atproto.repo.createRecord"
+    assert nsid_of("/xrpc/app.bsky.feed.getTimeline") == "app.bsky.feed.getTimeline"
+    for path in ("/xrpc/", "/xrpc/createRecord", "/xrpc/com.atproto.repo.createRecord/x", "/xrpc/com..x.y",
+                 "/v2/droplets", "/xrpc/com.atproto.repo.1create"):
+        with pytest.raises(ApiError) as err:
+            nsid_of(path)
+        assert err.value.status == 404
+
+
+def test_repo_guard(app_env: Path) -> None:
+    create = "com.atproto.repo.createRecord"
+    check_repo(DID, "POST", create, "application/json", json.dumps({"repo": DID}).encode())
+    check_repo(DID, "GET", "com.atproto.repo.getRecord", None, b"")  # queries: policy's business
+    check_repo(DID, "POST", "com.atproto.repo.uploadBlob", "image/png", b"\x89PNG")  # the session's own account
+    check_repo(DID, "POST", "app.bsky.actor.putPreferences", "application/json", b'{"repo": "x"}')
+    for nsid in ("com.atproto.repo.createRecord", "com.atproto.repo.putRecord", "com.atproto.repo.deleteRecord",
+                 "com.atproto.repo.applyWrites"):
+        with pytest.raises(ApiError) as err:
+            check_repo(DID, "POST", nsid, "application/json; charset=utf-8", json.dumps({"repo": OTHER}).encode())
+        assert err.value.status == 403 and OTHER in err.value.message
+    cases: list[tuple[str | None, bytes, int]] = [
+        ("application/json", b"{}", 400),
+        ("application/json", b"", 400),
+        ("text/plain", b'{"repo": "x"}', 415),
+        (None, b'{"repo": "x"}', 415),
+        ("application/json", b'{"repo": "' + DID.encode() + b'", "repo": "x"}', 400),
+        ("application/json", b'{"repo": "alice.test"}', 403),
+    ]
+    for content_type, body, status in cases:
+        with pytest.raises(ApiError) as err:
+            check_repo(DID, "POST", create, content_type, body)
+        assert err.value.status == status, (content_type, body)
+
+
+# -- handle resolution by DNS ------------------------------------------------------------------------------------------
+
+
+def _txt_answer(query: bytes, texts: list[bytes], rcode: int = 0) -> bytes:
+    ident = query[:2]
+    question = query[12:]
+    header = ident + struct.pack(">HHHHH", 0x8180 | rcode, 1, len(texts), 0, 0)
+    answers = b""
+    for text in texts:
+        rdata = bytes([len(text)]) + text
+        answers += b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 300, len(rdata)) + rdata
+    return header + question + answers
+
+
+@pytest.fixture
+def dns_server() -> Iterator[tuple[int, dict[str, tuple[list[bytes], int]]]]:
+    zone: dict[str, tuple[list[bytes], int]] = {}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            labels, pos = [], 12
+            while query[pos]:
+                labels.append(query[pos + 1:pos + 1 + query[pos]].decode())
+                pos += 1 + query[pos]
+            texts, rcode = zone.get(".".join(labels), ([], 3))
+            sock.sendto(_txt_answer(query, texts, rcode), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1], zone
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+def test_dns_txt(dns_server: tuple[int, dict[str, tuple[list[bytes], int]]]) -> None:
+    port, zone = dns_server
+    zone["_atproto.alice.example.com"] = ([b"did=" + DID.encode(), b"v=spf1 -all"], 0)
+    zone["_atproto.empty.example.com"] = ([], 0)
+    values = identity.dns_txt("_atproto.alice.example.com", servers=["127.0.0.1"], port=port)
+    assert identity._did_from_txt(values) == DID
+    with pytest.raises(ValueError, match="NXDOMAIN"):
+        identity.dns_txt("_atproto.nobody.example.com", servers=["127.0.0.1"], port=port)
+    with pytest.raises(ValueError, match="no TXT"):
+        identity.dns_txt("_atproto.empty.example.com", servers=["127.0.0.1"], port=port)
+    with pytest.raises(ValueError):
+        identity._did_from_txt([f"did={DID}", f"did={OTHER}"])
+
+
+# -- the event stream: DAG-CBOR frames with a CAR of blocks ----------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def test_tail_decodes_commit_frames() -> None:
+    import cbor2
+
+    from wid import atproto_tail
+
+    record = {"$type": "app.bsky.feed.post", "text": "Hello World", "createdAt": "2026-01-01T00:00:00.000Z",
+              "blob": b"\x01\x02"}
+    data = cbor2.dumps(record, canonical=True)
+    cid = b"\x01\x71\x12\x20" + hashlib.sha256(data).digest()  # CIDv1, dag-cbor, sha2-256
+    car_header = cbor2.dumps({"roots": [cbor2.CBORTag(42, b"\x00" + cid)], "version": 1})
+    car = _varint(len(car_header)) + car_header + _varint(len(cid) + len(data)) + cid + data
+    body = {"repo": DID, "seq": 7, "rev": "3k2", "time": "2026-01-01T00:00:01.000Z", "blocks": car,
+            "ops": [{"action": "create", "path": "app.bsky.feed.post/3kabc", "cid": cbor2.CBORTag(42, b"\x00" + cid)},
+                    {"action": "delete", "path": "app.bsky.feed.like/3kdef", "cid": None}]}
+    frame = cbor2.dumps({"op": 1, "t": "#commit"}) + cbor2.dumps(body)
+    header, decoded = atproto_tail.decode_frame(frame)
+    events = list(atproto_tail.records(header, decoded, DID))
+    assert events[0]["cid"].startswith("bafyrei")
+    assert events[0] == {"did": DID, "seq": 7, "time": "2026-01-01T00:00:01.000Z", "rev": "3k2", "action": "create",
+                         "collection": "app.bsky.feed.post", "rkey": "3kabc",
+                         "uri": f"at://{DID}/app.bsky.feed.post/3kabc", "cid": events[0]["cid"],
+                         "record": {**record, "blob": {"$bytes": "AQI"}}}
+    assert events[1]["action"] == "delete" and events[1]["record"] is None and events[1]["cid"] is None
+    assert list(atproto_tail.records(header, decoded, OTHER)) == []  # another DID's commit
+    assert [e["collection"] for e in atproto_tail.records(header, decoded, DID, {"app.bsky.feed.like"})] == \
+        ["app.bsky.feed.like"]
+    assert list(atproto_tail.records({"op": 1, "t": "#identity"}, {"did": DID}, DID)) == []
+    assert atproto_tail.stream_url("https://pds.example.com") == \
+        "wss://pds.example.com/xrpc/com.atproto.sync.subscribeRepos"
+    assert atproto_tail.stream_url("http://localhost:2583", cursor=5) == \
+        "ws://localhost:2583/xrpc/com.atproto.sync.subscribeRepos?cursor=5"
