@@ -54,7 +54,8 @@ def do() -> Iterator[DigitalOceanStandIn]:
 
 
 @pytest.fixture(scope="module")
-def wid(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn, sshds: SshdPool) -> Iterator[ProxyServer]:
+def wid_proxy(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn,
+              sshds: SshdPool) -> Iterator[ProxyServer]:
     server = ProxyServer(tmp_path_factory.mktemp("wid-droplets") / "data", env={
         "DIGITALOCEAN_API_URL": do.url,
         "DIGITALOCEAN_OAUTH_URL": do.url,
@@ -66,26 +67,26 @@ def wid(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn, sshds
     server.stop()
 
 
-def connect_team(wid: ProxyServer, do: DigitalOceanStandIn, name: str) -> TeamCreds:
+def connect_team(wid_proxy: ProxyServer, do: DigitalOceanStandIn, name: str) -> TeamCreds:
     """A team with a PAT, whose admin has authorized the proxy (its OAuth token stored encrypted)."""
     from wid import credentials
 
     team = do.add_team(name)
     pat = do.add_token(team.uuid)
     oauth = do.add_token(team.uuid, kind="oauth")
-    with wid.configured():
+    with wid_proxy.configured():
         credentials.store("DigitalOcean", team.uuid, {"access_token": oauth})
     return TeamCreds(team.uuid, pat, oauth)
 
 
 @pytest.fixture(scope="module")
-def team(wid: ProxyServer, do: DigitalOceanStandIn) -> TeamCreds:
-    return connect_team(wid, do, "Blue Team")
+def team(wid_proxy: ProxyServer, do: DigitalOceanStandIn) -> TeamCreds:
+    return connect_team(wid_proxy, do, "Blue Team")
 
 
 @pytest.fixture(scope="module")
-def other_team(wid: ProxyServer, do: DigitalOceanStandIn) -> TeamCreds:
-    return connect_team(wid, do, "Red Team")
+def other_team(wid_proxy: ProxyServer, do: DigitalOceanStandIn) -> TeamCreds:
+    return connect_team(wid_proxy, do, "Red Team")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -94,8 +95,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def create(wid: ProxyServer, token: str, **body: Any) -> requests.Response:
-    return requests.post(f"{wid.url}/v2/droplets", json={**DROPLET, **body}, headers=bearer(token), timeout=30)
+def create(wid_proxy: ProxyServer, token: str, **body: Any) -> requests.Response:
+    return requests.post(f"{wid_proxy.url}/v2/droplets", json={**DROPLET, **body}, headers=bearer(token), timeout=30)
 
 
 def provisioning_token(user_data: str) -> str:
@@ -110,15 +111,15 @@ def sign(key: Path, data: bytes, namespace: str) -> str:
     return out.stdout.decode()
 
 
-def prove(wid: ProxyServer, token: str, signature: str, droplet_id: int | None = None) -> requests.Response:
+def prove(wid_proxy: ProxyServer, token: str, signature: str, droplet_id: int | None = None) -> requests.Response:
     body: dict[str, Any] = {"signature": signature}
     if droplet_id is not None:
         body["droplet_id"] = droplet_id
-    return requests.post(f"{wid.url}/v1/oidc/prove", json=body, headers=bearer(token), timeout=30)
+    return requests.post(f"{wid_proxy.url}/v1/oidc/prove", json=body, headers=bearer(token), timeout=30)
 
 
-def refresh(wid: ProxyServer, refresh_token: str) -> requests.Response:
-    return requests.post(f"{wid.url}/v1/oidc/refresh", json={"refresh_token": refresh_token}, timeout=30)
+def refresh(wid_proxy: ProxyServer, refresh_token: str) -> requests.Response:
+    return requests.post(f"{wid_proxy.url}/v1/oidc/refresh", json={"refresh_token": refresh_token}, timeout=30)
 
 
 @dataclass
@@ -128,9 +129,9 @@ class Created:
     user_data: str
 
 
-def new_droplet(wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd | None,
+def new_droplet(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd | None,
                 tags: tuple[str, ...] = ("oidc-sub:role:web",), name: str = "web") -> Created:
-    response = create(wid, team.pat, name=name, tags=list(tags))
+    response = create(wid_proxy, team.pat, name=name, tags=list(tags))
     assert response.status_code == 202, response.text
     droplet_id = response.json()["droplet"]["id"]
     if server is not None:
@@ -139,10 +140,10 @@ def new_droplet(wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, serv
     return Created(droplet_id, provisioning_token(user_data), user_data)
 
 
-def proved(wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd, **kw: Any) -> dict[str, Any]:
+def proved(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd, **kw: Any) -> dict[str, Any]:
     """A Droplet that has proved its ed25519 host key; returns the prove answer plus its id."""
-    droplet = new_droplet(wid, do, team, server, **kw)
-    response = prove(wid, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
+    droplet = new_droplet(wid_proxy, do, team, server, **kw)
+    response = prove(wid_proxy, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
     assert response.status_code == 200, response.text
     return {**response.json(), "droplet_id": droplet.id}
 
@@ -157,8 +158,8 @@ def verify_by_discovery(issuer: str, token: str, audience: str) -> dict[str, Any
     return claims
 
 
-def audit_rows(wid: ProxyServer, actx: str) -> list[dict[str, Any]]:
-    out = wid.wid("audit", "--actx", actx, "--json", "--limit", "5000").stdout
+def audit_rows(wid_proxy: ProxyServer, actx: str) -> list[dict[str, Any]]:
+    out = wid_proxy.wid("audit", "--actx", actx, "--json", "--limit", "5000").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -171,9 +172,9 @@ def error_id(response: requests.Response) -> str:
 # -- the whole story -------------------------------------------------------------------------------------------
 
 def test_pydo_create_first_boot_timer_refresh_and_recovery(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(0)
-    client = pydo.Client(token=team.pat, endpoint=wid.url, retry_total=0)
+    client = pydo.Client(token=team.pat, endpoint=wid_proxy.url, retry_total=0)
     created = client.droplets.create(body={"name": "web-1", **DROPLET, "tags": ["oidc-sub:role:web", "web"]},
                                      enforce_https=False)
     droplet = created["droplet"]
@@ -194,13 +195,13 @@ def test_pydo_create_first_boot_timer_refresh_and_recovery(
     assert booted.returncode == 0, booted.stderr
     files = vm.secrets()
     assert set(files) == {"token", "refresh_token", "expires_at", "droplet_id", "team_uuid", "base_url"}
-    assert files["base_url"] == wid.url and files["team_uuid"] == team.uuid
+    assert files["base_url"] == wid_proxy.url and files["team_uuid"] == team.uuid
     assert files["droplet_id"] == str(droplet["id"])
     assert stat.S_IMODE(vm.secrets_dir.stat().st_mode) == 0o700
     for name in files:
         assert stat.S_IMODE((vm.secrets_dir / name).stat().st_mode) == 0o600, name
     audience = f"api://DigitalOcean?actx={team.uuid}"
-    claims = verify_by_discovery(wid.url, files["token"], audience)
+    claims = verify_by_discovery(wid_proxy.url, files["token"], audience)
     assert claims["sub"] == f"actx:{team.uuid}:role:web"
     assert claims["droplet_id"] == droplet["id"] and claims["wid_kind"] == "workload"
     assert claims["exp"] == int(files["expires_at"]) and claims["exp"] - claims["iat"] == 900
@@ -212,20 +213,20 @@ def test_pydo_create_first_boot_timer_refresh_and_recovery(
     assert ran.returncode == 0, ran.stderr
     rotated = vm.secrets()
     assert rotated["token"] != files["token"] and rotated["refresh_token"] != files["refresh_token"]
-    assert verify_by_discovery(wid.url, rotated["token"], audience)["sub"] == claims["sub"]
+    assert verify_by_discovery(wid_proxy.url, rotated["token"], audience)["sub"] == claims["sub"]
 
     # Identity follows the tags.
     do.set_droplet_tags(droplet["id"], ["oidc-sub:role:web", "oidc-sub:env:prod", "web"])
     assert vm.run_timer().returncode == 0
-    assert verify_by_discovery(wid.url, vm.secrets()["token"], audience)["sub"] == \
+    assert verify_by_discovery(wid_proxy.url, vm.secrets()["token"], audience)["sub"] == \
         f"actx:{team.uuid}:env:prod:role:web"
 
     # Reusing a used refresh token revokes the whole chain (the current token too) and is audited.
     current = vm.secrets()["refresh_token"]
-    reused = refresh(wid, files["refresh_token"])
+    reused = refresh(wid_proxy, files["refresh_token"])
     assert reused.status_code == 401 and error_id(reused) == "invalid_grant"
     assert "already used" in reused.json()["message"]
-    assert refresh(wid, current).status_code == 401
+    assert refresh(wid_proxy, current).status_code == 401
 
     # The next timer run finds the chain revoked and recovers with the host key.
     recovered = vm.run_timer()
@@ -233,10 +234,10 @@ def test_pydo_create_first_boot_timer_refresh_and_recovery(
     assert "recovering with the host key" in recovered.stderr
     after = vm.secrets()
     assert after["refresh_token"] != current
-    assert verify_by_discovery(wid.url, after["token"], audience)["droplet_id"] == droplet["id"]
+    assert verify_by_discovery(wid_proxy.url, after["token"], audience)["droplet_id"] == droplet["id"]
     assert vm.run_timer().returncode == 0
 
-    rows = audit_rows(wid, team.uuid)
+    rows = audit_rows(wid_proxy, team.uuid)
     events = [(r["event"], r["decision"]) for r in rows]
     for expected in [("droplet_create", "allow"), ("prove", "allow"), ("refresh", "allow"),
                      ("refresh_reuse", "deny"), ("recover", "allow")]:
@@ -252,9 +253,9 @@ def test_pydo_create_first_boot_timer_refresh_and_recovery(
 
 
 def test_multi_create_one_token_each_droplet_proves_once_for_itself(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     servers = [sshds.shared(i) for i in range(3)]
-    response = create(wid, team.pat, names=["w-1", "w-2", "w-3"], tags=["oidc-sub:role:worker"])
+    response = create(wid_proxy, team.pat, names=["w-1", "w-2", "w-3"], tags=["oidc-sub:role:worker"])
     assert response.status_code == 202, response.text
     ids = [d["id"] for d in response.json()["droplets"]]
     assert len(ids) == 3
@@ -266,11 +267,11 @@ def test_multi_create_one_token_each_droplet_proves_once_for_itself(
         do.set_droplet_ipv4(droplet_id, server.address)
 
     # Without naming itself, a Droplet of a set is refused (the proxy never guesses).
-    unnamed = prove(wid, token, sign(servers[0].host_key("ed25519"), token.encode(), NS_PROVE))
+    unnamed = prove(wid_proxy, token, sign(servers[0].host_key("ed25519"), token.encode(), NS_PROVE))
     assert unnamed.status_code == 400 and "droplet_id" in unnamed.json()["message"]
 
     # w-1 claiming to be w-2: the proxy connects to w-2's own IPv4, whose host key did not sign.
-    lying = prove(wid, token, sign(servers[0].host_key("ed25519"), token.encode(), NS_PROVE), droplet_id=ids[1])
+    lying = prove(wid_proxy, token, sign(servers[0].host_key("ed25519"), token.encode(), NS_PROVE), droplet_id=ids[1])
     assert lying.status_code == 401 and "is not the key that signed" in lying.json()["message"]
 
     subs = []
@@ -278,7 +279,7 @@ def test_multi_create_one_token_each_droplet_proves_once_for_itself(
         vm = FakeDroplet(tmp_path / str(droplet_id), server, droplet_id=droplet_id)
         booted = vm.boot(user_data)
         assert booted.returncode == 0, booted.stderr  # w-2 was not used up by w-1's lie
-        claims = verify_by_discovery(wid.url, vm.secrets()["token"], f"api://DigitalOcean?actx={team.uuid}")
+        claims = verify_by_discovery(wid_proxy.url, vm.secrets()["token"], f"api://DigitalOcean?actx={team.uuid}")
         assert claims["droplet_id"] == droplet_id
         subs.append(claims["sub"])
         again = vm.boot(user_data, WID_RETRY_DELAYS="")
@@ -287,10 +288,10 @@ def test_multi_create_one_token_each_droplet_proves_once_for_itself(
 
 
 def test_user_cloud_config_is_merged_and_still_provisions(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(0)
     theirs = "#cloud-config\npackages: [nginx]\nruncmd:\n  - echo first-of-theirs\n  - [touch, /tmp/second]\n"
-    response = create(wid, team.pat, name="merged", tags=["oidc-sub:role:web"], user_data=theirs)
+    response = create(wid_proxy, team.pat, name="merged", tags=["oidc-sub:role:web"], user_data=theirs)
     assert response.status_code == 202
     droplet_id = response.json()["droplet"]["id"]
     do.set_droplet_ipv4(droplet_id, server.address)
@@ -305,10 +306,10 @@ def test_user_cloud_config_is_merged_and_still_provisions(
 
 
 def test_user_shell_script_is_combined_as_mime_and_still_provisions(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(1)
     script = "#!/bin/sh\necho hello from the user > /tmp/user-script-ran\n"
-    response = create(wid, team.pat, name="scripted", tags=["oidc-sub:role:web"], user_data=script)
+    response = create(wid_proxy, team.pat, name="scripted", tags=["oidc-sub:role:web"], user_data=script)
     assert response.status_code == 202
     droplet_id = response.json()["droplet"]["id"]
     do.set_droplet_ipv4(droplet_id, server.address)
@@ -347,11 +348,11 @@ role "deployer" {
 
 
 def test_jwt_create_is_authorized_by_policy_and_uses_the_team_token(
-        wid: ProxyServer, do: DigitalOceanStandIn, other_team: TeamCreds) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, other_team: TeamCreds) -> None:
     from wid import rbac_compile, rbac_store, storage, tokens
 
     team = other_team
-    with wid.configured():
+    with wid_proxy.configured():
         compiled = rbac_compile.compile_tree({"policies/droplet-create.hcl": POLICY, "roles/deployer.hcl": ROLE},
                                              api="DigitalOcean", actx=team.uuid)
         with storage.database().transaction() as tx:
@@ -362,32 +363,32 @@ def test_jwt_create_is_authorized_by_policy_and_uses_the_team_token(
                                    "sub": f"actx:{team.uuid}:role:intern"}, kind=tokens.WORKLOAD, lifetime=300)
 
     def nonces() -> int:
-        with wid.configured(), storage.database().transaction(write=False) as tx:
+        with wid_proxy.configured(), storage.database().transaction(write=False) as tx:
             row = tx.one("SELECT COUNT(*) FROM provisioning_nonces WHERE team_uuid = ?", (team.uuid,))
         assert row is not None
         return int(row[0])
 
     posts = len(do.requests_to("/v2/droplets", "POST"))
-    allowed = create(wid, workload, name="worker-1", tags=["oidc-sub:role:worker"])
+    allowed = create(wid_proxy, workload, name="worker-1", tags=["oidc-sub:role:worker"])
     assert allowed.status_code == 202, allowed.text
     upstream = do.requests_to("/v2/droplets", "POST")[-1]
     assert upstream.authorization == f"Bearer {team.oauth}"  # the team's OAuth token, not the JWT
     assert nonces() == 1
 
-    denied = create(wid, workload, name="worker-2", tags=["oidc-sub:role:admin"])
+    denied = create(wid_proxy, workload, name="worker-2", tags=["oidc-sub:role:admin"])
     assert denied.status_code == 403 and "tags" in denied.json()["message"]
-    no_role = create(wid, stranger, name="worker-3", tags=["oidc-sub:role:worker"])
+    no_role = create(wid_proxy, stranger, name="worker-3", tags=["oidc-sub:role:worker"])
     assert no_role.status_code == 403
     assert len(do.requests_to("/v2/droplets", "POST")) == posts + 1 and nonces() == 1  # nothing half-done
-    assert [r["decision"] for r in audit_rows(wid, team.uuid) if r["event"] == "authorize"].count("deny") >= 2
+    assert [r["decision"] for r in audit_rows(wid_proxy, team.uuid) if r["event"] == "authorize"].count("deny") >= 2
 
 
 # -- attacks on /v1/oidc/prove ---------------------------------------------------------------------------------
 
 def test_signature_by_another_key_over_other_data_or_namespace_is_refused(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(0)
-    droplet = new_droplet(wid, do, team, server)
+    droplet = new_droplet(wid_proxy, do, team, server)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     attempts = {
         "another key": sign(tmp_path / "other", droplet.token.encode(), NS_PROVE),
@@ -396,44 +397,44 @@ def test_signature_by_another_key_over_other_data_or_namespace_is_refused(
         "the recovery namespace": sign(server.host_key("ed25519"), droplet.token.encode(), NS_RECOVER),
     }
     for what, signature in attempts.items():
-        response = prove(wid, droplet.token, signature)
+        response = prove(wid_proxy, droplet.token, signature)
         assert response.status_code == 401, (what, response.text)
-    assert "is not the key that signed" in prove(wid, droplet.token, attempts["another key"]).json()["message"]
-    assert "namespace" in prove(wid, droplet.token, attempts["another namespace"]).json()["message"]
-    assert "does not verify" in prove(wid, droplet.token, attempts["other data"]).json()["message"]
-    garbage = prove(wid, droplet.token, "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----")
+    assert "is not the key that signed" in prove(wid_proxy, droplet.token, attempts["another key"]).json()["message"]
+    assert "namespace" in prove(wid_proxy, droplet.token, attempts["another namespace"]).json()["message"]
+    assert "does not verify" in prove(wid_proxy, droplet.token, attempts["other data"]).json()["message"]
+    garbage = prove(wid_proxy, droplet.token, "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----")
     assert garbage.status_code == 400
     # None of that used the nonce up: the real Droplet still proves.
-    good = prove(wid, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
+    good = prove(wid_proxy, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
     assert good.status_code == 200, good.text
-    denials = [r for r in audit_rows(wid, team.uuid) if r["event"] == "prove" and r["decision"] == "deny"]
+    denials = [r for r in audit_rows(wid_proxy, team.uuid) if r["event"] == "prove" and r["decision"] == "deny"]
     assert len(denials) >= 4
 
 
 @pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
 def test_the_host_key_type_that_signed_is_negotiated(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path,
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path,
         key_type: str) -> None:
     server = sshds.shared(1)
-    droplet = new_droplet(wid, do, team, server)
+    droplet = new_droplet(wid_proxy, do, team, server)
     vm = FakeDroplet(tmp_path / "droplet", server)
     booted = vm.boot(droplet.user_data, WID_HOST_KEY_TYPES=key_type)
     assert booted.returncode == 0, booted.stderr
-    row = next(r for r in reversed(audit_rows(wid, team.uuid))
+    row = next(r for r in reversed(audit_rows(wid_proxy, team.uuid))
                if r["event"] == "prove" and r["decision"] == "allow" and r["detail"]["droplet_id"] == droplet.id)
     assert row["detail"]["fingerprint"] == server.fingerprint(key_type)
 
 
 def test_nonce_is_used_once_even_concurrently(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
     server = sshds.shared(2)
-    droplet = new_droplet(wid, do, team, server)
+    droplet = new_droplet(wid_proxy, do, team, server)
     signature = sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE)
     with ThreadPoolExecutor(max_workers=6) as executor:
-        answers = list(executor.map(lambda _: prove(wid, droplet.token, signature), range(6)))
+        answers = list(executor.map(lambda _: prove(wid_proxy, droplet.token, signature), range(6)))
     statuses = sorted(r.status_code for r in answers)
     assert statuses == [200] + [401] * 5, [r.text for r in answers]
-    again = prove(wid, droplet.token, signature)
+    again = prove(wid_proxy, droplet.token, signature)
     assert again.status_code == 401 and "already been used" in again.json()["message"]
     winners = [r for r in answers if r.status_code == 200]
     families = {r.json()["refresh_token"] for r in winners}
@@ -441,15 +442,16 @@ def test_nonce_is_used_once_even_concurrently(
 
 
 def test_expired_or_foreign_provisioning_tokens_are_refused(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, other_team: TeamCreds, sshds: SshdPool) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, other_team: TeamCreds,
+        sshds: SshdPool) -> None:
     from wid import tokens
 
     server = sshds.shared(0)
-    ours = new_droplet(wid, do, team, server)
-    theirs = new_droplet(wid, do, other_team, sshds.shared(1))
+    ours = new_droplet(wid_proxy, do, team, server)
+    theirs = new_droplet(wid_proxy, do, other_team, sshds.shared(1))
     nonce = ours.token.split(".")[1]
     claims = json.loads(__import__("base64").urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4)))
-    with wid.configured():
+    with wid_proxy.configured():
         expired, _ = tokens.sign({"aud": claims["aud"], "sub": claims["sub"]}, kind=tokens.PROVISIONING,
                                  lifetime=900, now=int(time.time()) - 3600)
         # Our team's nonce in a token for the other team: the nonce belongs to a different team (and jti).
@@ -460,56 +462,56 @@ def test_expired_or_foreign_provisioning_tokens_are_refused(
                                   kind=tokens.WORKLOAD, lifetime=300)
     key = server.host_key("ed25519")
     for token, expect in [(expired, "expired"), (crossed, "not known"), (workload, "cannot be used here")]:
-        response = prove(wid, token, sign(key, token.encode(), NS_PROVE), droplet_id=ours.id)
+        response = prove(wid_proxy, token, sign(key, token.encode(), NS_PROVE), droplet_id=ours.id)
         assert response.status_code == 401 and expect in response.json()["message"], response.text
     # The other team's genuine token naming our Droplet: not in its set.
-    foreign = prove(wid, theirs.token, sign(key, theirs.token.encode(), NS_PROVE), droplet_id=ours.id)
+    foreign = prove(wid_proxy, theirs.token, sign(key, theirs.token.encode(), NS_PROVE), droplet_id=ours.id)
     assert foreign.status_code == 401 and "not created with this provisioning token" in foreign.json()["message"]
-    assert prove(wid, ours.token, sign(key, ours.token.encode(), NS_PROVE)).status_code == 200
+    assert prove(wid_proxy, ours.token, sign(key, ours.token.encode(), NS_PROVE)).status_code == 200
 
 
 def test_unreachable_droplets_get_clear_errors_and_keep_their_nonce(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
     server = sshds.shared(0)
     stranger = sshds.shared(1)
-    droplet = new_droplet(wid, do, team, server)
+    droplet = new_droplet(wid_proxy, do, team, server)
     signature = sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE)
 
     do.set_droplet_ipv4(droplet.id, None)
-    response = prove(wid, droplet.token, signature)
+    response = prove(wid_proxy, droplet.token, signature)
     assert response.status_code == 403 and "no public IPv4" in response.json()["message"]
 
     do.set_droplet_status(droplet.id, "new")
-    response = prove(wid, droplet.token, signature)
+    response = prove(wid_proxy, droplet.token, signature)
     assert response.status_code == 503 and error_id(response) == "droplet_not_ready"
     do.set_droplet_status(droplet.id, "active")
 
     do.set_droplet_ipv4(droplet.id, sshds.closed_address())
-    response = prove(wid, droplet.token, signature)
+    response = prove(wid_proxy, droplet.token, signature)
     assert response.status_code == 502 and "Connection refused" in response.json()["message"]
 
     do.set_droplet_ipv4(droplet.id, sshds.silent_address())
     started = time.monotonic()
-    response = prove(wid, droplet.token, signature)
+    response = prove(wid_proxy, droplet.token, signature)
     assert response.status_code == 504 and time.monotonic() - started < 10
 
     do.set_droplet_ipv4(droplet.id, stranger.address)  # an SSH server with a different host key
-    response = prove(wid, droplet.token, signature)
+    response = prove(wid_proxy, droplet.token, signature)
     assert response.status_code == 401
     assert stranger.fingerprint("ed25519") in response.json()["message"]
 
     do.set_droplet_ipv4(droplet.id, server.address)
-    assert prove(wid, droplet.token, signature).status_code == 200  # nothing above used the nonce up
+    assert prove(wid_proxy, droplet.token, signature).status_code == 200  # nothing above used the nonce up
 
 
 def test_upstream_failure_on_create_leaves_no_usable_nonce(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
     from wid import storage
 
     server = sshds.shared(0)
     for status, drop in [(500, False), (503, False), (None, True)]:
         do.fail_next("/v2/droplets", status, method="POST", drop_connection=drop)
-        response = create(wid, team.pat, name="doomed", tags=["oidc-sub:role:web"])
+        response = create(wid_proxy, team.pat, name="doomed", tags=["oidc-sub:role:web"])
         if status:
             assert response.status_code == status
             assert response.json()["id"] in {"server_error", "service_unavailable"}  # the upstream's answer
@@ -517,16 +519,17 @@ def test_upstream_failure_on_create_leaves_no_usable_nonce(
             assert response.status_code == 502 and error_id(response) == "bad_gateway"
         sent = do.requests_to("/v2/droplets", "POST")[-1].json()
         token = provisioning_token(sent["user_data"])
-        refused = prove(wid, token, sign(server.host_key("ed25519"), token.encode(), NS_PROVE), droplet_id=1)
+        refused = prove(wid_proxy, token, sign(server.host_key("ed25519"), token.encode(), NS_PROVE), droplet_id=1)
         assert refused.status_code == 401 and "failed upstream" in refused.json()["message"]
-    with wid.configured(), storage.database().transaction(write=False) as tx:
+    with wid_proxy.configured(), storage.database().transaction(write=False) as tx:
         states = tx.execute("SELECT state, COUNT(*) FROM provisioning_nonces WHERE team_uuid = ? GROUP BY state",
                             (team.uuid,))
-    assert dict(states).get("pending", 0) == 0 and dict(states)["failed"] >= 3
+    counts = {str(row[0]): int(row[1]) for row in states}
+    assert counts.get("pending", 0) == 0 and counts["failed"] >= 3
 
 
 def test_create_refuses_bad_input_before_anything_happens(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds) -> None:
     unauthorized_team = do.add_team("Never Connected")
     pat = do.add_token(unauthorized_team.uuid)
     posts = len(do.requests_to("/v2/droplets", "POST"))
@@ -541,63 +544,63 @@ def test_create_refuses_bad_input_before_anything_happens(
         (team.pat, {}, 400),
     ]
     for token, body, status in cases:
-        response = create(wid, token, **body)
+        response = create(wid_proxy, token, **body)
         assert response.status_code == status, (body, response.text)
-    duplicate = requests.post(f"{wid.url}/v2/droplets", data=b'{"name": "a", "name": "b"}',
+    duplicate = requests.post(f"{wid_proxy.url}/v2/droplets", data=b'{"name": "a", "name": "b"}',
                               headers={**bearer(team.pat), "Content-Type": "application/json"}, timeout=10)
     assert duplicate.status_code == 400
-    assert requests.post(f"{wid.url}/v2/droplets", json={"name": "x"}, timeout=10).status_code == 401
+    assert requests.post(f"{wid_proxy.url}/v2/droplets", json={"name": "x"}, timeout=10).status_code == 401
     assert len(do.requests_to("/v2/droplets", "POST")) == posts
 
 
 # -- refresh and recovery ------------------------------------------------------------------------------------------
 
 def test_refresh_for_a_destroyed_droplet_gets_nothing(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
     server = sshds.shared(0)
-    first = proved(wid, do, team, server)
+    first = proved(wid_proxy, do, team, server)
     requests.delete(f"{do.url}/v2/droplets/{first['droplet_id']}", headers=bearer(team.pat), timeout=5)
-    response = refresh(wid, first["refresh_token"])
+    response = refresh(wid_proxy, first["refresh_token"])
     assert response.status_code == 403 and "does not exist" in response.json()["message"]
-    again = refresh(wid, first["refresh_token"])
+    again = refresh(wid_proxy, first["refresh_token"])
     assert again.status_code == 401  # the chain was revoked with the Droplet
-    challenge = requests.post(f"{wid.url}/v1/oidc/recover/challenge",
+    challenge = requests.post(f"{wid_proxy.url}/v1/oidc/recover/challenge",
                               json={"team_uuid": team.uuid, "droplet_id": first["droplet_id"]}, timeout=10).json()
     signature = sign(server.host_key("ed25519"), challenge["challenge"].encode(), NS_RECOVER)
-    recovered = requests.post(f"{wid.url}/v1/oidc/recover",
+    recovered = requests.post(f"{wid_proxy.url}/v1/oidc/recover",
                               json={"challenge": challenge["challenge"], "signature": signature}, timeout=10)
     assert recovered.status_code == 403
 
 
 def test_concurrent_refresh_with_one_token_revokes_the_chain(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
-    first = proved(wid, do, team, sshds.shared(0))
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+    first = proved(wid_proxy, do, team, sshds.shared(0))
     with ThreadPoolExecutor(max_workers=4) as executor:
-        answers = list(executor.map(lambda _: refresh(wid, first["refresh_token"]), range(4)))
+        answers = list(executor.map(lambda _: refresh(wid_proxy, first["refresh_token"]), range(4)))
     ok = [a for a in answers if a.status_code == 200]
     assert len(ok) <= 1 and all(a.status_code in (200, 401) for a in answers)
     for answer in ok:  # the one that won holds a token of a revoked chain
-        assert refresh(wid, answer.json()["refresh_token"]).status_code == 401
-    reuse = [r for r in audit_rows(wid, team.uuid) if r["event"] == "refresh_reuse"]
+        assert refresh(wid_proxy, answer.json()["refresh_token"]).status_code == 401
+    reuse = [r for r in audit_rows(wid_proxy, team.uuid) if r["event"] == "refresh_reuse"]
     assert reuse
 
 
 def test_tags_removed_then_restored(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
-    first = proved(wid, do, team, sshds.shared(0))
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
+    first = proved(wid_proxy, do, team, sshds.shared(0))
     do.set_droplet_tags(first["droplet_id"], ["web"])
-    response = refresh(wid, first["refresh_token"])
+    response = refresh(wid_proxy, first["refresh_token"])
     assert response.status_code == 403 and "no oidc-sub" in response.json()["message"]
     do.set_droplet_tags(first["droplet_id"], ["oidc-sub:role:api"])
-    response = refresh(wid, first["refresh_token"])  # not rotated by the refusal: still usable
+    response = refresh(wid_proxy, first["refresh_token"])  # not rotated by the refusal: still usable
     assert response.status_code == 200, response.text
 
 
 def test_recovery_needs_the_host_key_first_proved(
-        wid: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
+        wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server, stranger = sshds.shared(0), sshds.shared(1)
-    first = proved(wid, do, team, server)
-    url = f"{wid.url}/v1/oidc/recover"
+    first = proved(wid_proxy, do, team, server)
+    url = f"{wid_proxy.url}/v1/oidc/recover"
 
     def challenge(droplet_id: int = first["droplet_id"]) -> str:
         answer = requests.post(f"{url}/challenge", json={"team_uuid": team.uuid, "droplet_id": droplet_id},
@@ -615,7 +618,7 @@ def test_recovery_needs_the_host_key_first_proved(
     assert attempt(c, server.host_key("ed25519"), NS_PROVE).status_code == 401
     # A forged challenge, or one for another Droplet that never proved.
     assert attempt("not-a-challenge", server.host_key("ed25519")).status_code == 401
-    never = new_droplet(wid, do, team, server)
+    never = new_droplet(wid_proxy, do, team, server)
     assert attempt(challenge(never.id), server.host_key("ed25519")).status_code == 403
     # The host key leaked, but the Droplet now presents another one (rebuilt): refused.
     do.set_droplet_ipv4(first["droplet_id"], stranger.address)
@@ -626,5 +629,5 @@ def test_recovery_needs_the_host_key_first_proved(
     assert good.status_code == 200, good.text
     assert set(good.json()) == {"token", "refresh_token", "expires_at"}
     assert attempt(c, server.host_key("ed25519")).status_code == 401  # a challenge is used once
-    assert refresh(wid, first["refresh_token"]).status_code == 401  # the lost chain stays dead
-    assert refresh(wid, good.json()["refresh_token"]).status_code == 200
+    assert refresh(wid_proxy, first["refresh_token"]).status_code == 401  # the lost chain stays dead
+    assert refresh(wid_proxy, good.json()["refresh_token"]).status_code == 200
