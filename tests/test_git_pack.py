@@ -102,7 +102,8 @@ def test_many_objects_adding_up_beyond_the_push_limit_are_refused() -> None:
     (pack_of(entry_header(3, 5) + b"\x78\x9c garbage that is not deflate"), "corrupt compressed data"),
     (pack_of(entry_header(5, 5) + zlib.compress(b"hello")), "unknown type 5"),
     (b"PACK" + (9).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\0" * 20, "version 9"),
-])
+], ids=["not-a-pack", "truncated-header", "truncated-object", "trailing-data", "corrupt-zlib", "unknown-type",
+        "unknown-version"])
 def test_malformed_packs_are_refused(pack: bytes, message: str) -> None:
     with pytest.raises(PackRejected, match=message):
         scan(pack, **LIMITS)
