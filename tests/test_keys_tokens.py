@@ -175,7 +175,7 @@ class TestRefusedTokens:
     def test_duplicate_claim_names(self) -> None:
         payload = base64.urlsafe_b64encode(b'{"sub":"a","sub":"b"}').rstrip(b"=").decode()
         header = _b64({"alg": "RS256", "kid": self.key.kid})
-        with pytest.raises(tokens.TokenError, match="duplicate JSON key .sub."):
+        with pytest.raises(tokens.TokenError, match=r"duplicate JSON key .sub."):
             tokens.verify(f"{header}.{payload}.AAAA", kinds={"exchanged"})
 
     @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!!.e30.x", "e30.e30.e30", "x" * 20000])
@@ -214,3 +214,18 @@ def test_shared_database_requires_an_explicit_secret_key(app_env: Any, postgres:
     with pytest.raises(config.ConfigError, match="WID_SECRET_KEY must be set when DATABASE_URI is set"):
         keys.active_key()
     assert not (app_env / "secret.key").exists()
+
+
+@pytest.mark.parametrize(("sub", "actx"), [
+    ("actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:x", "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+    ("actx:did:plc:ewvi7nxzyoun6zhxrhs64oiz:role:atproto-write", "did:plc:ewvi7nxzyoun6zhxrhs64oiz"),
+    ("actx:did:web:agents.example.com:admin", "did:web:agents.example.com"),
+])
+def test_sub_context_understands_team_and_did_contexts(sub: str, actx: str) -> None:
+    assert tokens.sub_context(sub) == actx
+
+
+@pytest.mark.parametrize("sub", ["actx:did:plc:abc", "actx:did:plc", "actx:team", "actx::x", "role:x"])
+def test_sub_context_refuses_subjects_without_a_name(sub: str) -> None:
+    with pytest.raises(tokens.TokenError):
+        tokens.sub_context(sub)

@@ -169,9 +169,11 @@ def _jwt(token: str, target: tuple[str, str] | None, write: bool) -> GitAccess:
     claims = principal.claims
     kind = claims.get(tokens.KIND_CLAIM)
     if kind == tokens.RBAC:
-        sub = claims.get("sub")
-        # Not tokens.sub_context(): a DID context has colons of its own (actx:did:plc:...:admin).
-        if not isinstance(sub, str) or not sub.startswith(f"actx:{actx}:") or sub == f"actx:{actx}:":
+        try:
+            obtained_by = tokens.sub_context(claims.get("sub"))
+        except tokens.TokenError:
+            obtained_by = None
+        if obtained_by != actx:
             raise forbidden("an rbac token opens only the repo of the context that obtained it (sub actx)")
     else:
         authz.authorize(principal, "POST" if write else "GET", f"/_rbac/{api}/{actx}", {})

@@ -64,7 +64,12 @@ def sub_context(sub: Any) -> str:
     """The context that obtained a token: `actx:{actx}:...` -> actx."""
     if not isinstance(sub, str) or not sub.startswith("actx:"):
         raise TokenError("sub must start with actx:{context}:")
-    actx, sep, rest = sub[len("actx:"):].partition(":")
+    body = sub[len("actx:"):]
+    if body.startswith("did:"):  # a DID context has colons of its own: did:{method}:{id}
+        parts = body.split(":", 3)
+        actx, sep, rest = ":".join(parts[:3]), ":" if len(parts) == 4 else "", parts[3] if len(parts) == 4 else ""
+    else:
+        actx, sep, rest = body.partition(":")
     if not sep or not re.fullmatch(_ACTX, actx) or not rest:
         raise TokenError(f"sub {sub!r} must be actx:{{context}}:{{name}}")
     return actx
