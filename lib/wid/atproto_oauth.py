@@ -746,10 +746,10 @@ def _session(data: dict[str, Any]) -> Session:
                    float(expires) if isinstance(expires, int | float) else None)
 
 
-def session(did: str, *, rejected: str | None = None) -> Session:
+def session(did: str, *, rejected: str | None = None, data: dict[str, Any] | None = None) -> Session:
     """The DID's session with a usable access token (refreshed first when due, or when the PDS just
-    refused `rejected`)."""
-    data = stored_session(did)
+    refused `rejected`). `data`: the stored session, when the caller has just read it."""
+    data = data if data is not None and rejected is None else stored_session(did)
     if rejected is None and not _due(data, time.time()):
         return _session(data)
     return _session(refresh(did, rejected=rejected))

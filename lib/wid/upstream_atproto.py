@@ -20,6 +20,7 @@ must name the context's own DID as `repo`: a token for DID A never writes to DID
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -95,6 +96,20 @@ def _relay(result: Any) -> Response:
     return Response(result.status, result.body, headers)
 
 
+def _upstream_failed(pds: str, nsid: str, result: Any) -> ApiError:
+    """A 5xx of the PDS, as this proxy's 502 naming it (with its Retry-After); the session is untouched."""
+    detail = ""
+    try:
+        payload = json.loads(result.body)
+        if isinstance(payload, dict):
+            detail = ": " + ": ".join(str(payload[k])[:200] for k in ("error", "message") if payload.get(k))
+    except (ValueError, UnicodeDecodeError):
+        pass
+    headers = {"Retry-After": result.headers["retry-after"]} if "retry-after" in result.headers else {}
+    return ApiError(502, "upstream_error", f"the PDS {pds} answered HTTP {result.status} to {nsid}{detail}; "
+                    "nothing was changed on this proxy, try again later", headers)
+
+
 def _refused_token(result: Any) -> bool:
     from wid import atproto_oauth
 
@@ -130,7 +145,7 @@ class AtprotoUpstream:
         document = identity.resolve_did(actx)
         if document.pds != data["pds"]:
             raise oauth.pds_changed(actx, str(data["pds"]), document.pds)
-        session = oauth.session(actx)
+        session = oauth.session(actx, data=data)
         url = f"{data['pds']}/xrpc/{nsid}" + (f"?{request.query_string}" if request.query_string else "")
         headers = {name: value for name in _FORWARDED_HEADERS if (value := request.header(name))}
         headers.setdefault("Accept", "application/json")
@@ -153,6 +168,8 @@ class AtprotoUpstream:
             raise ApiError(502, "upstream_unauthorized", f"the PDS {data['pds']} refused {actx}'s freshly refreshed "
                            f"access token; {oauth.sign_in_again(actx)}")
         log("atproto_forwarded", did=actx, nsid=nsid, status=result.status)
+        if result.status >= 500:
+            raise _upstream_failed(str(data["pds"]), nsid, result)
         return _relay(result)
 
 
