@@ -382,3 +382,35 @@ def test_tail_decodes_commit_frames() -> None:
         "wss://pds.example.com/xrpc/com.atproto.sync.subscribeRepos"
     assert atproto_tail.stream_url("http://localhost:2583", cursor=5) == \
         "ws://localhost:2583/xrpc/com.atproto.sync.subscribeRepos?cursor=5"
+
+
+# -- the `wid atproto` commands ----------------------------------------------------------------------------------------
+
+
+def test_wid_atproto_commands(app_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from wid import atproto_tail, credentials
+
+    parser = argparse.ArgumentParser(prog="wid")
+    atproto_tail.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["atproto", "tail", DID, "--limit", "2", "--collection", "app.bsky.feed.post"])
+    assert (args.did, args.limit, args.collection, args.func) == (DID, 2, ["app.bsky.feed.post"],
+                                                                   atproto_tail.cmd_tail)
+    credentials.store("ATProto", DID, {"did": DID, "handle": "alice.test", "pds": "https://pds.example.com",
+                                       "access_token": "secret-access", "refresh_token": "secret-refresh"})
+    args = parser.parse_args(["atproto", "sessions"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    row = json.loads(out)
+    assert row["did"] == DID and row["status"] == "active" and row["handle"] == "alice.test"
+    assert "secret" not in out
+    args = parser.parse_args(["atproto", "client-keys", "list"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "active"
+    args = parser.parse_args(["atproto", "client-keys", "rotate"])
+    assert args.func(args) == 0
+    assert "stays published" in capsys.readouterr().out
+    bad = parser.parse_args(["atproto", "tail", "did:example:nope"])
+    assert bad.func(bad) == 1
+    assert "not a did:plc or did:web" in capsys.readouterr().err

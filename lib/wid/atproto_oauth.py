@@ -54,6 +54,8 @@ STATE_TTL_SECONDS = 600
 # Refresh when less than this is left (access tokens live about an hour), or half the token's life.
 REFRESH_BEFORE_SECONDS = 300
 TOKEN_RESPONSE_LIMIT = 64 * 1024
+# A refresh holds the DID's lock; each of its (at most two) token requests gets this long.
+LOCKED_ATTEMPT_SECONDS = 4.0
 CLIENT_NAME = "Workload identity proxy"
 
 
@@ -251,7 +253,7 @@ def wants_nonce(result: identity.HttpResult) -> bool:
 def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, what: str, nonces: Nonces,
                  body: Callable[[], bytes | None] | None = None, headers: dict[str, str] | None = None,
                  access_token: str | None = None, limit: int = TOKEN_RESPONSE_LIMIT,
-                 tx: storage.Transaction | None = None) -> identity.HttpResult:
+                 tx: storage.Transaction | None = None, timeout: float | None = None) -> identity.HttpResult:
     """Send with a fresh DPoP proof; on `use_dpop_nonce` send once more with the server's nonce.
 
     `body` is called per attempt (a client assertion must not be sent twice).
@@ -263,7 +265,8 @@ def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, what
         sent["DPoP"] = dpop.proof(key, method, url, nonce=nonce, access_token=access_token)
         if access_token:
             sent["Authorization"] = f"DPoP {access_token}"
-        result = identity.request(method, url, what=what, headers=sent, body=body() if body else None, limit=limit)
+        result = identity.request(method, url, what=what, headers=sent, body=body() if body else None, limit=limit,
+                                  timeout=timeout)
         fresh = result.header("DPoP-Nonce")
         if fresh:
             nonces.seen(origin, fresh.strip())
@@ -508,7 +511,10 @@ def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces,
     key = key or client_key(data.get("client_kid"))
     dpop_key = dpop.key_from_pem(data["dpop_key"])
     issuer = str(data["issuer"])
-    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key,
+    # Inside a credential lock (on SQLite: the database's write lock) each attempt is kept short, so
+    # two attempts stay within the time other writers wait for the lock.
+    timeout = min(identity.atproto_config().timeout, LOCKED_ATTEMPT_SECONDS) if tx is not None else None
+    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key, timeout=timeout,
                           what=f"the authorization server {issuer} (token endpoint)", nonces=nonces, tx=tx,
                           headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
                           body=lambda: urlencode({**form, **_client_auth(key, issuer)}).encode())
