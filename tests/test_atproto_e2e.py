@@ -819,6 +819,48 @@ def test_xrpc_with_a_misbehaving_pds_leaves_the_session(peer: AtprotoPeer, proxy
     assert after.status == "active" and after.data == before.data
 
 
+def edit_session(proxy: ProxyServer, did: str, **changes: Any) -> None:
+    from wid import credentials
+
+    with configured(proxy), credentials.locked("ATProto", did) as (tx, cred):
+        assert cred is not None
+        credentials.put(tx, "ATProto", did, {**cred.data, **changes})
+
+
+@pytest.mark.parametrize("mode,status,words", [
+    ("5xx", 502, "answered HTTP 503 at its token endpoint"),
+    ("slow", 504, f"within {ATPROTO_TIMEOUT} s"),
+    ("huge", 502, "bytes"),
+])
+def test_refresh_with_a_misbehaving_authorization_server(peer: AtprotoPeer, proxy: ProxyServer, flaky: FlakyPds,
+                                                         mode: str, status: int, words: str) -> None:
+    handle = f"as{mode.replace('5', 'five')}.test"
+    did, _ = peer.create_account(handle, "as-password-1")
+    sign_in(proxy, handle, "as-password-1")
+    team = new_team()
+    install_rbac(proxy, did, did_rbac(team), api="ATProto")
+    token = write_token(proxy, did, team)
+    real = credential(proxy, did).data
+    # The authorization server's token endpoint now misbehaves (the stand-in plays it).
+    edit_session(proxy, did, token_endpoint=f"{flaky.url}/oauth/token", expires_at=int(time.time()) - 5)
+    flaky.mode = mode
+    try:
+        expired = post(proxy, token, "com.atproto.repo.createRecord", hello(did))
+        assert expired.status_code == status, expired.text
+        assert words in expired.json()["message"]
+        stored = credential(proxy, did)
+        assert stored.status == "active" and stored.data["refresh_token"] == real["refresh_token"]
+        if mode == "5xx":
+            # With time left on the access token, a failed refresh falls back to it.
+            edit_session(proxy, did, expires_at=int(time.time()) + 120)
+            assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200
+    finally:
+        flaky.mode = "pass"
+    edit_session(proxy, did, token_endpoint=real["token_endpoint"], expires_at=int(time.time()) - 5)
+    assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200
+    assert credential(proxy, did).data["refresh_token"] != real["refresh_token"]
+
+
 def test_a_dids_pds_that_changed_since_sign_in(peer: AtprotoPeer, proxy: ProxyServer) -> None:
     did, handle = peer.create_account("rosa.test", "rosa-password-1")
     sign_in(proxy, handle, "rosa-password-1")
