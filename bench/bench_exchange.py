@@ -57,19 +57,7 @@ def post(path: str, body: bytes, token: Callable[[], str]) -> Callable[[http.cli
     return run
 
 
-# What-if for the report: the signing key loaded without cryptography's RSA key re-validation (keys.py
-# decrypts it from our own Fernet-authenticated store; the validation costs tens of ms per process).
-SKIP_RSA_VALIDATION = """
-import functools, runpy, sys
-from cryptography.hazmat.primitives import serialization
-serialization.load_pem_private_key = functools.partial(serialization.load_pem_private_key,
-                                                       unsafe_skip_rsa_key_validation=True)
-sys.argv = [sys.argv[1]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def one_process(env: dict[str, str], token: str, body: bytes, rounds: int, what_if: bool = False) -> list[float]:
+def one_process(env: dict[str, str], token: str, body: bytes, rounds: int) -> list[float]:
     """The CGI script run directly (what fcgiwrap does, minus Caddy and FastCGI): wall time per process."""
     cgi_env = {**env, "REQUEST_METHOD": "POST", "REQUEST_URI": "/v1/oidc/issue", "SCRIPT_NAME": "/v1/oidc/issue",
                "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
@@ -78,8 +66,7 @@ def one_process(env: dict[str, str], token: str, body: bytes, rounds: int, what_
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
-        command = [PYTHON, "-I", "-c", SKIP_RSA_VALIDATION, str(SCRIPT)] if what_if else [PYTHON, "-I", str(SCRIPT)]
-        done = subprocess.run(command, input=body, env=cgi_env, capture_output=True, check=True)
+        done = subprocess.run([PYTHON, "-I", str(SCRIPT)], input=body, env=cgi_env, capture_output=True, check=True)
         times.append((time.perf_counter() - started) * 1000)
         if not done.stdout.startswith(b"Status: 200"):
             raise SystemExit(f"the CGI script answered {done.stdout[:200]!r}")
@@ -95,23 +82,34 @@ def bare_interpreter(rounds: int) -> list[float]:
     return times
 
 
-def import_profile() -> tuple[float, list[tuple[float, str]]]:
-    """Cumulative import time of the CGI script's modules (ms) and the heaviest top-level imports."""
+def import_profile(runs: int = 5) -> tuple[float, list[tuple[float, float, int, str]]]:
+    """Import time of the CGI script's modules (python -X importtime): total ms, and the import tree
+    (self ms, cumulative ms, depth, module) of the modules costing at least 1.5 ms, medians of `runs`."""
     code = "import wid.handlers.oidc_issue, wid.web, wsgiref.handlers"
+    samples: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    order: list[tuple[int, str]] = []
     totals: list[float] = []
-    heaviest: list[tuple[float, str]] = []
-    for _ in range(5):
+    for run in range(runs):
         done = subprocess.run([PYTHON, "-I", "-X", "importtime", "-c", code], capture_output=True, text=True,
                               check=True)
-        rows = []
+        total = 0
         for line in done.stderr.splitlines():
             match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-            if match:
-                rows.append((int(match.group(2)) / 1000, len(match.group(3)), match.group(4)))
-        totals.append(sum(cumulative for cumulative, depth, _ in rows if depth == 1))
-        heaviest = sorted(((c, name) for c, depth, name in rows if depth <= 3 and name.startswith("wid")),
-                          reverse=True)[:8]
-    return statistics.median(totals), heaviest
+            if not match:
+                continue
+            key = (len(match.group(3)) // 2, match.group(4))
+            if run == 0:
+                order.append(key)
+            samples.setdefault(key, []).append((int(match.group(1)), int(match.group(2))))
+            total += int(match.group(1))
+        totals.append(total / 1000)
+    tree = []
+    for key in order:
+        own = statistics.median(s for s, _ in samples[key]) / 1000
+        cumulative = statistics.median(c for _, c in samples[key]) / 1000
+        if cumulative >= 1.5:
+            tree.append((own, cumulative, key[0], key[1]))
+    return statistics.median(totals), tree
 
 
 def main() -> None:
@@ -149,16 +147,14 @@ def main() -> None:
 
         rounds = max(10, args.count // 10)
         direct = one_process(proxy.env, workload, body, rounds)
-        skipping = one_process(proxy.env, workload, body, rounds, what_if=True)
         bare = bare_interpreter(rounds)
         print(f"one CGI process run directly (no Caddy): median {statistics.median(direct):7.2f} ms "
               f"(bare `python -I -c pass`: {statistics.median(bare):.2f} ms)")
-        print(f"  what-if, signing key loaded with unsafe_skip_rsa_key_validation=True: "
-              f"median {statistics.median(skipping):7.2f} ms")
-        total, heaviest = import_profile()
-        print(f"imports of cgi-bin/oidc_issue.py (python -X importtime, median of 5): {total:.1f} ms")
-        for cumulative, name in heaviest:
-            print(f"    {cumulative:6.1f} ms  {name}")
+        total, tree = import_profile()
+        print(f"imports of cgi-bin/oidc_issue.py (python -X importtime, median of 5): {total:.1f} ms; "
+              "modules of 1.5 ms or more (self / cumulative):")
+        for own, cumulative, depth, name in tree:
+            print(f"    {own:5.1f} {cumulative:6.1f} ms  {'  ' * depth}{name}")
     finally:
         proxy.stop()
         github.stop()
