@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ import requests
 from jwcrypto import jwk, jwt
 
 from tests.harness import PostgresServer, ProxyServer
+from wid.web import Request
 
 AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
@@ -129,3 +131,21 @@ def test_bad_secret_key_stops_startup_with_a_clear_message(tmp_path: Path) -> No
     server = ProxyServer(tmp_path / "data", {"WID_SECRET_KEY": "not-a-key"})
     with pytest.raises(RuntimeError, match="WID_SECRET_KEY must be 32 random bytes"):
         server.start(timeout=20)
+
+
+def test_chunked_body_is_read_to_its_end(app_env: Path) -> None:
+    environ = {"REQUEST_METHOD": "POST", "REQUEST_URI": "/x", "CONTENT_LENGTH": "-1",
+               "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(b'{"a": 1}')}
+    assert Request(environ).json_object() == {"a": 1}
+
+
+def test_chunked_bodies_are_limited(proxy: ProxyServer) -> None:
+    def chunks(size: int):  # type: ignore[no-untyped-def]
+        yield b"{"
+        yield b" " * size
+        yield b"}"
+
+    big = requests.post(f"{proxy.url}/v1/oidc/issue", data=chunks(3 * 1024 * 1024), timeout=30,
+                        headers={"Content-Type": "application/json"})
+    assert big.status_code == 413
+    assert big.json()["id"] == "request_too_large"

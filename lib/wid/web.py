@@ -72,9 +72,14 @@ class Request:
             if length > limit:
                 raise ApiError(413, "request_too_large", f"request body of {length} bytes exceeds {limit}")
             stream = self.environ["wsgi.input"]
-            data = stream.read(length) if length else b""
-            if len(data) != length:
-                raise bad_request("request body ended before Content-Length bytes arrived")
+            if length < 0:  # a chunked body: Caddy's FastCGI passes CONTENT_LENGTH -1, the body up to EOF
+                data = stream.read(limit + 1)
+                if len(data) > limit:
+                    raise ApiError(413, "request_too_large", f"request body exceeds {limit} bytes")
+            else:
+                data = stream.read(length) if length else b""
+                if len(data) != length:
+                    raise bad_request("request body ended before Content-Length bytes arrived")
             self._body = data
         return self._body
 
