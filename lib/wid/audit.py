@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import storage
 from wid.log import log, request_id
@@ -30,8 +29,7 @@ def record(event: str, decision: str, *, api: str | None = None, actx: str | Non
     log("audit", audit_event=event, decision=decision, actx=actx, sub=sub, jti=jti)
 
 
-@dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
     id: int
     ts: int
     event: str
@@ -45,7 +43,7 @@ class AuditEntry:
     detail: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return self._asdict()
 
 
 def entries(*, actx: str | None = None, event: str | None = None, decision: str | None = None,

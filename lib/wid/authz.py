@@ -8,8 +8,7 @@ authorize(): the context's compiled RBAC decides; a denial is audited and answer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import audit, config, jose, rbac_store, tokens
 from wid.errors import forbidden, unauthorized
@@ -20,8 +19,7 @@ from wid.policy import Decision
 API_KINDS = frozenset({tokens.WORKLOAD, tokens.EXCHANGED})
 
 
-@dataclass(frozen=True)
-class Principal:
+class Principal(NamedTuple):
     claims: dict[str, Any]
     issuer: str
     api: str

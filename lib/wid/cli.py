@@ -13,7 +13,7 @@ from pathlib import Path
 from wid import config, storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
-_PLUGINS = ("wid.cli_policy",)
+_PLUGINS = ("wid.cli_policy", "wid.demo")
 
 
 def _print_json(value: object) -> None:
@@ -36,13 +36,23 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def render_cgi(source: Path, target: Path) -> None:
-    """Copy cgi-bin/ with this interpreter as an absolute shebang (no shell shim between fcgiwrap and Python)."""
+    """Copy cgi-bin/ with this interpreter as an absolute shebang (no shell shim between fcgiwrap and Python).
+
+    `-IS`: isolated from the caller's environment and without `site`, whose work (scanning
+    site-packages and .pth files) costs every request; the two paths it would add are written in.
+    """
+    import sysconfig
+
+    import wid
+
+    paths = [str(Path(wid.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"]]
+    prologue = f"import sys\nsys.path[:0] = {paths!r}\n"
     target.mkdir(parents=True, exist_ok=True)
     for script in sorted(source.glob("*.py")):
         body = script.read_text().split("\n", 1)[1]
         out = target / script.name
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(f"#!{sys.executable} -I\n{body}")
+        tmp.write_text(f"#!{sys.executable} -IS\n{prologue}{body}")
         tmp.chmod(0o755)
         tmp.replace(out)
 
@@ -53,7 +63,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = keys.listing()
         if args.json:
-            _print_json([{k: v for k, v in r.__dict__.items() if k != "jwk"} for r in rows])
+            _print_json([{k: v for k, v in r._asdict().items() if k != "jwk"} for r in rows])
         for r in rows if not args.json else []:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.verify_until)) if r.verify_until else "-"
             print(f"{r.kid}  {r.state:8}  created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(r.created_at))}"

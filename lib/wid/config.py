@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 DEFAULT_TRUSTED_ISSUERS = ("https://token.actions.githubusercontent.com",)
@@ -15,8 +15,7 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     this_endpoint: str
     port: int
     data_dir: Path

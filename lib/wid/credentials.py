@@ -10,8 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import encryption, storage
 
@@ -19,8 +18,7 @@ ACTIVE = "active"
 REVOKED = "revoked"
 
 
-@dataclass(frozen=True)
-class Credential:
+class Credential(NamedTuple):
     api: str
     actx: str
     data: dict[str, Any]

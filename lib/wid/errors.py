@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 
 class ApiError(Exception):
     """Raised anywhere in a handler; rendered as {"id": ..., "message": ..., "request_id": ...}."""
@@ -14,10 +12,6 @@ class ApiError(Exception):
         self.error_id = error_id
         self.message = message
         self.headers = headers or {}
-
-    @property
-    def status_line(self) -> str:
-        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
 
 def bad_request(message: str) -> ApiError:

@@ -26,8 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from wid import audit, authz, config, jose, tokens
@@ -70,8 +69,7 @@ class TargetError(ApiError):
         super().__init__(400, "bad_request", f"aud: {message}")
 
 
-@dataclass(frozen=True)
-class Issued:
+class Issued(NamedTuple):
     token: str
     claims: dict[str, Any]
 
@@ -84,20 +82,12 @@ class Issued:
         return max(0, self.expires_at - int(time.time()))
 
 
-@dataclass
 class ExchangeRequest:
     """What the caller asks for: `params` is what the policy checks, exactly as the caller sent it."""
 
-    aud: str
-    sub: str
-    ttl: int
-    extra: dict[str, Any]
-    params: dict[str, Any]
-    api: str = field(init=False)
-    actx: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        audience = tokens.parse_audience(self.aud)
+    def __init__(self, aud: str, sub: str, ttl: int, extra: dict[str, Any], params: dict[str, Any]) -> None:
+        audience = tokens.parse_audience(aud)
+        self.aud, self.sub, self.ttl, self.extra, self.params = aud, sub, ttl, extra, params
         self.api, self.actx = audience.api, audience.actx
 
 

@@ -27,8 +27,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from wid import config, jose, rbac_store, storage, tokens
@@ -130,8 +129,7 @@ def verify_external(unverified: jose.Jws) -> dict[str, Any]:
 # -- the shared key cache ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CachedKeys:
+class CachedKeys(NamedTuple):
     keys: dict[str, dict[str, Any]] | None  # kid -> public JWK; None before the first successful fetch
     fresh_until: int
     attempt_at: int

@@ -10,8 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -64,8 +63,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-@dataclass(frozen=True)
-class Jws:
+class Jws(NamedTuple):
     header: dict[str, Any]
     claims: dict[str, Any]
     signing_input: bytes

@@ -8,8 +8,7 @@ most once), and parameter checks linear in the size of the request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from wid import strictjson
@@ -68,8 +67,7 @@ def request_parameters(query_string: str, body: bytes | None) -> dict[str, Any]:
     return params
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     reason: str  # one sentence; a denial names the role, policy, rule and parameter where it can
     roles: tuple[str, ...]
@@ -77,8 +75,7 @@ class Decision:
     rule: str | None  # the deciding path pattern
 
 
-@dataclass(frozen=True)
-class PathPattern:
+class PathPattern(NamedTuple):
     text: str
     segments: tuple[str, ...]  # literal segments and "+", without a final "*"
     star: bool
@@ -129,8 +126,7 @@ def _request_segments(path: str) -> list[str] | None:
     return segments
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     policy: int
     policy_name: str
     pattern: str
@@ -140,8 +136,7 @@ class _Rule:
     denied: Matcher | None
 
 
-@dataclass(frozen=True)
-class _Role:
+class _Role(NamedTuple):
     name: str
     iss: str | None
     aud: str

@@ -165,6 +165,9 @@ class Database:
     def migrate(self) -> list[str]:
         """Apply pending migrations; safe when several processes start at the same moment."""
         names = migration_names()
+        if self._applied_migrations() >= set(names):  # the common case: a read, no write lock
+            self._migrated = True
+            return []
         with self._raw_transaction(write=True) as tx:
             tx.lock("wid-migrations")
             tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT)")
@@ -179,6 +182,15 @@ class Database:
                 applied.append(name)
         self._migrated = True
         return applied
+
+    def _applied_migrations(self) -> set[str]:
+        exists = ("SELECT to_regclass('schema_migrations') IS NOT NULL" if self.dialect == "postgresql"
+                  else "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+        with self._raw_transaction(write=False) as tx:
+            row = tx.one(exists)
+            if not row or not row[0]:
+                return set()
+            return {r[0] for r in tx.execute("SELECT name FROM schema_migrations")}
 
     def _render(self, name: str) -> str:
         sql = (MIGRATIONS_DIR / name).read_text(encoding="utf-8")

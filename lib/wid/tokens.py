@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import config, jose, keys, wellknown
 
@@ -41,8 +39,7 @@ class TokenError(Exception):
     """Why a presented token is refused; safe to show to the caller (it never echoes the token)."""
 
 
-@dataclass(frozen=True)
-class Audience:
+class Audience(NamedTuple):
     api: str
     actx: str
 
@@ -88,7 +85,7 @@ def sign(claims: dict[str, Any], *, kind: str, lifetime: int, now: int | None = 
         "iat": issued,
         "nbf": issued,
         "exp": issued + lifetime,
-        "jti": secrets.token_urlsafe(18),
+        "jti": jose.b64url_encode(os.urandom(18)),
         KIND_CLAIM: kind,
     }
     key = keys.active_key()

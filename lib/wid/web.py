@@ -7,12 +7,10 @@ Nothing here may depend on being a fresh process (DESIGN.md): handlers are also 
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -114,11 +112,12 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
     return value
 
 
-@dataclass
 class Response:
-    status: int = 200
-    body: bytes | Iterable[bytes] = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    def __init__(self, status: int = 200, body: bytes | Iterable[bytes] = b"",
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else []
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -136,6 +135,19 @@ class Response:
     @classmethod
     def redirect(cls, location: str, headers: Mapping[str, str] | None = None) -> Response:
         return cls(303, b"", [("Location", location), ("Cache-Control", "no-store"), *(headers or {}).items()])
+
+
+# The reason phrases of the statuses we answer; `http.HTTPStatus` would cost every CGI process ~1.5 ms.
+_PHRASES = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
+            302: "Found", 303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 400: "Bad Request",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+            429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def status_phrase(status: int) -> str:
+    return _PHRASES.get(status, "Status")
 
 
 def error_response(err: ApiError) -> Response:
@@ -183,12 +195,12 @@ def wsgi(handler: Handler) -> WsgiApp:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16))
+        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex())
         try:
             started = time.perf_counter()
             request = Request(environ)
             response = _respond(handler, request)
-            start_response(f"{response.status} {HTTPStatus(response.status).phrase}",
+            start_response(f"{response.status} {status_phrase(response.status)}",
                            [*response.headers, ("X-Request-Id", request_id.get())])
             log("request", method=request.method, path=request.raw_path, status=response.status,
                 ms=round((time.perf_counter() - started) * 1000, 2))

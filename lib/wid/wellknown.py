@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ def _folder() -> Path:
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
+    import tempfile  # only when keys change: not on every request that signs
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as handle:
