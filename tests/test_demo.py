@@ -1,0 +1,125 @@
+"""`wid demo`: the articles' walkthrough end to end, as a user runs it (a subprocess of the installed `wid`).
+
+It must pass every step, say what it showed, fail (non-zero, naming the step) when a step misbehaves,
+and leave no process or temporary file behind, also when interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+from wid import demo
+
+WID = str(ROOT / ".venv" / "bin" / "wid")
+
+
+def run_demo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([WID, "demo", "--color", "never", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "DATABASE_URI": "postgresql://must-not-be-used"})
+
+
+def scratch_dir(output: str) -> str:
+    match = re.search(r"scratch dir (/\S+?)\)", output)
+    assert match, output[:500]
+    return match.group(1)
+
+
+def assert_nothing_left(scratch: str) -> None:
+    assert not Path(scratch).exists()
+    # fcgiwrap's socket, the proxy's data dir: every process the demo started names its scratch dir.
+    left = subprocess.run(["pgrep", "-af", scratch], capture_output=True, text=True).stdout
+    assert left == "", left
+
+
+def test_the_walkthrough_passes_every_step() -> None:
+    done = run_demo()
+    out = done.stdout
+    assert done.returncode == 0, out[-6000:] + done.stderr[-2000:]
+    assert "wid demo: all 15 steps behaved as the articles say" in out
+    assert out.count("  ✓ ") == 15 and "✗" not in out
+    for expected in [
+        'team "Demo Team" connected',
+        "$ git push -u deploy main",
+        "remote: wid: main is now",
+        "$ git fetch --all && git show deploy/schema:rbac.json | jq",
+        '--tag-names "oidc-sub:role:ex-database-and-spaces-keys-access"',
+        "$ sh /usr/local/sbin/wid-droplet provision http://127.0.0.1:",
+        "workload token sub actx:",
+        "base_url  droplet_id  expires_at  refresh_token  team_uuid  token",
+        '"${URL}/v1/oidc/issue"',
+        "| jq -r .database.connection.uri",
+        "postgres://doadmin:",
+        '"bucket": "111"',
+        "< HTTP/1.1 403 Forbidden",
+        "policy 'spaces-keys' denies create on /v2/spaces/keys: grants[0].bucket '222' is not one of ['111']",
+        "role ex-gha-readwrite is in force",
+        "- name: Get data-readwrite token",
+        "::add-mask::postgres://doadmin:",
+        "$ /bin/sh /usr/local/sbin/wid-droplet refresh",
+        "wid-droplet: token refreshed",
+        "authorize  deny",
+    ]:
+        assert expected in out, expected
+    assert_nothing_left(scratch_dir(out))
+
+
+def test_a_step_that_misbehaves_fails_the_demo_and_names_it() -> None:
+    done = run_demo("--fault", "POST /v2/spaces/keys 500")
+    out = done.stdout
+    assert done.returncode == 1, out[-4000:]
+    assert "the next POST /v2/spaces/keys is answered 500" in out
+    assert "✗ curl: curl exited with status 22" in out
+    assert "POST /v2/spaces/keys -> 500" in out  # the proxy's log, shortened
+    assert 'FAILED at step 10/15 "Spaces key for bucket 111"' in out
+    assert "[11/15]" not in out  # nothing runs after a failed step
+    assert_nothing_left(scratch_dir(out))
+
+
+def test_ctrl_c_stops_everything() -> None:
+    process = subprocess.Popen([WID, "demo", "--color", "never"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    assert process.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if not line or line.startswith("[ 7/15]"):  # the proxy, the sshd and the Droplet's files all exist
+            break
+    scratch = scratch_dir("".join(lines))
+    running = subprocess.run(["pgrep", "-af", scratch], capture_output=True, text=True).stdout
+    assert "fcgiwrap" in running, "".join(lines)
+    process.send_signal(signal.SIGINT)
+    rest = process.stdout.read()
+    assert process.wait(timeout=60) == 130
+    assert "wid demo: interrupted (SIGINT); cleaning up" in rest
+    assert_nothing_left(scratch)
+
+
+def test_missing_tools_are_named_with_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(demo, "SSHD", "/nonexistent/sshd")
+    real_which = demo.shutil.which
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None if name == "jq" else real_which(name))
+    problems = demo.missing_requirements()
+    assert any("sshd" in p and "apt-get install openssh-server" in p for p in problems), problems
+    assert any("`jq`" in p and "apt-get install jq" in p for p in problems), problems
+
+    parser = demo.argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    args = parser.parse_args(["demo"])
+    assert args.func(args) == 2
+    assert "wid demo cannot run here:" in capsys.readouterr().out
+
+
+def test_help_says_it_needs_this_checkout() -> None:
+    assert demo.ROOT == ROOT
+    assert f"({ROOT})" in demo.HELP and "source checkout" in demo.HELP
