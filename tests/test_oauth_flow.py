@@ -85,6 +85,9 @@ def test_landing_page_with_an_oauth_client(world: World) -> None:
     for scope in do_oauth.DEFAULT_SCOPES:
         assert f"<code>{scope}</code>" in text
     assert world.proxy.env["DIGITALOCEAN_OAUTH_CLIENT_SECRET"] not in text
+    assert f'id="atproto-sign-in" href="{world.url}/auth/atproto/"' in text
+    sign_in = requests.get(f"{world.url}/auth/atproto", timeout=10)
+    assert sign_in.status_code == 200 and "handle" in sign_in.text.lower()  # the ATProto sign-in form
     csp = page.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and world.stand_in.url in csp
     assert page.headers["Referrer-Policy"] == "no-referrer" and page.headers["Cache-Control"] == "no-store"

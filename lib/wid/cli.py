@@ -13,7 +13,7 @@ from pathlib import Path
 from wid import config, storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
-_PLUGINS = ("wid.cli_policy", "wid.demo")
+_PLUGINS = ("wid.cli_policy", "wid.atproto_tail", "wid.demo")
 
 
 def _print_json(value: object) -> None:
