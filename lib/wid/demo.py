@@ -267,6 +267,8 @@ def _environment_for_demo() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # ✓ and … on a terminal that cannot show them
     console = Console(color=_use_color(args.color))
     problems = missing_requirements()
     if problems:
@@ -283,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     SIGNALS.install()
     tmp = Path(tempfile.mkdtemp(prefix="wid-demo-"))
     tmp.chmod(0o755)  # sshd runs as nobody when we are root, and reads its keys below here
-    ctx = demo_steps.Context(console=console, tmp=tmp, root=ROOT, client=args.client, faults=faults)
+    ctx = demo_steps.Context(console=console, tmp=tmp, client=args.client, faults=faults)
     steps = demo_steps.STEPS
     console.write(f"wid demo: the articles' walkthrough against local stand-ins ({len(steps)} steps; "
                   f"scratch dir {tmp})")

@@ -37,7 +37,6 @@ GHA_REPOSITORY, GHA_WORKFLOW = "org/repo", "do-wid.yml"
 class Context:
     console: Console
     tmp: Path
-    root: Path
     client: str = "auto"
     faults: list[Fault] = field(default_factory=list)
     world: World | None = None
@@ -155,10 +154,10 @@ def start_services(ctx: Context) -> str:
     do.set_next_public_ipv4(sshd.address)  # the next Droplet's public IPv4 is where that sshd listens
     for name, tags, uuid in (("backend", ["my-tag"], DATABASE_UUID), ("analytics", ["my-tag"], None),
                              ("billing", [], None)):
-        db = do.add_database(team.uuid, name, tags, uuid=uuid)
-        record = do.databases[db]
-        ctx.database_uris[name] = (f"postgres://{record['user']}:{record['password']}@{record['host']}:"
-                                   f"{record['port']}/{record['database']}?sslmode=require")
+        do.add_database(team.uuid, name, tags, uuid=uuid)
+    # What DigitalOcean itself answers the team's own token: what the workloads must get through the proxy.
+    listed = requests.get(f"{do.url}/v2/databases", headers={"Authorization": f"Bearer {ctx.pat}"}, timeout=10)
+    ctx.database_uris = {db["name"]: db["connection"]["uri"] for db in listed.json()["databases"]}
     c.info(f'  team "{TEAM_NAME}" {team.uuid}, a personal access token (what `doctl auth token` prints),\n'
            f"  databases backend ({DATABASE_UUID}, tag my-tag), analytics (tag my-tag), billing")
     for fault in ctx.faults:
