@@ -39,14 +39,12 @@ def render_cgi(source: Path, target: Path) -> None:
     """Copy cgi-bin/ with this interpreter as an absolute shebang (no shell shim between fcgiwrap and Python).
 
     `-IS`: isolated from the caller's environment and without `site`, whose work (scanning
-    site-packages and .pth files) costs every request; the two paths it would add are written in.
+    site-packages and .pth files) costs every request; the module path `site` built for this
+    process (venv, .pth entries such as an editable install) is written into each script instead.
     """
-    import sysconfig
-
-    import wid
-
-    paths = [str(Path(wid.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"]]
-    prologue = f"import sys\nsys.path[:0] = {paths!r}\n"
+    launcher = Path(sys.argv[0]).resolve().parent
+    paths = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != launcher]
+    prologue = f"import sys\nsys.path[:] = {paths!r}\n"
     target.mkdir(parents=True, exist_ok=True)
     for script in sorted(source.glob("*.py")):
         body = script.read_text().split("\n", 1)[1]
