@@ -298,14 +298,16 @@ def test_large_upstream_bodies_are_streamed_back_whole(world: World, team: Team)
     assert response.content == big
 
 
-def test_upstream_errors_come_back_unchanged(world: World, team: Team) -> None:
+def test_upstream_errors_come_back_unchanged_and_5xx_as_502(world: World, team: Team) -> None:
     token = world.jwt(team.uuid, "droplet-operator")
     world.stand_in.fail_next("/v2/droplets", 429, method="GET")
     limited = requests.get(f"{world.url}/v2/droplets", headers=bearer(token), timeout=10)
     assert limited.status_code == 429 and limited.json()["id"] == "too_many_requests"
     world.stand_in.fail_next("/v2/droplets", 500, method="GET")
     broken = requests.get(f"{world.url}/v2/droplets", headers=bearer(token), timeout=10)
-    assert broken.status_code == 500 and broken.json()["message"] == "Unexpected server-side error"
+    assert broken.status_code == 502 and broken.json()["id"] == "bad_gateway"  # DESIGN.md: upstream 5xx -> 502
+    assert broken.json()["message"].startswith("DigitalOcean answered HTTP 500 to GET /v2/droplets")
+    assert "Unexpected server-side error" in broken.json()["message"]
     missing = requests.get(f"{world.url}/v2/droplets/1", headers=bearer(token), timeout=10)
     assert missing.status_code == 404 and missing.json()["id"] == "not_found"
 

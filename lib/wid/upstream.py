@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import importlib
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,8 +109,30 @@ def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | Non
     return UpstreamResponse(raw.status, raw.getheaders(), conn, raw)
 
 
-def relay(response: UpstreamResponse, *, buffer: bool = False) -> Response:
-    """The upstream's status, meaningful headers and body, unchanged (streamed unless `buffer`)."""
+def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> ApiError:
+    """An upstream 5xx as our 502 (DESIGN.md): it names the service, its status and its own message."""
+    detail = ""
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, dict):
+            parts = [str(payload[k])[:200] for k in ("id", "error", "message") if isinstance(payload.get(k), str)]
+            detail = f" ({': '.join(parts)})" if parts else ""
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return ApiError(502, "bad_gateway", f"{service} answered HTTP {status} to {what}{detail}; nothing was changed "
+                    "on this proxy, try again later", {"Retry-After": retry_after} if retry_after else {})
+
+
+def relay(response: UpstreamResponse, *, service: str, what: str, buffer: bool = False) -> Response:
+    """The upstream's status, meaningful headers and body, unchanged (streamed unless `buffer`); a 5xx is a 502."""
+    if response.status >= 500:
+        try:
+            error_body = response.raw.read(64 * 1024)
+        except (OSError, http.client.HTTPException):
+            error_body = b""
+        finally:
+            response.connection.close()
+        raise server_error(service, response.status, error_body, response.header("Retry-After"), what)
     headers = [(k, v) for k, v in response.headers
                if k.lower() not in HOP_BY_HOP and k.lower() not in {"content-length", "set-cookie"}]
     body = response.read() if buffer else response.stream()

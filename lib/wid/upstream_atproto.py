@@ -20,7 +20,6 @@ must name the context's own DID as `repo`: a token for DID A never writes to DID
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -98,16 +97,10 @@ def _relay(result: Any) -> Response:
 
 def _upstream_failed(pds: str, nsid: str, result: Any) -> ApiError:
     """A 5xx of the PDS, as this proxy's 502 naming it (with its Retry-After); the session is untouched."""
-    detail = ""
-    try:
-        payload = json.loads(result.body)
-        if isinstance(payload, dict):
-            detail = ": " + ": ".join(str(payload[k])[:200] for k in ("error", "message") if payload.get(k))
-    except (ValueError, UnicodeDecodeError):
-        pass
-    headers = {"Retry-After": result.headers["retry-after"]} if "retry-after" in result.headers else {}
-    return ApiError(502, "upstream_error", f"the PDS {pds} answered HTTP {result.status} to {nsid}{detail}; "
-                    "nothing was changed on this proxy, try again later", headers)
+    from wid import upstream
+
+    return upstream.server_error(f"the PDS {pds}", result.status, result.body, result.headers.get("retry-after"),
+                                 nsid)
 
 
 def _refused_token(result: Any) -> bool:

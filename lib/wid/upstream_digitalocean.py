@@ -8,7 +8,7 @@ get a clear 403 and the landing page shows it, until an admin authorizes again.
 
 `forward()` sends a request that policy allowed to the API with the team token: method, the checked
 path, the query string and the body exactly as checked, the content type; never the client's
-Authorization, cookies or other headers. The answer is relayed unchanged and streamed.
+Authorization, cookies or other headers. The answer is relayed unchanged and streamed; a 5xx becomes our 502.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class DigitalOceanUpstream:
             headers["Content-Type"] = content_type
         response = send_as_team(actx, request.method, target, body=body if body or request.method in {
             "POST", "PUT", "PATCH"} else None, headers=headers)
-        return upstream.relay(response)
+        return upstream.relay(response, service="DigitalOcean", what=f"{request.method} {path}")
 
 
 UPSTREAM = DigitalOceanUpstream()

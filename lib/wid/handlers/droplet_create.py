@@ -143,6 +143,9 @@ def create(request: Request) -> Response:
         # nonce stays unbound, so these Droplets cannot prove (they would need to be created again).
         log("droplet_create_unbound", level="error", actx=team, droplet_ids=ids, jti=prov.claims["jti"],
             error=type(exc).__name__, detail=str(exc)[:300])
+    if response.status >= 500:
+        raise upstream.server_error("DigitalOcean", response.status, raw, response.header("Retry-After"),
+                                    "POST /v2/droplets")
     return _relay(response, raw)
 
 
