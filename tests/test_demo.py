@@ -77,7 +77,7 @@ def test_a_step_that_misbehaves_fails_the_demo_and_names_it() -> None:
     assert done.returncode == 1, out[-4000:]
     assert "the next POST /v2/spaces/keys is answered 500" in out
     assert "✗ curl: curl exited with status 22" in out
-    assert "POST /v2/spaces/keys -> 500" in out  # the proxy's log, shortened
+    assert "POST /v2/spaces/keys -> 502" in out  # the proxy's log, shortened: upstream 5xx is our 502
     assert 'FAILED at step 10/15 "Spaces key for bucket 111"' in out
     assert "[11/15]" not in out  # nothing runs after a failed step
     assert_nothing_left(scratch_dir(out))

@@ -230,7 +230,7 @@ def test_expired_state_is_refused(world: World) -> None:
     session = requests.Session()
     callback = world.consent(session, team.uuid)
     with world.proxy.configured(), storage.database().transaction() as tx:
-        tx.execute("UPDATE do_oauth_states SET expires_at = ? WHERE used_at IS NULL", (int(time.time()) - 1,))
+        tx.execute("UPDATE oauth_states SET expires_at = ? WHERE used_at IS NULL", (int(time.time()) - 1,))
     response = session.get(callback, allow_redirects=False, timeout=10)
     assert response.status_code == 400 and "expired" in response.json()["message"]
 

@@ -23,21 +23,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid import atproto_identity as identity
-from wid import audit, config, credentials, dpop, encryption, storage
+from wid import audit, browser_state, config, credentials, dpop, encryption, storage
 from wid.atproto_identity import FetchError
 from wid.errors import ApiError
 from wid.log import log
@@ -48,9 +44,8 @@ JWKS_PATH = "/oauth/atproto/jwks.json"
 SIGNIN_PATH = "/auth/atproto/"
 START_PATH = "/auth/atproto/authorize"
 CALLBACK_PATH = "/auth/atproto/callback"
-COOKIE_NAME = "wid_atproto_oauth"
 COOKIE_PATH = "/auth/atproto/"
-STATE_TTL_SECONDS = 600
+BINDING = browser_state.Binding("atproto", "wid_atproto_oauth", COOKIE_PATH, ttl_seconds=600)
 # Refresh when less than this is left (access tokens live about an hour), or half the token's life.
 REFRESH_BEFORE_SECONDS = 300
 TOKEN_RESPONSE_LIMIT = 64 * 1024
@@ -350,19 +345,6 @@ def discover(pds: str) -> AuthServer:
 # --------------------------------------------------------------------------------------------------
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def cookie_header(value: str, max_age: int) -> str:
-    secure = "; Secure" if endpoint().startswith("https://") else ""
-    return f"{COOKIE_NAME}={value}; Path={COOKIE_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
-
-
-def clear_cookie_header() -> str:
-    return cookie_header("", 0)
-
-
 @dataclass(frozen=True)
 class FlowStart:
     authorize_url: str
@@ -388,9 +370,14 @@ def start(identifier: str) -> FlowStart:
     server = discover(who.document.pds)
     dpop_key = dpop.generate_key()
     verifier, challenge = dpop.pkce_pair()
-    state, browser = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     key = client_key()
     settings = identity.atproto_config()
+    # Remembered (sealed) until the callback; a state whose pushed request then fails simply expires.
+    flow = {"did": who.did, "handle": who.handle, "pds": who.document.pds, "issuer": server.issuer,
+            "token_endpoint": server.token_endpoint, "revocation_endpoint": server.revocation_endpoint,
+            "verifier": verifier, "dpop_key": dpop.key_to_pem(dpop_key), "client_kid": key.kid,
+            "scope": settings.scope}
+    state, set_cookie = browser_state.issue(BINDING, flow)
     form = {"response_type": "code", "redirect_uri": redirect_uri(), "scope": settings.scope, "state": state,
             "code_challenge": challenge, "code_challenge_method": "S256", "login_hint": who.handle or who.did}
     nonces = Nonces()
@@ -414,33 +401,9 @@ def start(identifier: str) -> FlowStart:
     if not isinstance(request_uri, str) or not request_uri:
         raise ApiError(502, "par_failed", f"the authorization server {server.issuer} answered the pushed "
                        "authorization request without a request_uri")
-    flow = {"did": who.did, "handle": who.handle, "pds": who.document.pds, "issuer": server.issuer,
-            "token_endpoint": server.token_endpoint, "revocation_endpoint": server.revocation_endpoint,
-            "verifier": verifier, "dpop_key": dpop.key_to_pem(dpop_key), "client_kid": key.kid,
-            "scope": settings.scope}
-    now = int(time.time())
-    with storage.database().transaction() as tx:
-        tx.execute("DELETE FROM atproto_oauth_states WHERE expires_at < ?", (now - 3600,))
-        tx.execute("INSERT INTO atproto_oauth_states (state_hash, browser_hash, sealed, created_at, expires_at) "
-                   "VALUES (?, ?, ?, ?, ?)", (_digest(state), _digest(browser),
-                                              encryption.seal(json.dumps(flow).encode()), now,
-                                              now + STATE_TTL_SECONDS))
     audit.record("atproto_signin_start", "info", api=API, actx=who.did, issuer=server.issuer, pds=who.document.pds)
     query = urlencode({"client_id": client_id(), "request_uri": request_uri})
-    return FlowStart(f"{server.authorization_endpoint}?{query}", cookie_header(browser, STATE_TTL_SECONDS),
-                     who.did, who.handle)
-
-
-def browser_secret(cookie_value: str | None) -> str | None:
-    if not cookie_value:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(cookie_value)
-    except CookieError:
-        return None
-    morsel = jar.get(COOKIE_NAME)
-    return morsel.value if morsel is not None and morsel.value else None
+    return FlowStart(f"{server.authorization_endpoint}?{query}", set_cookie, who.did, who.handle)
 
 
 def invalid_state(message: str) -> ApiError:
@@ -449,35 +412,11 @@ def invalid_state(message: str) -> ApiError:
 
 def consume_state(state: str | None, cookie_value: str | None) -> dict[str, Any]:
     """The flow `state` belongs to: once, before it expires, from the browser it was issued to."""
-    if not state:
-        raise invalid_state("the callback has no state parameter, so it cannot be tied to a sign-in started here")
-    browser = browser_secret(cookie_value)
-    now = int(time.time())
-    problem: str | None = None
-    flow: dict[str, Any] = {}
-    with storage.database().transaction() as tx:
-        tx.lock(f"atproto_state:{_digest(state)}")
-        row = tx.one("SELECT browser_hash, sealed, expires_at, used_at FROM atproto_oauth_states WHERE state_hash = ?",
-                     (_digest(state),))
-        if row is None:
-            problem = "the state parameter was not issued by this proxy (or expired long ago)"
-        elif row[3] is not None:
-            problem = "this state was already used: a callback is accepted once"
-        else:
-            tx.execute("UPDATE atproto_oauth_states SET used_at = ? WHERE state_hash = ?", (now, _digest(state)))
-            if browser is None:
-                problem = ("this browser has no cookie from the start of the sign-in (cookies blocked, another "
-                           "browser, or a link someone else started)")
-            elif not hmac.compare_digest(_digest(browser), str(row[0])):
-                problem = "the state was issued to a different browser than the one presenting it"
-            elif int(row[2]) < now:
-                problem = f"the sign-in expired (it must finish within {STATE_TTL_SECONDS // 60} minutes)"
-            else:
-                flow = json.loads(encryption.unseal(bytes(row[1])))
-    if problem is not None:
-        audit.record("atproto_callback", "deny", api=API, reason=problem)
-        raise invalid_state(problem)
-    return flow
+    try:
+        return browser_state.consume(BINDING, state, cookie_value)
+    except browser_state.StateError as exc:
+        audit.record("atproto_callback", "deny", api=API, reason=str(exc))
+        raise invalid_state(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------

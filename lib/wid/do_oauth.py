@@ -12,28 +12,23 @@ Standard library only (plus the shared HTTP client): refreshes run on the API re
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from wid import audit, config, credentials, storage, upstream
+from wid import audit, browser_state, config, credentials, upstream
 from wid.errors import ApiError, bad_gateway
 from wid.log import log
 
 API = "DigitalOcean"
 START_PATH = "/auth/digitalocean/v1/authorize"
 CALLBACK_PATH = "/auth/digitalocean/v1/callback"
-COOKIE_NAME = "wid_do_oauth"
 COOKIE_PATH = "/auth/digitalocean/v1/"
-STATE_TTL_SECONDS = 600
+BINDING = browser_state.Binding("digitalocean", "wid_do_oauth", COOKIE_PATH, ttl_seconds=600)
 SCOPES_ENV = "DIGITALOCEAN_OAUTH_SCOPES"
 # Least privilege for what the proxy does with a team's token: resolve the team (account:read); the
 # wrapped routes (database:read + database:view_credentials for connection strings, tag:read for
@@ -99,10 +94,6 @@ def redirect_uri() -> str:
     return f"{config.settings().this_endpoint}{CALLBACK_PATH}"
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
 # State, bound to the browser
 # --------------------------------------------------------------------------------------------------
@@ -114,42 +105,13 @@ class FlowStart:
     set_cookie: str  # the Set-Cookie header value that binds the state to this browser
 
 
-def cookie_header(value: str, max_age: int) -> str:
-    secure = "; Secure" if config.settings().this_endpoint.startswith("https://") else ""
-    return f"{COOKIE_NAME}={value}; Path={COOKIE_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
-
-
-def clear_cookie_header() -> str:
-    return cookie_header("", 0)
-
-
 def start() -> FlowStart:
     """Record a new state for a new browser secret; the URL that sends the browser to DigitalOcean."""
     client_id, _ = _client()
-    state = secrets.token_urlsafe(32)
-    browser = secrets.token_urlsafe(32)
-    now = int(time.time())
-    with storage.database().transaction() as tx:
-        # Keep used and expired rows a while, so a replay is told apart from a forgery, then forget them.
-        tx.execute("DELETE FROM do_oauth_states WHERE expires_at < ?", (now - 3600,))
-        tx.execute("INSERT INTO do_oauth_states (state_hash, browser_hash, created_at, expires_at) "
-                   "VALUES (?, ?, ?, ?)", (_digest(state), _digest(browser), now, now + STATE_TTL_SECONDS))
+    state, set_cookie = browser_state.issue(BINDING)
     query = urlencode({"client_id": client_id, "redirect_uri": redirect_uri(), "response_type": "code",
                        "scope": " ".join(scopes()), "state": state}, quote_via=quote)
-    return FlowStart(f"{config.settings().do_oauth_url}/v1/oauth/authorize?{query}",
-                     cookie_header(browser, STATE_TTL_SECONDS))
-
-
-def browser_secret(cookie_header_value: str | None) -> str | None:
-    if not cookie_header_value:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(cookie_header_value)
-    except CookieError:
-        return None
-    morsel = jar.get(COOKIE_NAME)
-    return morsel.value if morsel is not None and morsel.value else None
+    return FlowStart(f"{config.settings().do_oauth_url}/v1/oauth/authorize?{query}", set_cookie)
 
 
 def invalid_state(message: str) -> ApiError:
@@ -158,32 +120,11 @@ def invalid_state(message: str) -> ApiError:
 
 def consume_state(state: str | None, cookie_header_value: str | None) -> None:
     """Accept `state` once, before it expires, from the browser it was issued to; else raise 400."""
-    if not state:
-        raise invalid_state("the callback has no state parameter, so it cannot be tied to a flow started here")
-    browser = browser_secret(cookie_header_value)
-    now = int(time.time())
-    problem: str | None = None
-    with storage.database().transaction() as tx:
-        tx.lock(f"do_oauth_state:{_digest(state)}")  # two callbacks with one state: the second sees it used
-        row = tx.one("SELECT browser_hash, expires_at, used_at FROM do_oauth_states WHERE state_hash = ?",
-                     (_digest(state),))
-        if row is None:
-            problem = "the state parameter was not issued by this proxy (or expired long ago)"
-        elif row[2] is not None:
-            problem = "this state was already used: a callback is accepted once"
-        else:
-            # Single use whatever happens next: a state that failed a check cannot be tried again.
-            tx.execute("UPDATE do_oauth_states SET used_at = ? WHERE state_hash = ?", (now, _digest(state)))
-            if browser is None:
-                problem = ("this browser has no cookie from the start of the flow (cookies blocked, another "
-                           "browser, or a link someone else started)")
-            elif not hmac.compare_digest(_digest(browser), str(row[0])):
-                problem = "the state was issued to a different browser than the one presenting it"
-            elif int(row[1]) < now:
-                problem = f"the state expired (flows must finish within {STATE_TTL_SECONDS // 60} minutes)"
-    if problem is not None:
-        audit.record("oauth_callback", "deny", api=API, reason=problem)
-        raise invalid_state(problem)
+    try:
+        browser_state.consume(BINDING, state, cookie_header_value)
+    except browser_state.StateError as exc:
+        audit.record("oauth_callback", "deny", api=API, reason=str(exc))
+        raise invalid_state(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------

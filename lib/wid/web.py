@@ -59,6 +59,13 @@ class Request:
     def query(self) -> list[tuple[str, str]]:
         return parse_qsl(self.query_string, keep_blank_values=True)
 
+    def single_query(self, name: str) -> str | None:
+        """A query parameter that must appear at most once (a repeated one could be read two ways)."""
+        values = [value for key, value in self.query() if key == name]
+        if len(values) > 1:
+            raise bad_request(f"the query parameter {name!r} appears more than once")
+        return values[0] if values else None
+
     def body(self, limit: int | None = None) -> bytes:
         if self._body is None:
             limit = config.settings().max_body_bytes if limit is None else limit

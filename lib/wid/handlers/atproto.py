@@ -19,7 +19,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from wid import atproto_oauth as oauth
-from wid import authz, config, policy, upstream
+from wid import authz, browser_state, config, policy, upstream
 from wid.errors import ApiError, bad_request, forbidden, not_found
 from wid.log import log, request_id
 from wid.upstream_atproto import API, check_repo, is_json, nsid_of
@@ -89,7 +89,7 @@ def _browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request
         except ApiError as err:
             headers = dict(err.headers)
             if request.path.startswith(oauth.COOKIE_PATH) and request.path.rstrip("/") != oauth.SIGNIN_PATH.rstrip("/"):
-                headers["Set-Cookie"] = oauth.clear_cookie_header()
+                headers["Set-Cookie"] = browser_state.clear_cookie_header(oauth.BINDING)
             if not _wants_html(request):
                 return error_response(ApiError(err.status, err.error_id, err.message, headers))
             body = (f'<p id="message">{_esc(err.message)}</p>\n<p class="muted">Error <code id="error-id">'
@@ -159,17 +159,10 @@ def start(request: Request) -> Response:
     return Response.redirect(flow.authorize_url, {"Set-Cookie": flow.set_cookie, "Referrer-Policy": "no-referrer"})
 
 
-def _single(request: Request, name: str) -> str | None:
-    values = [value for key, value in request.query() if key == name]
-    if len(values) > 1:
-        raise bad_request(f"the callback has the parameter {name!r} more than once")
-    return values[0] if values else None
-
-
 def callback(request: Request) -> Response:
     names = ("state", "iss", "code", "error", "error_description")
-    connected = oauth.complete({name: _single(request, name) for name in names}, request.header("Cookie"))
-    headers = {"Set-Cookie": oauth.clear_cookie_header(), "Referrer-Policy": "no-referrer"}
+    connected = oauth.complete({name: request.single_query(name) for name in names}, request.header("Cookie"))
+    headers = {"Set-Cookie": browser_state.clear_cookie_header(oauth.BINDING), "Referrer-Policy": "no-referrer"}
     if not _wants_html(request):
         return Response.json({"did": connected.did, "handle": connected.handle, "pds": connected.pds,
                               "rbac_token": connected.rbac_token, "expires_at": connected.rbac_expires_at,

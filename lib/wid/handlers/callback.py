@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from string import Template
 
-from wid import config, credentials, do_oauth
+from wid import browser_state, config, credentials, do_oauth
 from wid.errors import ApiError, bad_request
 from wid.log import request_id
 from wid.web import Request, Response, Router, error_response
@@ -72,7 +72,7 @@ def browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request]
         except ApiError as err:
             headers = dict(err.headers)
             if request.path.startswith(do_oauth.COOKIE_PATH):
-                headers["Set-Cookie"] = do_oauth.clear_cookie_header()
+                headers["Set-Cookie"] = browser_state.clear_cookie_header(do_oauth.BINDING)
             if not _wants_html(request):
                 return error_response(ApiError(err.status, err.error_id, err.message, headers))
             page = _template("message.html").substitute(
@@ -149,21 +149,14 @@ def start(request: Request) -> Response:
     return Response.redirect(flow.authorize_url, {"Set-Cookie": flow.set_cookie, "Referrer-Policy": "no-referrer"})
 
 
-def _single(request: Request, name: str) -> str | None:
-    values = [value for key, value in request.query() if key == name]
-    if len(values) > 1:
-        raise bad_request(f"the callback has the parameter {name!r} more than once")
-    return values[0] if values else None
-
-
 def callback(request: Request) -> Response:
     if not do_oauth.is_configured():
         raise do_oauth.not_configured()
-    state, code, error = _single(request, "state"), _single(request, "code"), _single(request, "error")
+    state, code, error = request.single_query("state"), request.single_query("code"), request.single_query("error")
     do_oauth.consume_state(state, request.header("Cookie"))
     if error is not None:
         code_name = error if _OAUTH_ERROR_CODE.match(error) else "unknown_error"
-        description = (_single(request, "error_description") or "")[:300]
+        description = (request.single_query("error_description") or "")[:300]
         detail = f"{code_name}: {description}" if description else code_name
         if code_name == "access_denied":
             raise ApiError(403, "access_denied", f"DigitalOcean reports that the authorization was denied ({detail}); "
@@ -174,7 +167,8 @@ def callback(request: Request) -> Response:
         raise bad_request("the callback has neither a code nor an error parameter")
     team_uuid, _ = do_oauth.connect(code)
     home = f"{config.settings().this_endpoint}/?connected={team_uuid}"
-    return Response.redirect(home, {"Set-Cookie": do_oauth.clear_cookie_header(), "Referrer-Policy": "no-referrer"})
+    return Response.redirect(home, {"Set-Cookie": browser_state.clear_cookie_header(do_oauth.BINDING),
+                                    "Referrer-Policy": "no-referrer"})
 
 
 _router = Router()
