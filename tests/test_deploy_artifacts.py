@@ -259,6 +259,13 @@ def _unprivileged() -> pwd.struct_passwd:
     return pwd.getpwnam("nobody")
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _image_python() -> str:
     """The interpreter the image runs: Debian 12's python3 (the python3-venv package install.sh installs)."""
     return "/usr/bin/python3"
@@ -300,7 +307,10 @@ def image_root() -> Iterator[Path]:
     installed = ROOT / ".venv" / "lib" / version / "site-packages"
     assert site.is_dir() and installed.is_dir(), "the checkout's venv and the image's python must be the same 3.x"
     (site / "00-wid.pth").write_text(f"{app / 'lib'}\n")
-    (site / "zz-installed.pth").write_text(f"import site; site.addsitedir({str(installed)!r})\n")
+    # The packages themselves go into the image tree (hard links where the filesystem allows): the
+    # unprivileged user may not be able to reach the checkout's venv (a clone under /root, say).
+    shutil.copytree(installed, site, dirs_exist_ok=True, symlinks=True, copy_function=_link_or_copy,
+                    ignore=shutil.ignore_patterns("__editable__*", "*wid*.pth", "wid-*.dist-info", "__pycache__"))
     wid = venv / "bin" / "wid"
     wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli import main\nsys.exit(main())\n")
     wid.chmod(0o755)
