@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_chunked_body_is_read_to_its_end(app_env: Path) -> None:
 
 
 def test_chunked_bodies_are_limited(proxy: ProxyServer) -> None:
-    def chunks(size: int):  # type: ignore[no-untyped-def]
+    def chunks(size: int) -> Iterator[bytes]:
         yield b"{"
         yield b" " * size
         yield b"}"
