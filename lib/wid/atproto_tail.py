@@ -211,9 +211,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from wid import atproto_oauth
+    from wid import atproto_session
 
-    for row in atproto_oauth.sessions():
+    for row in atproto_session.sessions():
         print(json.dumps(row, sort_keys=True))
     return 0
 

@@ -121,6 +121,7 @@ class AtprotoUpstream:
         """Forward an authorized XRPC request; `path` is the checked path that policy saw."""
         from wid import atproto_identity as identity
         from wid import atproto_oauth as oauth
+        from wid import atproto_session
         from wid.log import log
 
         self.validate_context(actx)
@@ -134,11 +135,11 @@ class AtprotoUpstream:
         check_repo(actx, method, nsid, content_type, body)
         if not _QUERY_CHARS.match(request.query_string):
             raise bad_request("the query string has characters that must be percent-encoded")
-        data = oauth.stored_session(actx)
+        data = atproto_session.stored_session(actx)
         document = identity.resolve_did(actx)
         if document.pds != data["pds"]:
-            raise oauth.pds_changed(actx, str(data["pds"]), document.pds)
-        session = oauth.session(actx, data=data)
+            raise atproto_session.pds_changed(actx, str(data["pds"]), document.pds)
+        session = atproto_session.session(actx, data=data)
         url = f"{data['pds']}/xrpc/{nsid}" + (f"?{request.query_string}" if request.query_string else "")
         headers = {name: value for name in _FORWARDED_HEADERS if (value := request.header(name))}
         headers.setdefault("Accept", "application/json")
@@ -153,13 +154,13 @@ class AtprotoUpstream:
             if attempt == 1 and _refused_token(result):
                 log("atproto_token_refused", level="warning", did=actx, nsid=nsid)
                 nonces.flush()
-                session = oauth.session(actx, rejected=session.access_token)
+                session = atproto_session.session(actx, rejected=session.access_token)
                 continue
             break
         nonces.flush()
         if result.status == 401:
             raise ApiError(502, "upstream_unauthorized", f"the PDS {data['pds']} refused {actx}'s freshly refreshed "
-                           f"access token; {oauth.sign_in_again(actx)}")
+                           f"access token; {atproto_session.sign_in_again(actx)}")
         log("atproto_forwarded", did=actx, nsid=nsid, status=result.status)
         if result.status >= 500:
             raise _upstream_failed(str(data["pds"]), nsid, result)
