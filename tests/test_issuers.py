@@ -233,6 +233,38 @@ def test_discovery_must_name_the_configured_issuer(trusted: GitHubOIDCStandIn) -
     assert fetches(trusted) == (1, 0)
 
 
+def test_private_addresses_are_refused_before_any_connection(trusted: GitHubOIDCStandIn,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with WID_ALLOW_INSECURE_ISSUERS only loopback is allowed: a jwks_uri or an issuer on a private
+    address, or a name resolving to one, is refused without connecting (only the loopback stand-in is)."""
+    import socket
+
+    connected: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        connected.append(address[0])
+        if address[0] != "127.0.0.1":
+            raise AssertionError(f"connected to {address}")
+        real_connect(sock, address)
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        assert host == "internal.example.com"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("0.0.0.0", port))]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    trusted.discovery_override = {**trusted.openid_configuration(), "jwks_uri": "https://10.0.0.1/jwks"}
+    error = refused(mint(trusted), 503)
+    assert "10.0.0.1, which is not a public address" in error.message
+    assert fetches(trusted) == (1, 0)
+    for issuer, address in (("https://10.0.0.1", "10.0.0.1"), ("https://internal.example.com", "0.0.0.0")):
+        with pytest.raises(issuers.FetchError) as caught:
+            issuers.fetch_keys(issuer)
+        assert f"resolves to {address}, which is not a public address" in str(caught.value)
+    assert connected == ["127.0.0.1"]  # the stand-in's discovery document, nothing else
+
+
 def test_jwks_uri_must_be_https_too(trusted: GitHubOIDCStandIn) -> None:
     trusted.discovery_override = {**trusted.openid_configuration(), "jwks_uri": "http://example.com/jwks"}
     assert "jwks_uri" in refused(mint(trusted), 503).message
@@ -284,7 +316,7 @@ def test_tls_issuer_is_verified_against_the_system_trust_store(app_env: Path,
     with GitHubOIDCStandIn(tls=True) as tls:
         assert tls.issuer.startswith("https://") and tls.ca_file
         monkeypatch.setenv("WID_TRUSTED_ISSUERS", tls.issuer)
-        monkeypatch.delenv("WID_ALLOW_INSECURE_ISSUERS", raising=False)
+        monkeypatch.setenv("WID_ALLOW_INSECURE_ISSUERS", "1")  # the stand-in is on loopback; TLS is still verified
         monkeypatch.setenv("WID_ISSUER_FETCH_TIMEOUT", "2")
         config.settings.cache_clear()
         install(TEAM, gha_files(tls.issuer))

@@ -1,14 +1,9 @@
-"""ATProto identity: settings, an SSRF-safe HTTP client, and handle -> DID -> DID document -> PDS.
+"""ATProto identity: settings, the SSRF-safe HTTP client with them, and handle -> DID -> DID document -> PDS.
 
-Everything the ATProto upstream fetches goes through `request()`:
-
-- https only; `http://` only for loopback hosts (`localhost`, 127.0.0.0/8, ::1) and only when the
-  operator allows insecure issuers (WID_ALLOW_INSECURE_ISSUERS, tests and demos);
-- the host is resolved once and every address must be public (no private, link-local, loopback,
-  multicast or reserved address, unless it is the allowed loopback case above); the connection goes
-  to the checked address (no second lookup an attacker's DNS could answer differently);
-- one deadline for the whole exchange (connect, headers, body: a server that trickles is cut off),
-  a size cap per kind of answer, no redirects followed, no proxies from the environment.
+Everything the ATProto upstream fetches goes through `request()`, which is `wid.safe_http.request`
+(https only, http only to loopback with WID_ALLOW_INSECURE_ISSUERS, public addresses only, pinned to
+the checked address, one deadline, a size cap per kind of answer, no redirects) with ATPROTO_TIMEOUT
+and WID_ALLOW_INSECURE_ISSUERS as defaults.
 
 Resolution follows the ATProto identity spec: a handle resolves by DNS TXT `_atproto.{handle}` or
 `https://{handle}/.well-known/atproto-did`, or (when the operator names one) through an XRPC
@@ -23,7 +18,6 @@ Standard library only (plus wid's own modules): this runs on request paths.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import queue
@@ -37,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from wid import config
+from wid import config, safe_http
 from wid.errors import ApiError
 from wid.log import log
+from wid.safe_http import FetchError, HttpResult
 from wid.upstream_atproto import DID_PLC, DID_WEB, is_did_context
 
 API = "ATProto"
@@ -109,236 +104,34 @@ def atproto_config() -> AtprotoSettings:
 
 
 # --------------------------------------------------------------------------------------------------
-# SSRF-safe HTTP
+# SSRF-safe HTTP (wid.safe_http, with the settings above)
 # --------------------------------------------------------------------------------------------------
 
 
-class FetchError(ApiError):
-    """A fetch failed or was refused: 502 (bad answer, refused target), 504 (too slow)."""
-
-    def __init__(self, status: int, error_id: str, message: str, *, retryable: bool = False):
-        super().__init__(status, error_id, message)
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class HttpResult:
-    status: int
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    body: bytes
-    url: str
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def json(self, what: str) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with a body that is not "
-                             "JSON") from None
-
-    def json_object(self, what: str) -> dict[str, Any]:
-        value = self.json(what)
-        if not isinstance(value, dict):
-            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with JSON that is not an "
-                             "object")
-        return value
-
-
-def _loopback_name(host: str) -> bool:
-    return config.is_loopback_host(host)
+USER_AGENT = "wid-proxy (ATProto upstream)"
 
 
 def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tuple[str, str, int]:
-    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise."""
+    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise (see wid.safe_http)."""
     insecure = atproto_config().allow_insecure if allow_insecure is None else allow_insecure
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not a valid URL") from None
-    host = (parts.hostname or "").lower()
-    if not host or parts.username is not None or parts.password is not None or parts.fragment:
-        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not an absolute URL without credentials")
-    if parts.scheme == "https":
-        pass
-    elif parts.scheme == "http" and insecure and _loopback_name(host):
-        pass
-    elif parts.scheme == "http" and _loopback_name(host):
-        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is plain http on loopback, allowed "
-                         "only when the operator sets WID_ALLOW_INSECURE_ISSUERS (tests and demos)")
-    else:
-        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is not an https URL")
-    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
-
-
-def _addresses(host: str, port: int, what: str, insecure: bool, deadline: float) -> list[tuple[Any, Any]]:
-    import ipaddress  # only when fetching: not on every request
-
-    literal: Any = None
-    try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    if literal is not None:
-        infos = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET,
-                  (str(literal), port) if literal.version == 4 else (str(literal), port, 0, 0))]
-    else:
-        infos = _getaddrinfo(host, port, what, deadline)
-    loopback_ok = insecure and _loopback_name(host)
-    allowed: list[tuple[Any, Any]] = []
-    for family, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_global and not ip.is_multicast:
-            allowed.append((family, sockaddr))
-        elif loopback_ok and ip.is_loopback:
-            allowed.append((family, sockaddr))
-        else:
-            raise FetchError(502, "address_refused", f"{what}: {host} resolves to {ip}, which is not a public "
-                             "address; the proxy does not fetch from private, loopback or reserved networks")
-    if not allowed:
-        raise FetchError(502, "bad_gateway", f"{what}: {host} has no address")
-    # IPv4 first: loopback services in tests listen on 127.0.0.1, and it is the common case elsewhere.
-    allowed.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
-    return allowed
-
-
-def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple[Any, Any]]:
-    """getaddrinfo under the deadline (it has no timeout of its own)."""
-    box: queue.Queue[Any] = queue.Queue()
-
-    def run() -> None:
-        try:
-            box.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            box.put(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    try:
-        result = box.get(timeout=max(0.01, deadline - time.monotonic()))
-    except queue.Empty:
-        raise FetchError(504, "gateway_timeout", f"{what}: resolving {host} took too long", retryable=True) from None
-    if isinstance(result, OSError):
-        raise FetchError(502, "host_unresolved", f"{what}: cannot resolve {host} ({result.strerror or result})",
-                         retryable=True)
-    return [(info[0], info[4]) for info in result]
-
-
-class _PinnedConnection(http.client.HTTPConnection):
-    """Connects to addresses checked beforehand, never to what a later lookup of the host says."""
-
-    def __init__(self, host: str, port: int, addresses: list[tuple[Any, Any]], timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._addresses = addresses
-
-    def connect(self) -> None:
-        last: OSError | None = None
-        for family, sockaddr in self._addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = sock
-            return
-        raise last or OSError("no address to connect to")
-
-
-class _PinnedTlsConnection(_PinnedConnection):
-    def connect(self) -> None:
-        import ssl  # only for https targets
-
-        super().connect()
-        context = ssl.create_default_context()
-        self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
+    return safe_http.check_url(url, what, allow_insecure=insecure)
 
 
 def request(method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
             body: bytes | None = None, limit: int = JSON_LIMIT, timeout: float | None = None,
             allow_insecure: bool | None = None) -> HttpResult:
-    """One HTTP exchange under the rules above. Never follows redirects: a 3xx is returned as is."""
+    """One HTTP exchange by the rules of wid.safe_http, with the ATProto settings as defaults."""
     settings = atproto_config()
-    insecure = settings.allow_insecure if allow_insecure is None else allow_insecure
-    timeout = settings.timeout if timeout is None else timeout
-    scheme, host, port = check_url(url, what, allow_insecure=insecure)
-    deadline = time.monotonic() + timeout
-    addresses = _addresses(host, port, what, insecure, deadline)
-    cls = _PinnedTlsConnection if scheme == "https" else _PinnedConnection
-    conn = cls(host, port, addresses, timeout=max(0.05, deadline - time.monotonic()))
-    expired = threading.Event()
-
-    def cut_off() -> None:  # the deadline passed: break whatever read or write is waiting
-        expired.set()
-        sock = conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    watchdog = threading.Timer(max(0.01, deadline - time.monotonic()), cut_off)
-    watchdog.daemon = True
-    watchdog.start()
-    parts = urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    sent = {"User-Agent": "wid-proxy (ATProto upstream)", "Accept-Encoding": "identity", **(headers or {})}
-    try:
-        conn.request(method, target, body=body, headers=sent)
-        raw = conn.getresponse()
-        length = raw.getheader("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise FetchError(502, "response_too_large", f"{what} answered with {int(length)} bytes, more than the "
-                             f"{limit} this proxy accepts")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = raw.read(min(64 * 1024, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise FetchError(502, "response_too_large", f"{what} answered with more than the {limit} bytes "
-                                 "this proxy accepts")
-            if expired.is_set():
-                break
-        if expired.is_set():
-            raise TimeoutError
-        result_headers: dict[str, str] = {}
-        for name, value in raw.getheaders():
-            key = name.lower()
-            result_headers[key] = f"{result_headers[key]}, {value}" if key in result_headers else value
-        return HttpResult(raw.status, result_headers, b"".join(chunks), url)
-    except FetchError:
-        raise
-    except TimeoutError:
-        raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
-                         retryable=True) from None
-    except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set():
-            raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
-                             retryable=True) from None
-        raise FetchError(502, "bad_gateway", f"{what}: cannot reach {host} ({type(exc).__name__})",
-                         retryable=True) from None
-    finally:
-        watchdog.cancel()
-        conn.close()
+    return safe_http.request(method, url, what=what, headers={"User-Agent": USER_AGENT, **(headers or {})},
+                             body=body, limit=limit, timeout=settings.timeout if timeout is None else timeout,
+                             allow_insecure=settings.allow_insecure if allow_insecure is None else allow_insecure)
 
 
 def get_json(url: str, what: str, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
     """GET a JSON object; any status but 200 is a 502 naming it."""
-    result = request("GET", url, what=what, headers={"Accept": "application/json"}, limit=limit)
-    if result.status != 200:
-        raise FetchError(502, "bad_gateway", f"{what} answered HTTP {result.status}",
-                         retryable=result.status >= 500)
-    return result.json_object(what)
+    settings = atproto_config()
+    return safe_http.get_json(url, what, timeout=settings.timeout, allow_insecure=settings.allow_insecure,
+                              limit=limit, headers={"User-Agent": USER_AGENT})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,7 +365,7 @@ def did_document_url(did: str) -> str:
         return f"{atproto_config().plc_url}/{did}"
     if DID_WEB.match(did):
         host = did[len("did:web:"):]
-        scheme = "http" if atproto_config().allow_insecure and _loopback_name(host) else "https"
+        scheme = "http" if atproto_config().allow_insecure and config.is_loopback_host(host) else "https"
         return f"{scheme}://{host}/.well-known/did.json"
     raise ApiError(400, "bad_context", f"{did[:80]!r} is not a did:plc or did:web this proxy serves")
 

@@ -5,19 +5,20 @@ An external token is verified only when its issuer is BOTH on the operator's all
 before anything is fetched, so keys are never discovered from an issuer that a token merely claims.
 
 Keys come from the issuer's discovery document (`{iss}/.well-known/openid-configuration`, whose
-`issuer` must equal `iss` exactly) and its `jwks_uri`, over HTTPS (plain HTTP only for a loopback
-host with `WID_ALLOW_INSECURE_ISSUERS`), without redirects, with a total deadline per document and
-a size cap. The key set is cached in the database (table issuer_cache) so every CGI process and
-replica shares it, fresh for the JWKS response's Cache-Control max-age clamped to
-[MIN_CACHE_SECONDS, MAX_CACHE_SECONDS]. A token with an unknown `kid` triggers at most one refetch
-per issuer per MIN_REFETCH_SECONDS. A failed fetch is remembered for FAILURE_BACKOFF_SECONDS, during
-which tokens of that issuer are answered 503 at once instead of each waiting for the timeout;
-keys past their max-age keep verifying for STALE_IF_ERROR_SECONDS while the issuer cannot be
-reached. Without usable keys the answer is 503 (never a guess); a key the issuer does not publish
-is 401.
+`issuer` must equal `iss` exactly) and its `jwks_uri`, fetched by `wid.safe_http`: over HTTPS (plain
+HTTP only for a loopback host with `WID_ALLOW_INSECURE_ISSUERS`), from public addresses only (a
+loopback one only with `WID_ALLOW_INSECURE_ISSUERS`, never a private one), without redirects, with a
+total deadline per document and a size cap. The key set is cached in the database (table
+issuer_cache) so every CGI process and replica shares it, fresh for the JWKS response's
+Cache-Control max-age clamped to [MIN_CACHE_SECONDS, MAX_CACHE_SECONDS]. A token with an unknown
+`kid` triggers at most one refetch per issuer per MIN_REFETCH_SECONDS. A failed fetch is remembered
+for FAILURE_BACKOFF_SECONDS, during which tokens of that issuer are answered 503 at once instead of
+each waiting for the timeout; keys past their max-age keep verifying for STALE_IF_ERROR_SECONDS
+while the issuer cannot be reached. Without usable keys the answer is 503 (never a guess); a key the
+issuer does not publish is 401.
 
-Standard library + `cryptography` only (this is on the exchange's request path); `http.client` and
-`ssl` are imported only when a fetch actually happens.
+Standard library + `cryptography` only (this is on the exchange's request path); `http.client`,
+`ssl` and sockets are imported (by wid.safe_http) only when a fetch actually happens.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ import os
 import re
 import time
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
-from wid import config, jose, rbac_store, storage, tokens
+from wid import config, jose, rbac_store, safe_http, storage, tokens
 from wid.errors import ApiError
 
 MIN_REFETCH_SECONDS = 60
@@ -77,14 +77,13 @@ def _unavailable(message: str, retry_after: int | None = None) -> ApiError:
 
 def check_url(url: str, what: str) -> None:
     """HTTPS, or HTTP to a loopback host when WID_ALLOW_INSECURE_ISSUERS is set; no credentials, no fragment."""
-    parts = urlsplit(url)
-    if not parts.hostname or parts.username or parts.password or parts.fragment:
-        raise FetchError(f"{what} {url!r} is not an absolute URL without credentials or fragment")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and config.settings().allow_insecure_issuers and config.is_loopback_host(parts.hostname):
-        return
-    raise FetchError(f"{what} {url!r} must use https (plain http only on loopback with WID_ALLOW_INSECURE_ISSUERS)")
+    try:
+        safe_http.check_url(url, what, allow_insecure=config.settings().allow_insecure_issuers)
+    except safe_http.FetchError as exc:
+        if exc.error_id == "insecure_url_refused":
+            raise FetchError(f"{what} {url!r} must use https (plain http only on loopback with "
+                             "WID_ALLOW_INSECURE_ISSUERS)") from None
+        raise FetchError(f"{what} {url!r} is not an absolute URL without credentials or fragment") from None
 
 
 def trusted_for(issuer: str, api: str, actx: str) -> None:
@@ -299,66 +298,29 @@ def cache_seconds(cache_control: str | None) -> int:
 
 
 def fetch_json(url: str, limit: int) -> tuple[dict[str, Any], str | None]:
-    """GET a JSON object: no redirects, status 200 only, at most `limit` bytes, one total deadline."""
-    import http.client  # only when a fetch happens
-    import socket
-    import threading
-
-    parts = urlsplit(url)
+    """GET a JSON object through wid.safe_http (public addresses only, no redirects, at most `limit`
+    bytes, one total deadline); status 200 only. Returns it with the response's Cache-Control."""
     timeout = fetch_timeout()
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        import ssl
-
-        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    expired = threading.Event()
-
-    def abort() -> None:  # the deadline covers the whole exchange, not each read: a trickle cannot stall us
-        expired.set()
-        sock = conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    watchdog = threading.Timer(timeout, abort)
-    watchdog.daemon = True
-    watchdog.start()
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    chunks: list[bytes] = []
     try:
-        conn.request("GET", target, headers={"Accept": "application/json", "User-Agent": USER_AGENT})
-        response = conn.getresponse()
-        if response.status != 200:
-            raise FetchError(f"{url} answered HTTP {response.status}")
-        declared = response.getheader("Content-Length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise FetchError(f"{url} is larger than {limit} bytes")
-        size = 0
-        while chunk := response.read1(16 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise FetchError(f"{url} is larger than {limit} bytes")
-            chunks.append(chunk)
-        cache_control = response.getheader("Cache-Control")
-    except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
+        result = safe_http.request("GET", url, what=url, timeout=timeout, limit=limit,
+                                   allow_insecure=config.settings().allow_insecure_issuers,
+                                   headers={"Accept": "application/json", "User-Agent": USER_AGENT})
+    except safe_http.FetchError as exc:
+        if exc.status == 504:
             raise FetchError(f"{url} did not answer within {timeout:g}s") from None
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise FetchError(f"cannot fetch {url}: {detail}") from None
-    finally:
-        watchdog.cancel()
-        conn.close()
-    if expired.is_set():
-        raise FetchError(f"{url} did not answer within {timeout:g}s")
+        if exc.error_id == "response_too_large":
+            raise FetchError(f"{url} is larger than {limit} bytes") from None
+        cause = exc.__cause__
+        if cause is not None:  # the connection failed: say how (refused, a certificate problem, ...)
+            detail = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+            raise FetchError(f"cannot fetch {url}: {detail}") from None
+        raise FetchError(exc.message) from None  # a refused address, an unknown host
+    if result.status != 200:
+        raise FetchError(f"{url} answered HTTP {result.status}")
     try:
-        document = json.loads(b"".join(chunks).decode("utf-8"))
+        document = json.loads(result.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise FetchError(f"{url} is not JSON") from None
     if not isinstance(document, dict):
         raise FetchError(f"{url} is not a JSON object")
-    return document, cache_control
+    return document, result.header("Cache-Control")
