@@ -107,7 +107,9 @@ def gha_proxy(tmp_path_factory: pytest.TempPathFactory, gh: GitHubOIDCStandIn,
     bundle.write_bytes(Path(str(gh.ca_file)).read_bytes() + Path(str(elsewhere.ca_file)).read_bytes())
     server = ProxyServer(root / "data", {
         "WID_TRUSTED_ISSUERS": f"{gh.issuer} {elsewhere.issuer}",
-        "WID_ALLOW_INSECURE_ISSUERS": "",  # real HTTPS to the issuer, verified against SSL_CERT_FILE
+        # HTTPS to the issuer, verified against SSL_CERT_FILE; the flag only lets it live on loopback
+        # (issuers must otherwise resolve to public addresses).
+        "WID_ALLOW_INSECURE_ISSUERS": "1",
         "SSL_CERT_FILE": str(bundle),
         "WID_ISSUER_FETCH_TIMEOUT": "2",
     })
