@@ -229,3 +229,17 @@ def test_sub_context_understands_team_and_did_contexts(sub: str, actx: str) -> N
 def test_sub_context_refuses_subjects_without_a_name(sub: str) -> None:
     with pytest.raises(tokens.TokenError):
         tokens.sub_context(sub)
+
+
+def test_a_key_stored_in_the_earlier_pem_format_still_signs(backend: str) -> None:
+    from wid import encryption
+
+    key = keys.active_key()
+    pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    with storage.database().transaction() as tx:
+        tx.execute("UPDATE signing_keys SET private_key = ? WHERE kid = ?", (encryption.seal(pem), key.kid))
+    storage.database().cache.clear()
+    token, _ = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=60)
+    assert tokens.verify(token, kinds={tokens.EXCHANGED})["sub"] == SUB
+    assert keys.active_key().private_key.private_numbers() == key.private_key.private_numbers()

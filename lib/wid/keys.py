@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wid import encryption, jose, storage
+from wid import config, encryption, jose, storage
 
 # A process caches the active key this long; a key retired by another process may sign until then.
 ACTIVE_KEY_CACHE_SECONDS = 30
@@ -82,7 +82,15 @@ def _private_numbers_json(private: rsa.RSAPrivateKey) -> bytes:
 
 
 def _load(kid: str, sealed: bytes) -> SigningKey:
-    values = {name: int(value, 16) for name, value in json.loads(encryption.unseal(sealed)).items()}
+    plain = encryption.unseal(sealed)
+    if plain.startswith(b"-----BEGIN"):  # keys written before the numbers format: PKCS#8 PEM
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        pem_key = load_pem_private_key(plain, password=None, unsafe_skip_rsa_key_validation=True)
+        if not isinstance(pem_key, rsa.RSAPrivateKey):
+            raise config.ConfigError(f"signing key {kid} in the database is not an RSA key")
+        return SigningKey(kid, pem_key)
+    values = {name: int(value, 16) for name, value in json.loads(plain).items()}
     public = rsa.RSAPublicNumbers(values["e"], values["n"])
     numbers = rsa.RSAPrivateNumbers(public_numbers=public, **{name: values[name] for name in _NUMBER_FIELDS})
     return SigningKey(kid, numbers.private_key(unsafe_skip_rsa_key_validation=True))
