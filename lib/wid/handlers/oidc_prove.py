@@ -46,6 +46,20 @@ def _fields(request: Request, required: dict[str, type | tuple[type, ...]],
     return body
 
 
+def _require_host_key(droplet: provisioning.Droplet, key_type: str, expected: bytes, context: dict[str, Any],
+                      mismatch: str) -> str:
+    """The attestation itself: the Droplet's sshd, at the public IPv4 DigitalOcean reports, presents `expected`.
+
+    Returns that IPv4."""
+    ipv4 = provisioning.require_reachable(droplet)
+    context["ipv4"] = ipv4
+    presented = _fetch_host_key(droplet, ipv4, key_type)
+    if presented != expected:
+        raise unauthorized(f"the {key_type} host key Droplet {droplet.id} presents over SSH at {ipv4} "
+                           f"({attestation.fingerprint(presented)}) is refused: {mismatch}")
+    return ipv4
+
+
 def _tokens(token: str, claims: dict[str, Any], refresh_token: str) -> Response:
     return Response.json({"token": token, "refresh_token": refresh_token, "expires_at": claims["exp"]})
 
@@ -127,12 +141,8 @@ def _prove(request: Request, context: dict[str, Any]) -> Response:
     droplet = provisioning.lookup_droplet(team, droplet_id)
     if droplet is None:
         raise forbidden(f"Droplet {droplet_id} does not exist (any more) in team {team}")
-    ipv4 = provisioning.require_reachable(droplet)
-    context["ipv4"] = ipv4
-    presented = _fetch_host_key(droplet, ipv4, sig.key_type)
-    if presented != sig.public_key:
-        raise unauthorized(f"the {sig.key_type} host key Droplet {droplet_id} presents over SSH at {ipv4} "
-                           f"({attestation.fingerprint(presented)}) is not the key that signed ({sig.fingerprint})")
+    ipv4 = _require_host_key(droplet, sig.key_type, sig.public_key, context,
+                             f"it is not the key that signed ({sig.fingerprint})")
     workload, workload_claims = provisioning.workload_token(team, droplet)
 
     now = int(time.time())
@@ -281,12 +291,8 @@ def _recover(request: Request, context: dict[str, Any]) -> Response:
         with storage.database().transaction() as tx:
             refresh.revoke_droplet_families(tx, team, droplet_id, "droplet destroyed", now)
         raise forbidden(f"Droplet {droplet_id} does not exist any more")
-    ipv4 = provisioning.require_reachable(droplet)
-    context["ipv4"] = ipv4
-    presented = _fetch_host_key(droplet, ipv4, anchor.host_key_type)
-    if presented != anchor.host_key:
-        raise unauthorized(f"Droplet {droplet_id} now presents another host key over SSH at {ipv4} "
-                           f"({attestation.fingerprint(presented)}); recovery needs the key it first proved")
+    ipv4 = _require_host_key(droplet, anchor.host_key_type, anchor.host_key, context,
+                             "recovery needs the key it first proved")
     workload, workload_claims = provisioning.workload_token(team, droplet)
 
     digest = hashlib.sha256(challenge.encode()).hexdigest()
