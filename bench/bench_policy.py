@@ -19,8 +19,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wid.policy import CompiledRbac, Decision, request_parameters
-from wid.rbac_compile import compile_tree
+from wid.core.policy.engine import CompiledRbac, Decision, request_parameters
+from wid.core.rbac.compiler import compile_tree
 
 POLICIES = 50
 RULES_PER_POLICY = 20

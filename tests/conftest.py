@@ -12,7 +12,8 @@ import pytest
 from tests.harness import PostgresServer, ProxyServer
 from tests.standins.digitalocean import DigitalOceanStandIn
 from tests.standins.github_oidc import GitHubOIDCStandIn
-from wid import config, storage
+from wid import config
+from wid.store import storage
 
 OAUTH_CLIENT_ID = "wid-test-client"
 OAUTH_CLIENT_SECRET = "wid-test-client-secret"

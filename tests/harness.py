@@ -135,7 +135,8 @@ class ProxyServer:
     @contextmanager
     def configured(self) -> Iterator[None]:
         """Run library code in this test process against this server's database and keys."""
-        from wid import config, storage
+        from wid import config
+        from wid.store import storage
 
         names = ("WID_DATA_DIR", "THIS_ENDPOINT", "DATABASE_URI", "WID_SECRET_KEY", "WID_TRUSTED_ISSUERS",
                  "WID_ALLOW_INSECURE_ISSUERS", "DIGITALOCEAN_API_URL", "DIGITALOCEAN_OAUTH_URL")

@@ -234,7 +234,7 @@ def sign_in(proxy: ProxyServer, handle: str, password: str, identifier: str | No
 
 
 def credential(proxy: ProxyServer, did: str) -> Any:
-    from wid import credentials
+    from wid.store import credentials
 
     with configured(proxy):
         return credentials.get("ATProto", did)
@@ -242,7 +242,7 @@ def credential(proxy: ProxyServer, did: str) -> Any:
 
 def expire_access_token(proxy: ProxyServer, did: str) -> None:
     """What an hour does: the stored access token is due for a refresh."""
-    from wid import credentials
+    from wid.store import credentials
 
     with configured(proxy), credentials.locked("ATProto", did) as (tx, cred):
         assert cred is not None
@@ -251,14 +251,14 @@ def expire_access_token(proxy: ProxyServer, did: str) -> None:
 
 def forget_did(proxy: ProxyServer, did: str) -> None:
     """Drop the proxy's cached DID document (as ATPROTO_DID_CACHE_SECONDS passing would)."""
-    from wid import atproto_identity
+    from wid.upstreams.atproto import identity as atproto_identity
 
     with configured(proxy):
         atproto_identity.forget(did)
 
 
 def audit_count(proxy: ProxyServer, event: str, decision: str, did: str) -> int:
-    from wid import audit
+    from wid.store import audit
 
     with configured(proxy):
         return len(audit.entries(actx=did, event=event, decision=decision, limit=1000))
@@ -820,7 +820,7 @@ def test_xrpc_with_a_misbehaving_pds_leaves_the_session(peer: AtprotoPeer, proxy
 
 
 def edit_session(proxy: ProxyServer, did: str, **changes: Any) -> None:
-    from wid import credentials
+    from wid.store import credentials
 
     with configured(proxy), credentials.locked("ATProto", did) as (tx, cred):
         assert cred is not None
@@ -925,7 +925,7 @@ def test_racing_refreshes_rotate_the_refresh_token_once(peer: AtprotoPeer, reque
 
 
 def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> None:
-    from wid import atproto_oauth
+    from wid.upstreams.atproto import oauth as atproto_oauth
 
     did, handle = peer.create_account("tara.test", "tara-password-1")
     sign_in(proxy, handle, "tara-password-1")
@@ -960,7 +960,7 @@ def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> Non
 def test_tail_prints_new_records_as_ndjson(peer: AtprotoPeer, proxy: ProxyServer, alice: dict[str, Any]) -> None:
     did = alice["did"]
     env = {**proxy.env, "PYTHONUNBUFFERED": "1"}
-    tail = subprocess.Popen([sys.executable, "-m", "wid.atproto_tail", did, "--limit", "1",
+    tail = subprocess.Popen([sys.executable, "-m", "wid.upstreams.atproto.tail", did, "--limit", "1",
                              "--collection", "app.bsky.feed.post"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from wid import atproto_identity as identity
-from wid import atproto_oauth, dpop, jose, tokens, upstream
 from wid.config import ConfigError
-from wid.errors import ApiError
-from wid.upstream_atproto import check_repo, nsid_of
+from wid.core import dpop, jose, tokens
+from wid.core.errors import ApiError
+from wid.net import upstream
+from wid.upstreams.atproto import identity
+from wid.upstreams.atproto import oauth as atproto_oauth
+from wid.upstreams.atproto.xrpc import check_repo, nsid_of
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 OTHER = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -354,7 +356,7 @@ def _varint(n: int) -> bytes:
 def test_tail_decodes_commit_frames() -> None:
     import cbor2
 
-    from wid import atproto_tail
+    from wid.upstreams.atproto import tail as atproto_tail
 
     record = {"$type": "app.bsky.feed.post", "text": "Hello World", "createdAt": "2026-01-01T00:00:00.000Z",
               "blob": b"\x01\x02"}
@@ -390,7 +392,8 @@ def test_tail_decodes_commit_frames() -> None:
 def test_wid_atproto_commands(app_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from wid import atproto_tail, credentials
+    from wid.store import credentials
+    from wid.upstreams.atproto import tail as atproto_tail
 
     parser = argparse.ArgumentParser(prog="wid")
     atproto_tail.register(parser.add_subparsers(dest="command", required=True))

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from wid import browser_state, storage
+from wid.store import browser_state, storage
 
 DO = browser_state.Binding("digitalocean", "wid_do_oauth", "/auth/digitalocean/v1/")
 AT = browser_state.Binding("atproto", "wid_atproto_oauth", "/auth/atproto/")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ROOT
-from wid import demo
+from wid.cli import demo
 
 WID = str(ROOT / ".venv" / "bin" / "wid")
 

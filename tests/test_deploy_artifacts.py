@@ -244,7 +244,7 @@ def test_dockerfile_copies_what_the_service_runs() -> None:
 
     run_sh = (ROOT / "scripts" / "run.sh").read_text()
     needed = {"scripts/run.sh", "scripts/install.sh", "scripts/debian-packages.txt", "requirements.lock",
-              "pyproject.toml", "Caddyfile", "lib/wid/__init__.py", "lib/wid/migrations",
+              "pyproject.toml", "Caddyfile", "lib/wid/__init__.py", "lib/wid/store/migrations",
               "rbac-schema/rbac.schema.json"}
     needed |= {f"cgi-bin/{name}.py" for name in re.findall(r"import cgi (\w+)", (ROOT / "Caddyfile").read_text())}
     assert "--cgi-source \"$ROOT/cgi-bin\"" in run_sh
@@ -312,7 +312,7 @@ def image_root() -> Iterator[Path]:
     shutil.copytree(installed, site, dirs_exist_ok=True, symlinks=True, copy_function=_link_or_copy,
                     ignore=shutil.ignore_patterns("__editable__*", "*wid*.pth", "wid-*.dist-info", "__pycache__"))
     wid = venv / "bin" / "wid"
-    wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli import main\nsys.exit(main())\n")
+    wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli.main import main\nsys.exit(main())\n")
     wid.chmod(0o755)
     stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
                            cwd=app, check=True, capture_output=True, text=True).stdout.strip()

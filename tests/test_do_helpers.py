@@ -119,7 +119,9 @@ class World:
     # -- RBAC and tokens --------------------------------------------------------------------------------
 
     def install_rbac(self, team_uuid: str, files: Mapping[str, bytes] | None = None) -> None:
-        from wid import rbac_compile, rbac_store, storage
+        from wid.core.rbac import compiler as rbac_compile
+        from wid.store import rbac as rbac_store
+        from wid.store import storage
 
         with self.proxy.configured():
             compiled = rbac_compile.compile_tree(files or example_files(), api=API, actx=team_uuid)
@@ -129,7 +131,7 @@ class World:
     def jwt(self, team_uuid: str, role: str = ROLE, *, kind: str = "exchanged", ttl: int = 300,
             api: str = API, now: int | None = None) -> str:
         """A token of ours, signed with the proxy's key (what `wid token` does, without a process)."""
-        from wid import tokens
+        from wid.core import tokens
 
         with self.proxy.configured():
             token, _ = tokens.sign({"aud": f"api://{api}?actx={team_uuid}", "sub": f"actx:{team_uuid}:role:{role}"},
@@ -137,7 +139,7 @@ class World:
         return str(token)
 
     def credential(self, team_uuid: str) -> Any:
-        from wid import credentials
+        from wid.store import credentials
 
         with self.proxy.configured():
             return credentials.get(API, team_uuid)

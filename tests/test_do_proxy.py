@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError
 
 from tests.standins.digitalocean import Team
 from tests.test_do_helpers import DATABASE_UUID, World, example_files, pydo_client
-from wid import do_oauth
+from wid.upstreams.digitalocean import oauth as do_oauth
 
 DROPLET_ROLE_FILES = {
     "roles/droplet-operator.hcl": """

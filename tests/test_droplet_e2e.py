@@ -69,7 +69,7 @@ def wid_proxy(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn,
 
 def connect_team(wid_proxy: ProxyServer, do: DigitalOceanStandIn, name: str) -> TeamCreds:
     """A team with a PAT, whose admin has authorized the proxy (its OAuth token stored encrypted)."""
-    from wid import credentials
+    from wid.store import credentials
 
     team = do.add_team(name)
     pat = do.add_token(team.uuid)
@@ -349,7 +349,10 @@ role "deployer" {
 
 def test_jwt_create_is_authorized_by_policy_and_uses_the_team_token(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, other_team: TeamCreds) -> None:
-    from wid import rbac_compile, rbac_store, storage, tokens
+    from wid.core import tokens
+    from wid.core.rbac import compiler as rbac_compile
+    from wid.store import rbac as rbac_store
+    from wid.store import storage
 
     team = other_team
     with wid_proxy.configured():
@@ -444,7 +447,7 @@ def test_nonce_is_used_once_even_concurrently(
 def test_expired_or_foreign_provisioning_tokens_are_refused(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, other_team: TeamCreds,
         sshds: SshdPool) -> None:
-    from wid import tokens
+    from wid.core import tokens
 
     server = sshds.shared(0)
     ours = new_droplet(wid_proxy, do, team, server)
@@ -506,7 +509,7 @@ def test_unreachable_droplets_get_clear_errors_and_keep_their_nonce(
 
 def test_upstream_failure_on_create_leaves_no_usable_nonce(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool) -> None:
-    from wid import storage
+    from wid.store import storage
 
     server = sshds.shared(0)
     for status, drop in [(500, False), (503, False), (None, True)]:

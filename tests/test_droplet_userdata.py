@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from tests.sshd import DROPLET_PATH, cloud_init_view
-from wid import cloudinit, provisioning
-from wid.errors import ApiError
+from wid.core.errors import ApiError
+from wid.service import cloudinit, provisioning
 
 BASE = "https://wid.example.test"
 TEAM = "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"

@@ -446,9 +446,12 @@ def test_concurrent_exchanges(proxy: ProxyServer, team: str) -> None:
 
 
 def test_exchange_library_on_both_backends(backend: str) -> None:
-    from wid import audit, rbac_compile, rbac_store, storage, tokens
-    from wid import exchange as wid_exchange
-    from wid.errors import ApiError
+    from wid.core import tokens
+    from wid.core.errors import ApiError
+    from wid.core.rbac import compiler as rbac_compile
+    from wid.service import exchange as wid_exchange
+    from wid.store import audit, storage
+    from wid.store import rbac as rbac_store
 
     actx = new_team()
     with storage.database().transaction() as tx:

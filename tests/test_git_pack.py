@@ -11,7 +11,7 @@ from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.pack import write_pack_objects
 
-from wid.git_pack import PackRejected, scan
+from wid.core.git_pack import PackRejected, scan
 
 MiB = 1024 * 1024
 LIMITS = {"max_object_bytes": 4 * MiB, "max_inflated_bytes": 16 * MiB}

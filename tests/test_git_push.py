@@ -135,8 +135,8 @@ def admin(tmp_path: Path, server: GitServer, team: Team) -> GitUser:
 def state(server: GitServer, actx: str) -> dict[str, Any]:
     """What the server holds for a DigitalOcean team's repo, read from its database."""
     with server.proxy.configured():
-        from wid import audit, storage
-        from wid.rbac_repo import RepoId, read_refs
+        from wid.store import audit, storage
+        from wid.store.rbac_repo import RepoId, read_refs
 
         refs = read_refs(RepoId("DigitalOcean", actx))
         with storage.database().transaction(write=False) as tx:
@@ -157,7 +157,7 @@ def state(server: GitServer, actx: str) -> dict[str, Any]:
 
 
 def compile_locally(server: GitServer, actx: str, files: dict[str, str]) -> dict[str, Any]:
-    from wid.rbac_compile import compile_tree
+    from wid.core.rbac.compiler import compile_tree
 
     return compile_tree({k: v.encode() for k, v in files.items()}, api="DigitalOcean", actx=actx,
                         issuer=server.url, trusted_issuers=[GITHUB])
@@ -209,7 +209,7 @@ def test_article_sequence_verbatim(server: GitServer, team: Team, admin: GitUser
     # The GitHub Actions part: add the role and policy, commit, `git push`. The compiled configuration
     # used for authorization changes with it, and the request-time cache notices at once.
     with server.proxy.configured():
-        from wid import rbac_store
+        from wid.store import rbac as rbac_store
 
         before = rbac_store.compiled("DigitalOcean", team.uuid)
         assert before is not None and GITHUB not in before.issuers()
@@ -343,7 +343,7 @@ def info_refs(server: GitServer, path: str, password: str | None, service: str =
 def sign(server: GitServer, actx: str, sub_name: str, *, kind: str, lifetime: int = 300,
          issued: int | None = None) -> str:
     with server.proxy.configured():
-        from wid import tokens
+        from wid.core import tokens
 
         token, _ = tokens.sign({"aud": f"api://DigitalOcean?actx={actx}", "sub": f"actx:{actx}:{sub_name}"},
                                kind=kind, lifetime=lifetime, now=issued)
@@ -618,7 +618,7 @@ def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admi
 
     did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
     with server.proxy.configured():
-        from wid import tokens
+        from wid.core import tokens
 
         did_token, _ = tokens.sign({"aud": f"api://ATProto?actx={did}", "sub": f"actx:{did}:admin", "did_plc": did},
                                    kind=tokens.RBAC, lifetime=600)
@@ -644,7 +644,7 @@ def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admi
     assert info_refs(server, f"/_rbac/DigitalOcean/{team.uuid}", did_token).status_code == 403
     assert info_refs(server, f"/_rbac/ATProto/{did}", team.token).status_code == 403
     with server.proxy.configured():
-        from wid import rbac_store
+        from wid.store import rbac as rbac_store
 
         assert rbac_store.main_commit("ATProto", did) == head(admin, repo)
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 
-from wid import audit, rbac_repo, rbac_store, storage
-from wid.rbac_compile import compile_tree
-from wid.rbac_repo import MAIN, SCHEMA, ZERO, DbObjectStore, Limits, Pusher, RepoId
+from wid.core.rbac.compiler import compile_tree
+from wid.store import audit, rbac_repo, storage
+from wid.store import rbac as rbac_store
+from wid.store.rbac_repo import MAIN, SCHEMA, ZERO, DbObjectStore, Limits, Pusher, RepoId
 
 TEAM = "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 REPO = RepoId("DigitalOcean", TEAM)

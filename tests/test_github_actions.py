@@ -255,7 +255,7 @@ def test_rfc8693_form_with_a_github_token(gha_proxy: ProxyServer, gh: GitHubOIDC
 
 def test_keys_are_fetched_once_for_all_cgi_processes(gha_proxy: ProxyServer, gh: GitHubOIDCStandIn,
                                                      team: str) -> None:
-    from wid import issuers
+    from wid.service import issuers
 
     with gha_proxy.configured():
         issuers.forget(gh.issuer)
@@ -268,7 +268,7 @@ def test_keys_are_fetched_once_for_all_cgi_processes(gha_proxy: ProxyServer, gh:
 
 def test_unreachable_issuer_fails_closed_fast_and_slows_nobody_else(gha_proxy: ProxyServer, gh: GitHubOIDCStandIn,
                                                                     team: str) -> None:
-    from wid import issuers
+    from wid.service import issuers
 
     with gha_proxy.configured():
         issuers.forget(gh.issuer)

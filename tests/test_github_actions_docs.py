@@ -65,7 +65,7 @@ def team(docs_proxy: ProxyServer, gh: GitHubOIDCStandIn) -> str:
 
 
 def test_doc_hcl_compiles_for_github(tmp_path: Path) -> None:
-    from wid import rbac_compile
+    from wid.core.rbac import compiler as rbac_compile
 
     policy, *roles = blocks("hcl")
     files = {"policies/ex-gha-readwrite.hcl": policy.encode()}

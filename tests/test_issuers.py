@@ -13,8 +13,12 @@ from typing import Any
 import pytest
 
 from tests.standins.github_oidc import GitHubOIDCStandIn
-from wid import authz, config, issuers, rbac_compile, rbac_store, storage
-from wid.errors import ApiError
+from wid import config
+from wid.core.errors import ApiError
+from wid.core.rbac import compiler as rbac_compile
+from wid.service import authz, issuers
+from wid.store import rbac as rbac_store
+from wid.store import storage
 
 TEAM = "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 OTHER_TEAM = "0c2b8a7a-51d4-4e8f-8e6a-3b9d2c4e5500"
@@ -295,7 +299,7 @@ def test_unusable_jwks_fails_closed(trusted: GitHubOIDCStandIn, document: object
 def test_usable_keys_filters(trusted: GitHubOIDCStandIn) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from wid import jose
+    from wid.core import jose
 
     good = trusted.signing_key.jwk()
     weak = jose.rsa_jwk(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key())  # noqa: S505

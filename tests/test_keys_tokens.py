@@ -16,7 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wid import config, jose, keys, storage, tokens, wellknown
+from wid import config
+from wid.core import jose, tokens
+from wid.store import keys, storage, wellknown
 
 AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
@@ -42,7 +44,7 @@ def _good_claims(**over: Any) -> dict[str, Any]:
 
 
 def test_concurrent_first_requests_create_one_key(backend: str) -> None:
-    code = "from wid import keys; print(keys.active_key().kid)"
+    code = "from wid.store import keys; print(keys.active_key().kid)"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for _ in range(6)]
     kids = {p.communicate(timeout=120)[0].strip() for p in procs}
@@ -232,7 +234,7 @@ def test_sub_context_refuses_subjects_without_a_name(sub: str) -> None:
 
 
 def test_a_key_stored_in_the_earlier_pem_format_still_signs(backend: str) -> None:
-    from wid import encryption
+    from wid.store import encryption
 
     key = keys.active_key()
     pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -17,7 +17,8 @@ import requests
 from tests.harness import PostgresServer, ProxyServer
 from tests.standins.digitalocean import Team
 from tests.test_do_helpers import CALLBACK, START, World
-from wid import config, do_oauth
+from wid import config
+from wid.upstreams.digitalocean import oauth as do_oauth
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
@@ -36,7 +37,7 @@ def token_requests(world: World, grant_type: str) -> int:
 
 def set_expiry(world: World, team_uuid: str, expires_in: int) -> None:
     """Pretend time passed: the stored access token now expires in `expires_in` seconds."""
-    from wid import credentials
+    from wid.store import credentials
 
     with world.proxy.configured(), credentials.locked("DigitalOcean", team_uuid) as (tx, cred):
         assert cred is not None
@@ -224,7 +225,7 @@ def test_simultaneous_callbacks_with_one_state_succeed_once(world: World) -> Non
 
 
 def test_expired_state_is_refused(world: World) -> None:
-    from wid import storage
+    from wid.store import storage
 
     team = world.stand_in.add_team("Slow Team")
     session = requests.Session()

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from wid.policy import CompiledRbac, Decision, request_parameters
-from wid.rbac_compile import compile_directory, compile_tree
+from wid.core.policy.engine import CompiledRbac, Decision, request_parameters
+from wid.core.rbac.compiler import compile_directory, compile_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rbac-schema" / "examples"

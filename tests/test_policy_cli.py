@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from wid import cli_policy, config
+from wid import config
+from wid.cli import policy as cli_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rbac-schema" / "examples"

@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from wid.policy import CompiledRbac
-from wid.rbac_compile import MAX_FILE_BYTES, MAX_TOTAL_BYTES, CompileError, compile_directory, compile_tree
+from wid.core.policy.engine import CompiledRbac
+from wid.core.rbac.compiler import MAX_FILE_BYTES, MAX_TOTAL_BYTES, CompileError, compile_directory, compile_tree
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "rbac-schema" / "rbac.schema.json").read_text())
 GITHUB = "https://token.actions.githubusercontent.com"

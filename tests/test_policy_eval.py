@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from wid.policy import CompiledRbac, Decision, ParameterError, parse_path_pattern, request_parameters
-from wid.policy_params import Glob, build_allowed, build_denied
-from wid.rbac_compile import compile_tree
+from wid.core.policy.engine import CompiledRbac, Decision, ParameterError, parse_path_pattern, request_parameters
+from wid.core.policy.params import Glob, build_allowed, build_denied
+from wid.core.rbac.compiler import compile_tree
 
 ACTX = "team-1"
 AUD = f"api://DigitalOcean?actx={ACTX}"

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.sshd import pool
-from wid import attestation
-from wid.attestation import HostKeyError, SignatureError, parse_sshsig, verify_sshsig
+from wid.service import attestation
+from wid.service.attestation import HostKeyError, SignatureError, parse_sshsig, verify_sshsig
 
 NS = "droplet-provisioning@wid"
 MESSAGE = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port
-from wid import config, storage
+from wid import config
+from wid.store import storage
 
 
 def _spawn(code: str, count: int) -> list[subprocess.CompletedProcess[str]]:
@@ -24,7 +25,7 @@ def _spawn(code: str, count: int) -> list[subprocess.CompletedProcess[str]]:
 
 
 def test_migrations_apply_once_when_processes_start_together(backend: str) -> None:
-    results = _spawn("from wid import storage; print(len(storage.database().migrate()))", 6)
+    results = _spawn("from wid.store import storage; print(len(storage.database().migrate()))", 6)
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     applied = sorted(int(r.stdout) for r in results)
     assert applied[-1] == len(storage.migration_names())  # exactly one process applied them...

@@ -78,7 +78,9 @@ def article_files() -> dict[str, bytes]:
 def install_rbac(proxy: ProxyServer, team: str, files: dict[str, bytes], *, api: str = "DigitalOcean",
                  trusted_issuers: list[str] | None = None) -> dict[str, Any]:
     """Compile `files` for the context and make it the configuration in force (what a git push does)."""
-    from wid import rbac_compile, rbac_store, storage
+    from wid.core.rbac import compiler as rbac_compile
+    from wid.store import rbac as rbac_store
+    from wid.store import storage
 
     with proxy.configured():
         compiled = rbac_compile.compile_tree(files, api=api, actx=team, trusted_issuers=trusted_issuers)
@@ -90,7 +92,7 @@ def install_rbac(proxy: ProxyServer, team: str, files: dict[str, bytes], *, api:
 def mint(proxy: ProxyServer, aud: str, sub: str, *, kind: str = "workload", ttl: int = 900,
          claims: dict[str, Any] | None = None) -> str:
     """One of our tokens, signed by the proxy's active key (in this process, against its database)."""
-    from wid import tokens
+    from wid.core import tokens
 
     with proxy.configured():
         token, _ = tokens.sign({**(claims or {}), "aud": aud, "sub": sub}, kind=kind, lifetime=ttl)
@@ -108,7 +110,7 @@ def forge(proxy: ProxyServer, claims: dict[str, Any], *, header: dict[str, Any] 
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from wid import keys
+    from wid.store import keys
 
     with proxy.configured():
         key = keys.active_key()

@@ -1,0 +1,159 @@
+"""`wid`: the admin command (setup, keys, audit, policy, tokens, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wid import config
+from wid.store import storage
+
+# Subcommand families that live in their own modules; each exposes register(subparsers).
+_PLUGINS = ("wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from wid.store import encryption, keys, wellknown
+
+    db = storage.database()
+    applied = db.migrate()
+    with db.transaction() as tx:
+        encryption.check_key(tx)
+    kid = keys.active_key().kid
+    kids = wellknown.publish()
+    if args.render_cgi:
+        render_cgi(Path(args.cgi_source), Path(args.render_cgi))
+    print(f"database: {db.dialect}, migrations applied: {len(applied)}; active key {kid}; published {len(kids)} key(s)")
+    return 0
+
+
+def render_cgi(source: Path, target: Path) -> None:
+    """Copy cgi-bin/ with this interpreter as an absolute shebang (no shell shim between fcgiwrap and Python).
+
+    `-IS`: isolated from the caller's environment and without `site`, whose work (scanning
+    site-packages and .pth files) costs every request; the module path `site` built for this
+    process (venv, .pth entries such as an editable install) is written into each script instead.
+    """
+    launcher = Path(sys.argv[0]).resolve().parent
+    paths = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != launcher]
+    prologue = f"import sys\nsys.path[:] = {paths!r}\n"
+    target.mkdir(parents=True, exist_ok=True)
+    for script in sorted(source.glob("*.py")):
+        body = script.read_text().split("\n", 1)[1]
+        out = target / script.name
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(f"#!{sys.executable} -IS\n{prologue}{body}")
+        tmp.chmod(0o755)
+        tmp.replace(out)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from wid.core import tokens
+    from wid.store import keys, wellknown
+
+    if args.action == "list":
+        rows = keys.listing()
+        if args.json:
+            _print_json([{k: v for k, v in r._asdict().items() if k != "jwk"} for r in rows])
+        for r in rows if not args.json else []:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.verify_until)) if r.verify_until else "-"
+            print(f"{r.kid}  {r.state:8}  created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(r.created_at))}"
+                  f"  verifies until {until}")
+        return 0
+    if args.action == "rotate":
+        old, new = keys.rotate(tokens.max_token_ttl())
+        wellknown.publish()
+        print(f"active key is now {new}" + (f"; {old} retired, still published until its tokens expire" if old else ""))
+        return 0
+    if args.action == "prune":
+        pruned = keys.prune()
+        wellknown.publish()
+        print(f"pruned {len(pruned)} key(s)" + (": " + ", ".join(pruned) if pruned else ""))
+        return 0
+    wellknown.publish()
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from wid.store import audit
+
+    since = int(time.time()) - args.since_seconds if args.since_seconds else None
+    rows = audit.entries(actx=args.actx, event=args.event, decision=args.decision, since=since, limit=args.limit)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row.as_dict(), sort_keys=True))
+        else:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.ts))
+            print(f"{stamp} {row.event:10} {row.decision:5} actx={row.actx or '-'} sub={row.sub or '-'} "
+                  f"jti={row.jti or '-'} {json.dumps(row.detail, sort_keys=True)}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from wid.core import tokens
+
+    extra = json.loads(args.claims) if args.claims else {}
+    if not isinstance(extra, dict) or tokens.RESERVED_CLAIMS.intersection(extra):
+        raise config.ConfigError(f"--claims must be a JSON object without {sorted(tokens.RESERVED_CLAIMS)}")
+    token, _ = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wid", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    setup = sub.add_parser("setup", help="migrate the database, create the signing key, publish issuer metadata")
+    setup.add_argument("--render-cgi", metavar="DIR", help="also render cgi-bin/ into DIR with absolute shebangs")
+    setup.add_argument("--cgi-source", default="cgi-bin", metavar="DIR")
+    setup.set_defaults(func=cmd_setup)
+
+    keys = sub.add_parser("keys", help="signing keys: list, rotate, prune, publish")
+    keys.add_argument("action", choices=["list", "rotate", "prune", "publish"])
+    keys.add_argument("--json", action="store_true")
+    keys.set_defaults(func=cmd_keys)
+
+    audit = sub.add_parser("audit", help="read the audit log (oldest first)")
+    audit.add_argument("--actx")
+    audit.add_argument("--event")
+    audit.add_argument("--decision", choices=["allow", "deny", "info"])
+    audit.add_argument("--since-seconds", type=int, metavar="N", help="only the last N seconds")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(func=cmd_audit)
+
+    token = sub.add_parser("token", help="sign a token with the active key (operators and tests)")
+    token.add_argument("--aud", required=True, help="api://{API}?actx={actx}")
+    token.add_argument("--sub", required=True, help="actx:{actx}:...")
+    token.add_argument("--kind", default="exchanged", choices=["workload", "exchanged", "rbac"])
+    token.add_argument("--ttl", type=int, default=300)
+    token.add_argument("--claims", help="extra claims as a JSON object")
+    token.set_defaults(func=cmd_token)
+
+    for name in _PLUGINS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except (config.ConfigError, storage.DatabaseUnavailable) as exc:
+        print(f"wid: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`wid policy`: compile an RBAC directory to rbac.json, or check one request against it.
+
+Exit codes: 0 compiled / allowed, 1 denied, 2 usage or compile error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from wid import config
+from wid.core.policy.engine import CompiledRbac, ParameterError, request_parameters
+from wid.core.rbac.compiler import CompileError, compile_directory
+
+EXAMPLE_ACTX = "00000000-0000-0000-0000-000000000000"
+_AUDIENCE = re.compile(r"api://([A-Za-z][A-Za-z0-9]*)\?actx=([^&#\s]+)\Z")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _compile(args: argparse.Namespace, api: str, actx: str) -> dict[str, Any]:
+    settings = config.settings()
+    trusted = args.trusted_issuers if args.trusted_issuers is not None else settings.trusted_issuers
+    result = compile_directory(Path(args.directory), api=api, actx=actx, trusted_issuers=trusted)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return result
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    try:
+        result = _compile(args, args.api, args.actx)
+    except (CompileError, config.ConfigError) as exc:
+        print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
+def _claims(path: str) -> dict[str, Any]:
+    try:
+        claims = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _UsageError(f"--claims {path}: {exc}") from None
+    if not isinstance(claims, dict):
+        raise _UsageError(f"--claims {path}: must hold a JSON object of token claims")
+    return claims
+
+
+def _request(args: argparse.Namespace) -> tuple[str, bytes | None]:
+    pairs = []
+    for item in args.query:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _UsageError(f"--query {item!r}: write KEY=VALUE")
+        pairs.append((key, value))
+    body = args.body
+    if body is not None and body.startswith("@"):
+        try:
+            return urlencode(pairs), Path(body[1:]).read_bytes()
+        except OSError as exc:
+            raise _UsageError(f"--body {body}: {exc}") from None
+    return urlencode(pairs), None if body is None else body.encode("utf-8")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        claims = _claims(args.claims)
+        query, body = _request(args)
+        # Without --api/--actx, the context is the one the token's audience names.
+        audience = _AUDIENCE.match(claims.get("aud", "")) if isinstance(claims.get("aud"), str) else None
+        api = args.api or (audience.group(1) if audience else "DigitalOcean")
+        actx = args.actx or (audience.group(2) if audience else EXAMPLE_ACTX)
+        issuer = args.issuer or config.settings().this_endpoint
+        rbac = CompiledRbac.from_dict(_compile(args, api, actx))
+    except (_UsageError, CompileError, config.ConfigError) as exc:
+        print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
+        return 2
+    try:
+        params = request_parameters(query, body)
+    except ParameterError as exc:
+        print(f"deny: the proxy rejects this request as malformed (400): {exc}")
+        return 1
+    decision = rbac.authorize(claims, issuer, args.method.upper(), args.path, params)
+    print(f"{'allow' if decision.allowed else 'deny'}: {decision.reason}")
+    print(f"roles: {', '.join(decision.roles) or '(none)'} (this issuer: {issuer})")
+    return 0 if decision.allowed else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    policy = subparsers.add_parser("policy", help="compile RBAC roles and policies, check a request against them")
+    commands = policy.add_subparsers(dest="policy_command", required=True, metavar="{compile,check}")
+
+    compile_ = commands.add_parser("compile", help="compile an RBAC directory to rbac.json")
+    compile_.add_argument("directory", help="checkout of the RBAC repo (roles folders and policies/)")
+    compile_.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    compile_.set_defaults(func=cmd_compile)
+
+    check = commands.add_parser("check", help="decide one request: prints allow/deny and why, exit 0/1")
+    check.add_argument("directory", help="checkout of the RBAC repo (roles folders and policies/)")
+    check.add_argument("--claims", required=True, metavar="FILE", help="JSON object of the token's claims")
+    check.add_argument("--method", required=True, help="GET, HEAD, POST, PUT, PATCH or DELETE")
+    check.add_argument("--path", required=True, help="request path, as in /v2/spaces/keys")
+    check.add_argument("--query", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    check.add_argument("--body", metavar="JSON", help="JSON request body, or @FILE")
+    check.add_argument("--issuer", help="this proxy's issuer (default: THIS_ENDPOINT)")
+    check.set_defaults(func=cmd_check)
+
+    for command, actx_default, api_default in ((compile_, EXAMPLE_ACTX, "DigitalOcean"), (check, None, None)):
+        command.add_argument("--actx", default=actx_default, help="context that replaces {actx}")
+        command.add_argument("--api", default=api_default, help="upstream API name (DigitalOcean, ATProto)")
+        command.add_argument(
+            "--trusted-issuer",
+            action="append",
+            dest="trusted_issuers",
+            metavar="URL",
+            help="issuer roles may name (repeatable; default: WID_TRUSTED_ISSUERS)",
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wid")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

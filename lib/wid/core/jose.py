@@ -1,0 +1,176 @@
+"""Compact JWS, built on `cryptography` alone: PyJWT's import costs more than our whole request budget.
+
+Only what a strict verifier needs: split and decode, a fixed algorithm allowlist (never `none`, never
+HMAC), signature check against one JWK, RFC 7638 thumbprints, and RS256 signing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from wid.core import strictjson
+
+# alg -> (key type, hash); anything else is refused before a key is even looked up.
+ALLOWED_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
+    "RS256": ("RSA", hashes.SHA256),
+    "RS384": ("RSA", hashes.SHA384),
+    "RS512": ("RSA", hashes.SHA512),
+    "PS256": ("RSA", hashes.SHA256),
+    "ES256": ("EC", hashes.SHA256),
+    "ES384": ("EC", hashes.SHA384),
+}
+# Headers that would make a verifier fetch or trust a key the token itself names: never honoured.
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class JoseError(Exception):
+    """The token is malformed or its signature does not verify; the message says which."""
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    if not text or any(c not in _B64URL for c in text) or len(text) % 4 == 1:
+        raise JoseError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise JoseError("not base64url") from None
+
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = strictjson.loads(data)
+    except strictjson.StrictJsonError as exc:
+        raise JoseError(f"{what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise JoseError(f"{what} is not a JSON object")
+    return value
+
+
+class Jws(NamedTuple):
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def alg(self) -> str:
+        return str(self.header.get("alg"))
+
+    @property
+    def kid(self) -> str | None:
+        kid = self.header.get("kid")
+        return kid if isinstance(kid, str) and kid else None
+
+
+def decode(token: str) -> Jws:
+    """Parse without trusting anything; the algorithm and forbidden headers are checked here."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise JoseError(f"token is longer than {MAX_TOKEN_BYTES} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JoseError("token is not a compact JWS (three dot-separated parts)")
+    header = _json_object(b64url_decode(parts[0]), "JOSE header")
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGS:
+        raise JoseError(f"algorithm {alg!r} is not allowed (allowed: {', '.join(ALLOWED_ALGS)})")
+    bad = FORBIDDEN_HEADERS.intersection(header)
+    if bad:
+        raise JoseError(f"header parameter {sorted(bad)[0]!r} is not accepted")
+    claims = _json_object(b64url_decode(parts[1]), "claims")
+    return Jws(header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), b64url_decode(parts[2]))
+
+
+def _int_param(jwk: dict[str, Any], name: str) -> int:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise JoseError(f"JWK has no {name!r}")
+    return int.from_bytes(b64url_decode(value), "big")
+
+
+def public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        key = rsa.RSAPublicNumbers(_int_param(jwk, "e"), _int_param(jwk, "n")).public_key()
+        if key.key_size < 2048:
+            raise JoseError("RSA keys shorter than 2048 bits are refused")
+        return key
+    if kty == "EC":
+        curves: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
+        curve = curves.get(str(jwk.get("crv")))
+        if curve is None:
+            raise JoseError(f"EC curve {jwk.get('crv')!r} is not supported")
+        try:
+            return ec.EllipticCurvePublicNumbers(_int_param(jwk, "x"), _int_param(jwk, "y"), curve).public_key()
+        except ValueError:
+            raise JoseError("EC key is not on its curve") from None
+    raise JoseError(f"key type {kty!r} is not supported")
+
+
+def verify(jws: Jws, jwk: dict[str, Any]) -> None:
+    kty, hash_type = ALLOWED_ALGS[jws.alg]
+    if jwk.get("kty") != kty:
+        raise JoseError(f"key {jwk.get('kid')!r} is {jwk.get('kty')}, the token says {jws.alg}")
+    if jwk.get("alg") not in (None, jws.alg):
+        raise JoseError(f"key {jwk.get('kid')!r} is for {jwk.get('alg')}, the token says {jws.alg}")
+    if jwk.get("use") not in (None, "sig"):
+        raise JoseError(f"key {jwk.get('kid')!r} is not a signing key")
+    key = public_key(jwk)
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            pad: padding.AsymmetricPadding = (
+                padding.PSS(padding.MGF1(hash_type()), padding.PSS.DIGEST_LENGTH) if jws.alg.startswith("PS")
+                else padding.PKCS1v15())
+            key.verify(jws.signature, jws.signing_input, pad, hash_type())
+        else:
+            size = (key.curve.key_size + 7) // 8
+            if len(jws.signature) != 2 * size:
+                raise JoseError("signature does not verify")
+            r = int.from_bytes(jws.signature[:size], "big")
+            s = int.from_bytes(jws.signature[size:], "big")
+            key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(hash_type()))
+    except InvalidSignature:
+        raise JoseError("signature does not verify") from None
+
+
+def rsa_jwk(key: rsa.RSAPublicKey) -> dict[str, str]:
+    numbers = key.public_numbers()
+    jwk = {
+        "kty": "RSA",
+        "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+        "e": b64url_encode(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+    }
+    return {**jwk, "kid": thumbprint(jwk), "alg": "RS256", "use": "sig"}
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638: SHA-256 over the required members in lexicographic order, no whitespace."""
+    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
+    members = required.get(str(jwk.get("kty")))
+    if members is None:
+        raise JoseError(f"cannot take the thumbprint of key type {jwk.get('kty')!r}")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return b64url_encode(hashlib.sha256(canonical.encode()).digest())
+
+
+def sign_rs256(key: rsa.RSAPrivateKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    encoded = (b64url_encode(json.dumps(header, separators=(",", ":")).encode()) + "."
+               + b64url_encode(json.dumps(claims, separators=(",", ":")).encode()))
+    signature = key.sign(encoded.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    return f"{encoded}.{b64url_encode(signature)}"

@@ -1,0 +1,262 @@
+"""One HTTP client for URLs that outsiders influence (ATProto identities and servers, OIDC issuers).
+
+- https only; `http://` only for loopback hosts (`localhost`, 127.0.0.0/8, ::1) and only when the
+  caller allows insecure targets (WID_ALLOW_INSECURE_ISSUERS: tests and demos);
+- the host is resolved once and every address must be public (no private, link-local, loopback,
+  multicast or reserved address, unless it is the allowed loopback case above); the connection goes
+  to the checked address (no second lookup an attacker's DNS could answer differently), and TLS is
+  verified against the host name;
+- one deadline for the whole exchange (resolve, connect, headers, body: a server that trickles is cut
+  off), a size cap, no redirects followed, no proxies from the environment.
+
+Errors are `FetchError` (an ApiError): 502 for a refused target or a bad answer, 504 for too slow.
+Importing this module is cheap: sockets, threads, `http.client` and `ssl` are loaded only to fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from wid import config
+from wid.core.errors import ApiError
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
+
+USER_AGENT = "wid-proxy"
+
+
+class FetchError(ApiError):
+    """A fetch failed or was refused: 502 (bad answer, refused target), 504 (too slow)."""
+
+    def __init__(self, status: int, error_id: str, message: str, *, retryable: bool = False):
+        super().__init__(status, error_id, message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    status: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self, what: str) -> Any:
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with a body that is not "
+                             "JSON") from None
+
+    def json_object(self, what: str) -> dict[str, Any]:
+        value = self.json(what)
+        if not isinstance(value, dict):
+            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with JSON that is not an "
+                             "object")
+        return value
+
+
+def check_url(url: str, what: str, *, allow_insecure: bool) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not a valid URL") from None
+    host = (parts.hostname or "").lower()
+    if not host or parts.username is not None or parts.password is not None or parts.fragment:
+        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not an absolute URL without credentials")
+    if parts.scheme == "https":
+        pass
+    elif parts.scheme == "http" and allow_insecure and config.is_loopback_host(host):
+        pass
+    elif parts.scheme == "http" and config.is_loopback_host(host):
+        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is plain http on loopback, allowed "
+                         "only when the operator sets WID_ALLOW_INSECURE_ISSUERS (tests and demos)")
+    else:
+        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is not an https URL")
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
+
+
+def _addresses(host: str, port: int, what: str, insecure: bool, deadline: float) -> list[tuple[Any, Any]]:
+    """The addresses to connect to: all public, or loopback when insecure targets are allowed."""
+    import ipaddress
+    import socket
+
+    literal: Any = None
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    if literal is not None:
+        infos = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET,
+                  (str(literal), port) if literal.version == 4 else (str(literal), port, 0, 0))]
+    else:
+        infos = _getaddrinfo(host, port, what, deadline)
+    loopback_ok = insecure and config.is_loopback_host(host)
+    allowed: list[tuple[Any, Any]] = []
+    for family, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_global and not ip.is_multicast:
+            allowed.append((family, sockaddr))
+        elif loopback_ok and ip.is_loopback:
+            allowed.append((family, sockaddr))
+        else:
+            raise FetchError(502, "address_refused", f"{what}: {host} resolves to {ip}, which is not a public "
+                             "address; the proxy does not fetch from private, loopback or reserved networks")
+    if not allowed:
+        raise FetchError(502, "bad_gateway", f"{what}: {host} has no address")
+    # IPv4 first: loopback services in tests listen on 127.0.0.1, and it is the common case elsewhere.
+    allowed.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
+    return allowed
+
+
+def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple[Any, Any]]:
+    """getaddrinfo under the deadline (it has no timeout of its own)."""
+    import queue
+    import socket
+    import threading
+
+    box: queue.Queue[Any] = queue.Queue()
+
+    def run() -> None:
+        try:
+            box.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            box.put(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        result = box.get(timeout=max(0.01, deadline - time.monotonic()))
+    except queue.Empty:
+        raise FetchError(504, "gateway_timeout", f"{what}: resolving {host} took too long", retryable=True) from None
+    if isinstance(result, OSError):
+        raise FetchError(502, "host_unresolved", f"{what}: cannot resolve {host} ({result.strerror or result})",
+                         retryable=True)
+    return [(info[0], info[4]) for info in result]
+
+
+def _connect(conn: http.client.HTTPConnection, addresses: list[tuple[Any, Any]],
+             context: ssl.SSLContext | None) -> None:
+    """Open `conn` to the first checked address that answers (never to what a later lookup says)."""
+    import socket
+
+    last: OSError | None = None
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(conn.timeout)
+        try:
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock = sock  # the watchdog can cut the TLS handshake too
+        if context is not None:
+            conn.sock = context.wrap_socket(sock, server_hostname=conn.host)
+        return
+    raise last or OSError("no address to connect to")
+
+
+def request(method: str, url: str, *, what: str, timeout: float, allow_insecure: bool, limit: int,
+            headers: dict[str, str] | None = None, body: bytes | None = None) -> HttpResult:
+    """One HTTP exchange under the rules above. Never follows redirects: a 3xx is returned as is."""
+    import http.client
+    import socket
+    import threading
+
+    scheme, host, port = check_url(url, what, allow_insecure=allow_insecure)
+    deadline = time.monotonic() + timeout
+    addresses = _addresses(host, port, what, allow_insecure, deadline)
+    context = None
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        import ssl
+
+        context = ssl.create_default_context()
+        conn = http.client.HTTPSConnection(host, port, timeout=max(0.05, deadline - time.monotonic()),
+                                           context=context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.05, deadline - time.monotonic()))
+    expired = threading.Event()
+
+    def cut_off() -> None:  # the deadline passed: break whatever read or write is waiting
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    watchdog = threading.Timer(max(0.01, deadline - time.monotonic()), cut_off)
+    watchdog.daemon = True
+    watchdog.start()
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+    try:
+        _connect(conn, addresses, context)
+        conn.request(method, target, body=body, headers=sent)
+        raw = conn.getresponse()
+        length = raw.getheader("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise FetchError(502, "response_too_large", f"{what} answered with {int(length)} bytes, more than the "
+                             f"{limit} this proxy accepts")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = raw.read(min(64 * 1024, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise FetchError(502, "response_too_large", f"{what} answered with more than the {limit} bytes "
+                                 "this proxy accepts")
+            if expired.is_set():
+                break
+        if expired.is_set():
+            raise TimeoutError
+        result_headers: dict[str, str] = {}
+        for name, value in raw.getheaders():
+            key = name.lower()
+            result_headers[key] = f"{result_headers[key]}, {value}" if key in result_headers else value
+        return HttpResult(raw.status, result_headers, b"".join(chunks), url)
+    except FetchError:
+        raise
+    except TimeoutError:
+        raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
+                         retryable=True) from None
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
+                             retryable=True) from None
+        # The cause stays attached: callers that may show it (a certificate problem...) read __cause__.
+        raise FetchError(502, "bad_gateway", f"{what}: cannot reach {host} ({type(exc).__name__})",
+                         retryable=True) from exc
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def get_json(url: str, what: str, *, timeout: float, allow_insecure: bool, limit: int,
+             headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET a JSON object; any status but 200 is a 502 naming it."""
+    result = request("GET", url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit,
+                     headers={"Accept": "application/json", **(headers or {})})
+    if result.status != 200:
+        raise FetchError(502, "bad_gateway", f"{what} answered HTTP {result.status}",
+                         retryable=result.status >= 500)
+    return result.json_object(what)

@@ -1,0 +1,141 @@
+"""Upstream APIs: one small interface, one implementation per API, and the HTTP client they share.
+
+`{API}` in a token's `aud = api://{API}?actx={actx}` selects the implementation. Adding an upstream
+means adding a module that provides `UPSTREAM` and a line in `_IMPLEMENTATIONS`; the token, policy
+and git code never change. The HTTP client is the standard library's (no `requests` on request paths).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from wid.core.errors import ApiError, bad_gateway, gateway_timeout
+from wid.web.http import Request, Response
+
+_IMPLEMENTATIONS = {
+    "DigitalOcean": "wid.upstreams.digitalocean.api",
+    "ATProto": "wid.upstreams.atproto.xrpc",
+}
+# Hop-by-hop headers (RFC 9110 7.6.1) and what must never cross the proxy in either direction.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "proxy-connection"})
+CHUNK = 64 * 1024
+
+
+class Upstream(Protocol):
+    name: str
+
+    def validate_context(self, actx: str) -> None:
+        """Raise ApiError 400 when `actx` is not a valid context id for this API."""
+
+    def forward(self, actx: str, request: Request, path: str) -> Response:
+        """Send an authorized request to this context's upstream with the credential the proxy holds."""
+
+
+def known_apis() -> list[str]:
+    return sorted(_IMPLEMENTATIONS)
+
+
+def get(api: str) -> Upstream:
+    module = _IMPLEMENTATIONS.get(api)
+    if module is None:
+        raise ApiError(400, "unknown_api", f"unknown API {api!r}; this proxy serves {', '.join(known_apis())}")
+    upstream: Upstream = importlib.import_module(module).UPSTREAM
+    return upstream
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    connection: http.client.HTTPConnection
+    raw: http.client.HTTPResponse
+
+    def header(self, name: str) -> str | None:
+        return self.raw.getheader(name)
+
+    def read(self, limit: int = 10 * 1024 * 1024) -> bytes:
+        """The whole body, refusing more than `limit` bytes (an upstream cannot exhaust our memory)."""
+        try:
+            data = self.raw.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise bad_gateway(f"upstream connection failed while reading the response: {type(exc).__name__}") from None
+        finally:
+            self.connection.close()
+        if len(data) > limit:
+            raise bad_gateway(f"upstream response is larger than {limit} bytes")
+        return data
+
+    def stream(self) -> Iterator[bytes]:
+        try:
+            while chunk := self.raw.read(CHUNK):
+                yield chunk
+        finally:
+            self.connection.close()
+
+
+def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None,
+         timeout: float = 30.0) -> UpstreamResponse:
+    """One HTTP request; timeouts become 504 and connection failures 502, with nothing half-done here."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise bad_gateway(f"upstream URL {url!r} is not http(s)")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        import ssl  # only for https upstreams: tests and loopback stand-ins stay cheaper
+
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    target = parts.path or "/"
+    if parts.query:
+        target += f"?{parts.query}"
+    try:
+        conn.request(method, target, body=body, headers=dict(headers))
+        raw = conn.getresponse()
+    except TimeoutError:
+        conn.close()
+        raise gateway_timeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        raise bad_gateway(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
+    return UpstreamResponse(raw.status, raw.getheaders(), conn, raw)
+
+
+def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> ApiError:
+    """An upstream 5xx as our 502 (DESIGN.md): it names the service, its status and its own message."""
+    detail = ""
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, dict):
+            parts = [str(payload[k])[:200] for k in ("id", "error", "message") if isinstance(payload.get(k), str)]
+            detail = f" ({': '.join(parts)})" if parts else ""
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return ApiError(502, "bad_gateway", f"{service} answered HTTP {status} to {what}{detail}; nothing was changed "
+                    "on this proxy, try again later", {"Retry-After": retry_after} if retry_after else {})
+
+
+def relay(response: UpstreamResponse, *, service: str, what: str, buffer: bool = False) -> Response:
+    """The upstream's status, meaningful headers and body, unchanged (streamed unless `buffer`); a 5xx is a 502."""
+    if response.status >= 500:
+        try:
+            error_body = response.raw.read(64 * 1024)
+        except (OSError, http.client.HTTPException):
+            error_body = b""
+        finally:
+            response.connection.close()
+        raise server_error(service, response.status, error_body, response.header("Retry-After"), what)
+    headers = [(k, v) for k, v in response.headers
+               if k.lower() not in HOP_BY_HOP and k.lower() not in {"content-length", "set-cookie"}]
+    body = response.read() if buffer else response.stream()
+    if isinstance(body, bytes):
+        headers.append(("Content-Length", str(len(body))))
+    return Response(response.status, body, headers)

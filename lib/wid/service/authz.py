@@ -1,0 +1,77 @@
+"""Who is calling, and may they do this: the one path every JWT-authenticated route goes through.
+
+authenticate(): a JWT of ours (strictly verified), or one from an external issuer that a role of the
+token's own context names (keys fetched only from issuers on the operator's allowlist).
+authorize(): the context's compiled RBAC decides; a denial is audited and answered 403 with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from wid import config
+from wid.core import jose, tokens
+from wid.core.errors import forbidden, unauthorized
+from wid.core.policy.engine import Decision
+from wid.store import audit
+from wid.store import rbac as rbac_store
+
+# Kinds of our own tokens that API routes and the exchange accept. Provisioning tokens are for
+# /v1/oidc/prove only; RBAC tokens for git only.
+API_KINDS = frozenset({tokens.WORKLOAD, tokens.EXCHANGED})
+
+
+class Principal(NamedTuple):
+    claims: dict[str, Any]
+    issuer: str
+    api: str
+    actx: str
+
+    @property
+    def audience(self) -> str:
+        return f"api://{self.api}?actx={self.actx}"
+
+    @property
+    def is_ours(self) -> bool:
+        return self.issuer == config.settings().this_endpoint
+
+
+def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Principal:
+    if not token:
+        raise unauthorized("missing bearer token")
+    try:
+        unverified = jose.decode(token)
+    except jose.JoseError as exc:
+        raise unauthorized(f"malformed token: {exc}") from None
+    issuer = unverified.claims.get("iss")
+    try:
+        if issuer == config.settings().this_endpoint:
+            claims = tokens.verify(token, kinds=kinds)
+        else:
+            from wid.service import issuers  # external issuers: discovery, JWKS cache (only for such tokens)
+
+            claims = issuers.verify_external(unverified)
+        audience = tokens.parse_audience(claims.get("aud"))
+    except tokens.TokenError as exc:
+        raise unauthorized(f"token refused: {exc}") from None
+    return Principal(claims, str(issuer), audience.api, audience.actx)
+
+
+def authorize(principal: Principal, method: str, path: str, params: Mapping[str, Any]) -> Decision:
+    """Allow or raise 403; the compiled RBAC of the token's audience context decides."""
+    rbac = rbac_store.compiled(principal.api, principal.actx)
+    if rbac is None:
+        decision_reason = f"no RBAC configuration has been pushed for {principal.audience}"
+        _deny(principal, method, path, decision_reason)
+        raise forbidden(decision_reason)
+    decision = rbac.authorize(principal.claims, config.settings().this_endpoint, method, path, params)
+    if not decision.allowed:
+        _deny(principal, method, path, decision.reason)
+        raise forbidden(decision.reason)
+    return decision
+
+
+def _deny(principal: Principal, method: str, path: str, reason: str) -> None:
+    audit.record("authorize", "deny", api=principal.api, actx=principal.actx, sub=principal.claims.get("sub"),
+                 iss=principal.issuer, jti=principal.claims.get("jti"), method=method, path=path, reason=reason)

@@ -1,0 +1,370 @@
+"""Token exchange under policy, shared by POST /v1/oidc/issue (JSON) and POST /v1/oidc/token (RFC 8693).
+
+The presented token (ours: workload or exchanged; or an external issuer's, see wid.issuers) is
+authenticated strictly; its context (the actx of its aud) must allow `create` on /v1/oidc/issue with
+the request as parameters. The issued token:
+
+- `iss` = this proxy; `aud` and `sub` as requested; `sub` starts with `actx:{actx of the presented
+  token}:` so the target context's roles can tell which context obtained it;
+- `exp` = min(now + ttl, exp of the presented token): no lifetime laundering by re-exchanging;
+  ttl is 1..WID_MAX_EXCHANGE_TTL (default 300 when the request names none);
+- `act` (RFC 8693 4.1) = {"iss", "sub"} of the presented token, with the presented token's own `act`
+  nested inside, so the whole delegation chain stays visible;
+- a fresh `jti`, kind `exchanged`; extra claims only when the rule that allows the exchange names
+  them in allowed_parameters (a rule without allowed_parameters, or with "*", allows none);
+- never reserved claims, never a refresh or provisioning token.
+
+The requested aud may name another context or API (cross-context exchange): the SOURCE context's
+policy allows obtaining it, the TARGET context's RBAC decides what it may do there.
+
+Every exchange and every refusal is audited (event "exchange": jti, sub, iss, actx, decision,
+reason); the token itself never is.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
+
+from wid import config
+from wid.core import jose, tokens
+from wid.core.errors import ApiError, bad_request, forbidden, unauthorized
+from wid.service import authz
+from wid.store import audit
+
+ISSUE_PATH = "/v1/oidc/issue"
+TOKEN_PATH = "/v1/oidc/token"  # noqa: S105 - a route, not a secret
+DEFAULT_TTL = 300
+MAX_BODY_BYTES = 16 * 1024
+MAX_ACT_DEPTH = 8
+MAX_CLAIM_NAME = 64
+MAX_SUB_LENGTH = 255
+# Beyond tokens.RESERVED_CLAIMS: claims with a meaning to verifiers that a caller must not assert.
+RESERVED = tokens.RESERVED_CLAIMS | {"aud", "sub", "may_act", "cnf", "azp", "nonce", "auth_time", "client_id",
+                                     "scope", "typ"}
+_PROBE_KEY = "\x00wid:any-other-parameter"
+_CLAIM_NAME = re.compile(rf"[A-Za-z_][A-Za-z0-9_.:-]{{0,{MAX_CLAIM_NAME - 1}}}\Z")
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+# RFC 8693 3: token type identifiers (names, not secrets).
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
+SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID})
+ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS})
+
+
+class OAuthError(ApiError):
+    """An error of the RFC 8693 endpoint with its RFC 6749 5.2 `error` code."""
+
+    def __init__(self, error: str, message: str, status: int = 400):
+        super().__init__(status, error, message)
+        self.error = error
+
+
+class TargetError(ApiError):
+    """The requested aud is malformed or names no context this proxy serves (RFC 8693: invalid_target)."""
+
+    def __init__(self, message: str):
+        super().__init__(400, "bad_request", f"aud: {message}")
+
+
+class Issued(NamedTuple):
+    token: str
+    claims: dict[str, Any]
+
+    @property
+    def expires_at(self) -> int:
+        return int(self.claims["exp"])
+
+    @property
+    def expires_in(self) -> int:
+        return max(0, self.expires_at - int(time.time()))
+
+
+class ExchangeRequest:
+    """What the caller asks for: `params` is what the policy checks, exactly as the caller sent it."""
+
+    def __init__(self, aud: str, sub: str, ttl: int, extra: dict[str, Any], params: dict[str, Any]) -> None:
+        audience = tokens.parse_audience(aud)
+        self.aud, self.sub, self.ttl, self.extra, self.params = aud, sub, ttl, extra, params
+        self.api, self.actx = audience.api, audience.actx
+
+
+# -- the two request forms ---------------------------------------------------------------------------------
+
+
+def parse_json_request(body: Mapping[str, Any]) -> ExchangeRequest:
+    """{"aud", "sub", "ttl"?, ...extra claims}: 400 on anything malformed; the body is the policy's params."""
+    reserved = sorted(key for key in body if key in RESERVED - {"aud", "sub"} or key.startswith("wid_"))
+    if reserved:
+        raise bad_request(f"{', '.join(reserved)} cannot be requested: the issuer sets reserved claims itself")
+    folded: dict[str, str] = {}
+    for key in body:
+        if key.casefold() in folded:
+            raise bad_request(f"the keys {folded[key.casefold()]!r} and {key!r} differ only by case")
+        folded[key.casefold()] = key
+        if not _CLAIM_NAME.match(key):
+            raise bad_request(f"claim name {key[:MAX_CLAIM_NAME]!r} must be a letter or _ followed by at most "
+                              f"{MAX_CLAIM_NAME - 1} letters, digits or _ . : -")
+    aud, sub, ttl = body.get("aud"), body.get("sub"), body.get("ttl", default_ttl())
+    if not isinstance(aud, str):
+        raise bad_request('"aud" is required: the audience of the token to issue, api://{API}?actx={actx}')
+    if not isinstance(sub, str):
+        raise bad_request('"sub" is required: the subject of the token to issue, actx:{actx}:...')
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise bad_request(f'"ttl" must be a whole number of seconds, got {str(ttl)[:40]!r}')
+    extra = {key: value for key, value in body.items() if key not in {"aud", "sub", "ttl"}}
+    return _checked(aud, sub, ttl, extra, dict(body))
+
+
+def parse_form_request(body: bytes) -> tuple[str, str, ExchangeRequest]:
+    """RFC 8693 2.1 form -> (subject_token, issued_token_type, request). Raises OAuthError.
+
+    `audience` (exactly one) is the aud, `scope` (exactly one value) the requested sub, and the
+    non-standard `ttl` the lifetime (default 300). The policy sees {"aud", "sub", "ttl"} with the ttl
+    that will be used, so the same rule serves both endpoints. Unknown parameters are ignored
+    (RFC 6749 3.2); none of them becomes a claim.
+    """
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError("invalid_request", "the body is not application/x-www-form-urlencoded UTF-8") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        if key in form:
+            raise OAuthError("invalid_request", f"parameter {key!r} is repeated (RFC 6749 3.2)")
+        if value != "":  # "sent without a value MUST be treated as if they were omitted"
+            form[key] = value
+    grant_type = form.get("grant_type")
+    if grant_type != GRANT_TYPE:
+        if grant_type is None:
+            raise OAuthError("invalid_request", f"grant_type is required: {GRANT_TYPE}")
+        raise OAuthError("unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
+    subject_token = form.get("subject_token")
+    if subject_token is None:
+        raise OAuthError("invalid_request", "subject_token is required")
+    subject_type = form.get("subject_token_type")
+    if subject_type not in SUBJECT_TOKEN_TYPES:
+        allowed = ", ".join(sorted(SUBJECT_TOKEN_TYPES))
+        raise OAuthError("invalid_request", f"subject_token_type must be one of {allowed}")
+    if "actor_token" in form or "actor_token_type" in form:
+        raise OAuthError("invalid_request",
+                         "actor_token is not supported: the presented token's iss and sub become act")
+    requested = form.get("requested_token_type", TOKEN_TYPE_ACCESS)
+    if requested not in ISSUED_TOKEN_TYPES:
+        allowed = ", ".join(sorted(ISSUED_TOKEN_TYPES))
+        raise OAuthError("invalid_request", f"requested_token_type must be one of {allowed} "
+                         "(no refresh or ID tokens are issued by exchange)")
+    if "resource" in form:
+        raise OAuthError("invalid_target", "resource is not supported; send audience=api://{API}?actx={actx}")
+    aud = form.get("audience")
+    if aud is None:
+        raise OAuthError("invalid_request", "audience is required: api://{API}?actx={actx}")
+    scope = form.get("scope")
+    if scope is None or len(scope.split()) != 1:
+        raise OAuthError("invalid_scope",
+                         "scope must be exactly one value: the sub of the token to issue, actx:{actx}:...")
+    ttl_text = form.get("ttl", str(default_ttl()))
+    if not ttl_text.isascii() or not ttl_text.isdigit() or len(ttl_text) > 9:
+        raise OAuthError("invalid_request", f"ttl must be a whole number of seconds, got {ttl_text[:40]!r}")
+    ttl = int(ttl_text)
+    try:
+        request = _checked(aud, scope, ttl, {}, {"aud": aud, "sub": scope, "ttl": ttl})
+    except ApiError as exc:
+        raise OAuthError("invalid_target" if isinstance(exc, TargetError) else "invalid_request", exc.message) from None
+    return subject_token, requested, request
+
+
+def _checked(aud: str, sub: str, ttl: int, extra: dict[str, Any], params: dict[str, Any]) -> ExchangeRequest:
+    try:
+        request = ExchangeRequest(aud, sub, ttl, extra, params)
+    except tokens.TokenError as exc:
+        raise TargetError(str(exc)) from None
+    try:
+        tokens.sub_context(sub)
+    except tokens.TokenError as exc:
+        raise bad_request(f"sub: {exc}") from None
+    if len(sub) > MAX_SUB_LENGTH or not sub.isprintable():
+        raise bad_request(f"sub must be at most {MAX_SUB_LENGTH} printable characters")
+    limit = max_ttl()
+    if not 0 < ttl <= limit:
+        raise bad_request(f"ttl must be between 1 and {limit} seconds (WID_MAX_EXCHANGE_TTL), got {ttl}")
+    return request
+
+
+def max_ttl() -> int:
+    return max(1, min(config.settings().max_exchange_ttl, tokens.max_token_ttl()))
+
+
+def default_ttl() -> int:
+    return min(DEFAULT_TTL, max_ttl())
+
+
+def _validate_target(api: str, actx: str) -> None:
+    """The target API must be one this proxy serves, and actx a valid context of it.
+
+    Only for another context than the presented token's (whose context is known: its RBAC exists),
+    which keeps the upstream modules (http.client, ssl: ~30 ms) out of the common exchange.
+    """
+    from wid.net import upstream
+
+    try:
+        target = upstream.get(api)
+    except ModuleNotFoundError:
+        return  # that upstream is not built yet: the audience syntax has been checked
+    except ApiError as exc:
+        raise TargetError(exc.message) from None
+    try:
+        target.validate_context(actx)
+    except ApiError as exc:
+        raise TargetError(exc.message) from None
+
+
+# -- the exchange ----------------------------------------------------------------------------------------------
+
+
+def issue_json(presented: str | None, body: Callable[[], Mapping[str, Any]]) -> Issued:
+    """POST /v1/oidc/issue: the Bearer token, then the JSON body (read only once the token is good)."""
+    principal: authz.Principal | None = None
+    request: ExchangeRequest | None = None
+    try:
+        principal = authz.authenticate(presented)
+        _require_matching_role(principal)
+        request = parse_json_request(body())
+        return _issue(principal, request, ISSUE_PATH)
+    except ApiError as exc:
+        _audit_refusal(presented, principal, request, exc, ISSUE_PATH)
+        raise
+
+
+def issue_form(body: Callable[[], bytes]) -> tuple[Issued, str]:
+    """POST /v1/oidc/token: RFC 8693 form -> (issued token, issued_token_type). Errors are ApiErrors;
+    the handler renders them as RFC 6749 5.2 errors."""
+    presented: str | None = None
+    principal: authz.Principal | None = None
+    request: ExchangeRequest | None = None
+    try:
+        presented, issued_type, request = parse_form_request(body())
+        principal = authz.authenticate(presented)
+        _require_matching_role(principal)
+        return _issue(principal, request, TOKEN_PATH), issued_type
+    except ApiError as exc:
+        _audit_refusal(presented, principal, request, exc, TOKEN_PATH)
+        raise
+
+
+def _issue(principal: authz.Principal, request: ExchangeRequest, endpoint: str) -> Issued:
+    presented_sub = str(principal.claims["sub"])
+    if (request.api, request.actx) != (principal.api, principal.actx):
+        _validate_target(request.api, request.actx)
+    if tokens.sub_context(request.sub) != principal.actx:
+        raise forbidden(f"sub must start with actx:{principal.actx}: (the context of the presented token), "
+                        f"got {request.sub[:80]!r}")
+    decision = authz.authorize(principal, "POST", ISSUE_PATH, request.params)
+    if request.extra:
+        _check_extra_claims_explicit(principal, request)
+    now = int(time.time())
+    remaining = int(principal.claims["exp"]) - now
+    lifetime = min(request.ttl, remaining)
+    if lifetime <= 0:
+        raise unauthorized("token refused: the presented token has expired")
+    act: dict[str, Any] = {"iss": principal.issuer, "sub": presented_sub}
+    prior = principal.claims.get("act")
+    if prior is not None:
+        act["act"] = _prior_act(prior)
+    token, claims = tokens.sign({**request.extra, "aud": request.aud, "sub": request.sub, "act": act},
+                                kind=tokens.EXCHANGED, lifetime=lifetime, now=now)
+    audit.record("exchange", "allow", api=principal.api, actx=principal.actx, sub=presented_sub,
+                 iss=principal.issuer, jti=_text(principal.claims.get("jti")), endpoint=endpoint,
+                 issued_jti=claims["jti"], issued_aud=request.aud, issued_sub=request.sub, exp=claims["exp"],
+                 ttl=request.ttl, extra_claims=sorted(request.extra), roles=list(decision.roles),
+                 policy=decision.policy, rule=decision.rule, reason=decision.reason)
+    return Issued(token, claims)
+
+
+def _require_matching_role(principal: authz.Principal) -> None:
+    """A valid token that matches no role of its context identifies nobody here: 401, like a bad token
+    (for example a GitHub token from another workflow than the role's job_workflow_ref)."""
+    from wid.store import rbac as rbac_store
+
+    rbac = rbac_store.compiled(principal.api, principal.actx)
+    if rbac is not None and not rbac.matching_roles(principal.claims, config.settings().this_endpoint):
+        raise unauthorized(f"token refused: no role of context {principal.audience} matches the token "
+                           "(its iss, aud and sub together with every other claim the role names)")
+
+
+def _prior_act(prior: Any, depth: int = 1) -> dict[str, Any]:
+    """The presented token's act, reduced to its iss/sub chain; a chain too deep is refused."""
+    if not isinstance(prior, dict):
+        raise forbidden("the presented token's act claim is not an object")
+    if depth >= MAX_ACT_DEPTH:
+        raise forbidden(f"delegation chain is longer than {MAX_ACT_DEPTH} exchanges")
+    chain: dict[str, Any] = {key: prior[key] for key in ("iss", "sub") if isinstance(prior.get(key), str)}
+    if prior.get("act") is not None:
+        chain["act"] = _prior_act(prior["act"], depth + 1)
+    return chain
+
+
+def _check_extra_claims_explicit(principal: authz.Principal, request: ExchangeRequest) -> None:
+    """Extra claims need a rule that names them: a rule allowing any parameter does not count.
+
+    Probe: the same request plus a key no caller can send. If that is still allowed, some applicable
+    rule does not restrict parameters, so the extra claims were not explicitly allowed.
+    """
+    from wid.store import rbac as rbac_store
+
+    rbac = rbac_store.compiled(principal.api, principal.actx)
+    if rbac is None:  # pragma: no cover - authorize() refused already
+        raise forbidden("no RBAC configuration")
+    probe = rbac.authorize(principal.claims, config.settings().this_endpoint, "POST", ISSUE_PATH,
+                           {**request.params, _PROBE_KEY: True})
+    if probe.allowed:
+        names = ", ".join(sorted(request.extra))
+        reason = (f"extra claims ({names}) must be named in allowed_parameters of the rule that allows the exchange; "
+                  f"{probe.reason.replace(' allows ', ' allows any parameters for ', 1)}")
+        raise forbidden(reason)
+
+
+def _text(value: Any, limit: int = 256) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit]
+
+
+def _audit_refusal(presented: str | None, principal: authz.Principal | None, request: ExchangeRequest | None,
+                   exc: ApiError, endpoint: str) -> None:
+    """Who tried (verified when authentication succeeded, else as the token claims it), and why not."""
+    detail: dict[str, Any] = {"endpoint": endpoint, "status": exc.status, "reason": exc.message[:500]}
+    if principal is not None:
+        claims, verified = principal.claims, True
+    else:
+        claims, verified = {}, False
+        if presented:
+            try:
+                claims = jose.decode(presented).claims
+            except jose.JoseError:
+                claims = {}
+    if request is not None:
+        detail.update(requested_aud=request.aud, requested_sub=_text(request.sub), ttl=request.ttl)
+    api = actx = None
+    if principal is not None:
+        api, actx = principal.api, principal.actx
+    else:
+        try:
+            audience = tokens.parse_audience(claims.get("aud"))
+            api, actx = audience.api, audience.actx
+        except tokens.TokenError:
+            pass
+    detail["verified"] = verified
+    try:
+        audit.record("exchange", "deny", api=api, actx=actx, sub=_text(claims.get("sub")), iss=_text(claims.get("iss")),
+                     jti=_text(claims.get("jti")), **detail)
+    except Exception as audit_error:  # the refusal stands even when it cannot be written down
+        from wid.log import log
+
+        log("audit_failed", level="error", error=type(audit_error).__name__, detail=str(audit_error)[:200])

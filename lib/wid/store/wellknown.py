@@ -1,0 +1,74 @@
+"""Issuer metadata: built from the database, written as static files that Caddy serves directly.
+
+Verifiers fetch these on every cold start, so no Python process runs per request. Files are replaced
+atomically (write then rename), whenever the key set changes and whenever this replica signs with a
+key its files do not list yet (another replica may have rotated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from wid import config
+
+CLAIMS_SUPPORTED = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti", "act", "droplet_id", "wid_kind"]
+
+
+def openid_configuration(endpoint: str) -> dict[str, Any]:
+    return {
+        "issuer": endpoint,
+        "jwks_uri": f"{endpoint}/.well-known/jwks",
+        "token_endpoint": f"{endpoint}/v1/oidc/token",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "claims_supported": CLAIMS_SUPPORTED,
+        "scopes_supported": ["openid"],
+        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+    }
+
+
+def _folder() -> Path:
+    return config.settings().public_dir / ".well-known"
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    import tempfile  # only when keys change: not on every request that signs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def publish() -> list[str]:
+    """Write both documents from the database; returns the published kids."""
+    from wid.store import keys  # keys -> tokens -> wellknown: import late to keep the graph acyclic
+
+    jwks = keys.published()
+    if not jwks:
+        jwks = [keys.public_jwk(keys.active_key().kid) or {}]
+    folder = _folder()
+    _write(folder / "openid-configuration", openid_configuration(config.settings().this_endpoint))
+    _write(folder / "jwks", {"keys": jwks})
+    return [k["kid"] for k in jwks]
+
+
+def published_kids() -> set[str]:
+    try:
+        data = json.loads((_folder() / "jwks").read_text())
+        return {k["kid"] for k in data.get("keys", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def ensure_published(kid: str) -> None:
+    """Never hand out a token that verifiers could not check through our JWKS."""
+    if kid not in published_kids():
+        publish()

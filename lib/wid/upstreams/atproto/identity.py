@@ -1,0 +1,480 @@
+"""ATProto identity: settings, the SSRF-safe HTTP client with them, and handle -> DID -> DID document -> PDS.
+
+Everything the ATProto upstream fetches goes through `request()`, which is `wid.safe_http.request`
+(https only, http only to loopback with WID_ALLOW_INSECURE_ISSUERS, public addresses only, pinned to
+the checked address, one deadline, a size cap per kind of answer, no redirects) with ATPROTO_TIMEOUT
+and WID_ALLOW_INSECURE_ISSUERS as defaults.
+
+Resolution follows the ATProto identity spec: a handle resolves by DNS TXT `_atproto.{handle}` or
+`https://{handle}/.well-known/atproto-did`, or (when the operator names one) through an XRPC
+service's `com.atproto.identity.resolveHandle` (ATPROTO_HANDLE_RESOLVER); whichever answers first
+with a DID wins, and the DID document must list the handle back (`alsoKnownAs: at://{handle}`).
+A `did:plc` resolves at the PLC directory (ATPROTO_PLC_URL, default https://plc.directory), a
+`did:web` at `https://{host}/.well-known/did.json`. The PDS is the document's `#atproto_pds`
+service, kept exactly as written (DPoP proofs must name it so).
+
+Standard library only (plus wid's own modules): this runs on request paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from wid import config
+from wid.core.errors import ApiError
+from wid.log import log
+from wid.net import safe_http
+from wid.net.safe_http import FetchError, HttpResult
+from wid.upstreams.atproto.xrpc import DID_PLC, DID_WEB, is_did_context
+
+API = "ATProto"
+DEFAULT_PLC_URL = "https://plc.directory"
+# DID contexts (DID_PLC, DID_WEB, is_did_context) are defined with the upstream, which validates them.
+_HANDLE = re.compile(r"^(?=.{3,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# The ATProto handle spec's disallowed top-level domains (".test" is allowed, for testing).
+_BAD_TLDS = frozenset({"alt", "arpa", "example", "internal", "invalid", "local", "localhost", "onion"})
+
+JSON_LIMIT = 256 * 1024
+DID_DOC_LIMIT = 64 * 1024
+WELL_KNOWN_DID_LIMIT = 2048
+DNS_TIMEOUT = 3.0
+STALE_DID_MAX_SECONDS = 86400
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings (environment; read on each use so tests and `wid` see changes without a restart)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AtprotoSettings:
+    plc_url: str
+    handle_resolver: str | None
+    timeout: float
+    rbac_token_ttl: int
+    did_cache_seconds: int
+    scope: str
+    max_response_bytes: int
+    allow_insecure: bool
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise config.ConfigError(f"{name} must be a whole number >= {minimum}, got {raw!r}")
+    return int(raw)
+
+
+def _env_url(name: str, default: str | None) -> str | None:
+    raw = (os.environ.get(name) or "").strip() or default
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise config.ConfigError(f"{name} must be an absolute https URL without query, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def atproto_config() -> AtprotoSettings:
+    scope = " ".join((os.environ.get("ATPROTO_OAUTH_SCOPE") or "atproto transition:generic").split())
+    if "atproto" not in scope.split():
+        raise config.ConfigError(f"ATPROTO_OAUTH_SCOPE must include 'atproto', got {scope!r}")
+    return AtprotoSettings(
+        plc_url=_env_url("ATPROTO_PLC_URL", DEFAULT_PLC_URL) or DEFAULT_PLC_URL,
+        handle_resolver=_env_url("ATPROTO_HANDLE_RESOLVER", None),
+        timeout=float(_env_int("ATPROTO_TIMEOUT", 15, minimum=1)),
+        rbac_token_ttl=_env_int("ATPROTO_RBAC_TOKEN_TTL", 43200, minimum=60),
+        did_cache_seconds=_env_int("ATPROTO_DID_CACHE_SECONDS", 300),
+        scope=scope,
+        max_response_bytes=_env_int("ATPROTO_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, minimum=1024),
+        allow_insecure=config.settings().allow_insecure_issuers,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# SSRF-safe HTTP (wid.safe_http, with the settings above)
+# --------------------------------------------------------------------------------------------------
+
+
+USER_AGENT = "wid-proxy (ATProto upstream)"
+
+
+def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise (see wid.safe_http)."""
+    insecure = atproto_config().allow_insecure if allow_insecure is None else allow_insecure
+    return safe_http.check_url(url, what, allow_insecure=insecure)
+
+
+def request(method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None, limit: int = JSON_LIMIT, timeout: float | None = None,
+            allow_insecure: bool | None = None) -> HttpResult:
+    """One HTTP exchange by the rules of wid.safe_http, with the ATProto settings as defaults."""
+    settings = atproto_config()
+    return safe_http.request(method, url, what=what, headers={"User-Agent": USER_AGENT, **(headers or {})},
+                             body=body, limit=limit, timeout=settings.timeout if timeout is None else timeout,
+                             allow_insecure=settings.allow_insecure if allow_insecure is None else allow_insecure)
+
+
+def get_json(url: str, what: str, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    """GET a JSON object; any status but 200 is a 502 naming it."""
+    settings = atproto_config()
+    return safe_http.get_json(url, what, timeout=settings.timeout, allow_insecure=settings.allow_insecure,
+                              limit=limit, headers={"User-Agent": USER_AGENT})
+
+
+# --------------------------------------------------------------------------------------------------
+# Identifiers
+# --------------------------------------------------------------------------------------------------
+
+
+def normalize_handle(text: str) -> str | None:
+    """A syntactically valid handle (lower-cased, without '@' or 'at://'), or None."""
+    handle = text.strip()
+    for prefix in ("at://", "@"):
+        if handle.lower().startswith(prefix):
+            handle = handle[len(prefix):]
+    handle = handle.lower()
+    if not _HANDLE.match(handle):
+        return None
+    return handle
+
+
+def parse_identifier(text: str) -> tuple[str, str]:
+    """("did", did) or ("handle", handle); ApiError 400 for anything else."""
+    value = (text or "").strip()
+    if value.lower().startswith("at://"):
+        value = value[5:]
+    if value.startswith("did:"):
+        if is_did_context(value):
+            return "did", value
+        raise ApiError(400, "bad_identifier", f"{value[:80]!r} is not a DID this proxy serves: use did:plc:... (24 "
+                       "base32 characters) or did:web:{host name}")
+    handle = normalize_handle(value)
+    if handle is None:
+        raise ApiError(400, "bad_identifier", f"{value[:80]!r} is neither a handle (such as alice.bsky.social) nor "
+                       "a DID")
+    if handle.rsplit(".", 1)[1] in _BAD_TLDS:
+        raise ApiError(400, "bad_identifier", f"handles under .{handle.rsplit('.', 1)[1]} are not allowed by the "
+                       "ATProto handle rules")
+    return "handle", handle
+
+
+# --------------------------------------------------------------------------------------------------
+# Handle -> DID
+# --------------------------------------------------------------------------------------------------
+
+
+def _did_from_txt(values: list[str]) -> str:
+    dids = [v[4:] for v in values if v.startswith("did=")]
+    if len(dids) != 1 or not is_did_context(dids[0]):
+        raise ValueError(f"expected one TXT record 'did=did:...', found {len(dids)}")
+    return dids[0]
+
+
+def _nameservers() -> list[str]:
+    servers: list[str] = []
+    try:
+        with open("/etc/resolv.conf", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    servers.append(fields[1])
+    except OSError:
+        pass
+    return servers[:3]
+
+
+def _dns_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("ascii")
+        if not 0 < len(raw) < 64:
+            raise ValueError(f"bad DNS label in {name!r}")
+        out += bytes([len(raw)]) + raw
+    return out + b"\x00"
+
+
+def _skip_name(packet: bytes, pos: int) -> int:
+    while True:
+        if pos >= len(packet):
+            raise ValueError("truncated DNS name")
+        length = packet[pos]
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        if length == 0:
+            return pos + 1
+        pos += 1 + length
+
+
+def dns_txt(name: str, timeout: float = DNS_TIMEOUT, servers: list[str] | None = None, port: int = 53) -> list[str]:
+    """TXT records of `name` from the system's nameservers (UDP, recursion desired). ValueError if none."""
+    question = _dns_name(name) + struct.pack(">HH", 16, 1)  # TXT, IN
+    deadline = time.monotonic() + timeout
+    errors: list[str] = []
+    for server in servers or _nameservers() or ["127.0.0.1"]:
+        ident = random.getrandbits(16)
+        query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
+        family = socket.AF_INET6 if ":" in server else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                sock.connect((server, port))
+                sock.send(query)
+                while True:
+                    packet = sock.recv(4096)
+                    if len(packet) >= 12 and struct.unpack(">H", packet[:2])[0] == ident:
+                        break
+            except OSError as exc:
+                errors.append(f"{server}: {type(exc).__name__}")
+                if time.monotonic() >= deadline:
+                    break
+                continue
+        flags, qdcount, ancount = struct.unpack(">HHH", packet[2:8])
+        rcode = flags & 0x000F
+        if not flags & 0x8000 or packet[12:12 + len(question)] != question:
+            errors.append(f"{server}: answer does not match the question")
+            continue
+        if rcode == 3:
+            raise ValueError(f"{name} does not exist (NXDOMAIN)")
+        if rcode != 0:
+            errors.append(f"{server}: DNS error code {rcode}")
+            continue
+        pos = 12
+        for _ in range(qdcount):
+            pos = _skip_name(packet, pos) + 4
+        values: list[str] = []
+        for _ in range(ancount):
+            pos = _skip_name(packet, pos)
+            rtype, _rclass, _ttl, rdlength = struct.unpack(">HHIH", packet[pos:pos + 10])
+            pos += 10
+            rdata = packet[pos:pos + rdlength]
+            pos += rdlength
+            if rtype != 16:
+                continue
+            text, i = b"", 0
+            while i < len(rdata):
+                text += rdata[i + 1:i + 1 + rdata[i]]
+                i += 1 + rdata[i]
+            values.append(text.decode("utf-8", "replace"))
+        if not values:
+            raise ValueError(f"{name} has no TXT record")
+        return values
+    raise ValueError("no nameserver answered (" + "; ".join(errors) + ")" if errors else "no nameserver")
+
+
+def _by_dns(handle: str) -> str:
+    return _did_from_txt(dns_txt(f"_atproto.{handle}"))
+
+
+def _by_well_known(handle: str) -> str:
+    url = f"https://{handle}/.well-known/atproto-did"
+    result = request("GET", url, what=url, limit=WELL_KNOWN_DID_LIMIT, allow_insecure=False,
+                     timeout=min(5.0, atproto_config().timeout))
+    if result.status != 200:
+        raise ValueError(f"HTTP {result.status}")
+    did = result.body.decode("utf-8", "replace").strip()
+    if not is_did_context(did):
+        raise ValueError("the answer is not a DID")
+    return did
+
+
+def _by_resolver(handle: str, resolver: str) -> str:
+    url = f"{resolver}/xrpc/com.atproto.identity.resolveHandle?handle={quote(handle)}"
+    result = request("GET", url, what=f"handle resolver {resolver}", headers={"Accept": "application/json"})
+    if result.status != 200:
+        message = ""
+        try:
+            message = str(result.json_object("resolver").get("message") or "")[:120]
+        except ApiError:
+            pass
+        raise ValueError(f"HTTP {result.status}" + (f": {message}" if message else ""))
+    did = result.json_object(f"handle resolver {resolver}").get("did")
+    if not isinstance(did, str) or not is_did_context(did):
+        raise ValueError("the answer has no valid did")
+    return did
+
+
+def resolve_handle(handle: str) -> str:
+    """The DID a handle names (not yet verified against the DID document: see `resolve()`).
+
+    The methods run at once; the first DID wins, each failure is reported when none succeeds.
+    """
+    settings = atproto_config()
+    methods: list[tuple[str, Any]] = [("DNS TXT _atproto." + handle, lambda: _by_dns(handle)),
+                                      (f"https://{handle}/.well-known/atproto-did", lambda: _by_well_known(handle))]
+    if settings.handle_resolver:
+        resolver = settings.handle_resolver
+        methods.append((f"resolveHandle at {resolver}", lambda: _by_resolver(handle, resolver)))
+    box: queue.Queue[tuple[str, str | None, str | None]] = queue.Queue()
+
+    def run(name: str, method: Any) -> None:
+        try:
+            box.put((name, method(), None))
+        except (ApiError, ValueError, OSError) as exc:
+            box.put((name, None, exc.message if isinstance(exc, ApiError) else str(exc)))
+        except Exception as exc:  # a malformed answer must not kill the other methods
+            box.put((name, None, type(exc).__name__))
+
+    for name, method in methods:
+        threading.Thread(target=run, args=(name, method), daemon=True).start()
+    deadline = time.monotonic() + settings.timeout
+    failures: list[str] = []
+    for _ in methods:
+        try:
+            name, did, error = box.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            failures.append("the remaining methods did not answer in time")
+            break
+        if did is not None:
+            return did
+        failures.append(f"{name}: {error}")
+    raise ApiError(400, "handle_unresolved", f"the handle {handle} does not resolve to a DID ("
+                   + "; ".join(failures) + ")")
+
+
+# --------------------------------------------------------------------------------------------------
+# DID -> DID document -> PDS
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DidDocument:
+    did: str
+    pds: str
+    handles: tuple[str, ...]
+    raw: dict[str, Any]
+
+    def names_handle(self, handle: str) -> bool:
+        return handle.lower() in self.handles
+
+
+def did_document_url(did: str) -> str:
+    if DID_PLC.match(did):
+        return f"{atproto_config().plc_url}/{did}"
+    if DID_WEB.match(did):
+        host = did[len("did:web:"):]
+        scheme = "http" if atproto_config().allow_insecure and config.is_loopback_host(host) else "https"
+        return f"{scheme}://{host}/.well-known/did.json"
+    raise ApiError(400, "bad_context", f"{did[:80]!r} is not a did:plc or did:web this proxy serves")
+
+
+def pds_url_ok(url: str) -> bool:
+    try:
+        check_url(url, "PDS")
+        parts = urlsplit(url)
+    except (ApiError, ValueError):
+        return False
+    return parts.path in ("", "/") and not parts.query
+
+
+def parse_document(did: str, doc: dict[str, Any]) -> DidDocument:
+    if doc.get("id") != did:
+        raise FetchError(502, "did_document_invalid", f"the DID document served for {did} is for "
+                         f"{str(doc.get('id'))[:80]!r}")
+    pds: str | None = None
+    services = doc.get("service")
+    for service in services if isinstance(services, list) else []:
+        if not isinstance(service, dict):
+            continue
+        if service.get("id") in ("#atproto_pds", f"{did}#atproto_pds") and \
+                service.get("type") == "AtprotoPersonalDataServer":
+            endpoint = service.get("serviceEndpoint")
+            if isinstance(endpoint, str):
+                pds = endpoint
+            break
+    if pds is None:
+        raise FetchError(502, "did_document_invalid", f"the DID document of {did} names no ATProto PDS "
+                         "(#atproto_pds service)")
+    if not pds_url_ok(pds):
+        raise FetchError(502, "pds_url_refused", f"the DID document of {did} names the PDS {pds[:200]!r}, which "
+                         "is not an https origin this proxy may reach")
+    pds = pds.rstrip("/")
+    aka = doc.get("alsoKnownAs")
+    handles = tuple(a[5:].lower() for a in (aka if isinstance(aka, list) else [])
+                    if isinstance(a, str) and a.startswith("at://"))
+    return DidDocument(did, pds, handles, doc)
+
+
+def fetch_document(did: str) -> DidDocument:
+    """The DID document, fetched now (no cache)."""
+    url = did_document_url(did)
+    result = request("GET", url, what=f"the DID document of {did} ({url})", limit=DID_DOC_LIMIT,
+                     headers={"Accept": "application/did+ld+json, application/json"})
+    if result.status in (404, 410):
+        raise FetchError(502, "did_unresolved", f"{did} does not resolve: {url} answered HTTP {result.status} "
+                         "(unknown or deactivated DID)")
+    if result.status != 200:
+        raise FetchError(502, "did_unresolved", f"{url} answered HTTP {result.status} for {did}",
+                         retryable=result.status >= 500)
+    return parse_document(did, result.json_object(f"the DID document of {did}"))
+
+
+def resolve_did(did: str, *, max_age: int | None = None) -> DidDocument:
+    """The DID document, from the shared cache when it is younger than `max_age` seconds
+    (default ATPROTO_DID_CACHE_SECONDS; 0 fetches now). A fetch that fails for a transient reason
+    falls back to a cached document less than a day old."""
+    from wid.store import storage
+
+    max_age = atproto_config().did_cache_seconds if max_age is None else max_age
+    now = int(time.time())
+    db = storage.database()
+    with db.transaction(write=False) as tx:
+        row = tx.one("SELECT document, fetched_at FROM atproto_did_cache WHERE did = ?", (did,))
+    if row is not None and max_age > 0 and now - int(row[1]) < max_age:
+        return parse_document(did, json.loads(row[0]))
+    try:
+        document = fetch_document(did)
+    except FetchError as exc:
+        if exc.retryable and row is not None and now - int(row[1]) < STALE_DID_MAX_SECONDS:
+            log("did_resolution_stale", level="warning", did=did, message=exc.message)
+            return parse_document(did, json.loads(row[0]))
+        raise
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO atproto_did_cache (did, document, pds, fetched_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (did) DO UPDATE SET document = excluded.document, pds = excluded.pds, "
+                   "fetched_at = excluded.fetched_at", (did, json.dumps(document.raw), document.pds, now))
+    return document
+
+
+def forget(did: str) -> None:
+    """Drop the cached DID document (the next use fetches it)."""
+    from wid.store import storage
+
+    with storage.database().transaction() as tx:
+        tx.execute("DELETE FROM atproto_did_cache WHERE did = ?", (did,))
+
+
+@dataclass(frozen=True)
+class Identity:
+    did: str
+    handle: str | None
+    document: DidDocument
+
+
+def resolve(identifier: str) -> Identity:
+    """A handle or DID -> the verified identity (a handle must be confirmed by its DID document)."""
+    kind, value = parse_identifier(identifier)
+    if kind == "did":
+        document = resolve_did(value, max_age=0)
+        handle = document.handles[0] if document.handles else None
+        return Identity(value, handle, document)
+    did = resolve_handle(value)
+    document = resolve_did(did, max_age=0)
+    if not document.names_handle(value):
+        raise ApiError(400, "handle_unverified", f"the handle {value} points at {did}, but that DID's document "
+                       f"does not list the handle back (alsoKnownAs: {', '.join(document.handles) or 'none'}); "
+                       "the handle is not valid")
+    return Identity(did, value, document)

@@ -1,0 +1,254 @@
+"""The DigitalOcean upstream: a context is a team UUID; the credential is the team's OAuth token.
+
+`team_token()` hands out the team's access token, refreshing it with the stored refresh token before
+it expires; refreshes of one team are serialised across processes and replicas by
+`credentials.locked`, so a rotated refresh token is stored before anyone else could use the old one.
+A refresh that DigitalOcean answers with `invalid_grant` marks the authorization revoked: workloads
+get a clear 403 and the landing page shows it, until an admin authorizes again.
+
+`forward()` sends a request that policy allowed to the API with the team token: method, the checked
+path, the query string and the body exactly as checked, the content type; never the client's
+Authorization, cookies or other headers. The answer is relayed unchanged and streamed; a 5xx becomes our 502.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from wid import config
+from wid.core.errors import ApiError, bad_gateway, bad_request, forbidden, not_found, unauthorized
+from wid.log import log
+from wid.net import upstream
+from wid.store import audit, credentials
+from wid.web.http import Request, Response
+
+API = "DigitalOcean"
+_TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Refresh when less than this is left of the access token's life (DigitalOcean's live 30 days), or
+# half its life for tokens that live less than two hours.
+REFRESH_BEFORE_SECONDS = 3600
+# Characters a query string may carry to the upstream as they are (RFC 3986 query + '%' escapes).
+_QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+# Request headers passed on besides Authorization (ours) and Content-Type/Content-Length (the body's).
+_FORWARDED_HEADERS = ("Accept", "Accept-Language", "User-Agent")
+
+
+@dataclass(frozen=True)
+class Account:
+    team_uuid: str
+    team_name: str | None
+    email: str | None
+
+
+def api_json(method: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """Call the DigitalOcean API; returns (status, parsed JSON or None)."""
+    s = config.settings()
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    response = upstream.send(method, f"{s.do_api_url}{path}", headers=headers, body=data, timeout=s.upstream_timeout)
+    raw = response.read()
+    try:
+        return response.status, json.loads(raw) if raw else None
+    except ValueError:
+        if response.status >= 500:
+            return response.status, None
+        raise bad_gateway(f"DigitalOcean answered {response.status} with a body that is not JSON") from None
+
+
+def account_for_token(token: str) -> Account:
+    """The team a DigitalOcean token belongs to (GET /v2/account)."""
+    status, payload = api_json("GET", "/v2/account", token)
+    if status == 401:
+        raise unauthorized("DigitalOcean rejected the token (GET /v2/account answered 401)")
+    if status == 403:
+        raise forbidden("DigitalOcean refused GET /v2/account for this token (403): it lacks the account:read scope")
+    if status >= 500:
+        raise bad_gateway(f"DigitalOcean answered {status} to GET /v2/account")
+    if status != 200 or not isinstance(payload, dict):
+        raise ApiError(502, "bad_gateway", f"unexpected answer {status} from GET /v2/account")
+    account = payload.get("account") or {}
+    team = account.get("team") or {}
+    team_uuid = team.get("uuid")
+    if not isinstance(team_uuid, str) or not _TEAM_UUID.match(team_uuid):
+        raise forbidden("the token's account has no team; the proxy works with team contexts only")
+    return Account(team_uuid, team.get("name"), account.get("email"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The team token, refreshed before it expires
+# --------------------------------------------------------------------------------------------------
+
+
+def _authorize_again() -> str:
+    return f"an admin of the team must authorize this proxy at {config.settings().this_endpoint}/"
+
+
+def not_connected(team_uuid: str) -> ApiError:
+    return ApiError(403, "team_not_connected",
+                    f"team {team_uuid} has never authorized this proxy, so it holds no DigitalOcean token to act "
+                    f"for it; {_authorize_again()}")
+
+
+def revoked(team_uuid: str, reason: str | None) -> ApiError:
+    return ApiError(403, "team_authorization_revoked",
+                    f"team {team_uuid}'s authorization of this proxy was revoked or has expired "
+                    f"({reason or 'no reason recorded'}); {_authorize_again()}")
+
+
+def _usable(team_uuid: str, cred: credentials.Credential | None) -> dict[str, Any]:
+    if cred is None:
+        raise not_connected(team_uuid)
+    if cred.status != credentials.ACTIVE:
+        raise revoked(team_uuid, cred.status_reason)
+    if not isinstance(cred.data.get("access_token"), str):
+        raise bad_gateway(f"team {team_uuid}'s stored credential has no access token")
+    return cred.data
+
+
+def _expires_in(data: dict[str, Any], now: float) -> float | None:
+    expires_at = data.get("expires_at")
+    return float(expires_at) - now if isinstance(expires_at, int | float) else None
+
+
+def _due(data: dict[str, Any], now: float) -> bool:
+    """Refresh when less than an hour (or half the token's life, if that is shorter) is left."""
+    left = _expires_in(data, now)
+    if left is None:
+        return False
+    lifetime = data.get("lifetime")
+    margin = min(REFRESH_BEFORE_SECONDS, lifetime / 2) if isinstance(lifetime, int | float) and lifetime > 0 \
+        else REFRESH_BEFORE_SECONDS
+    return left < margin
+
+
+def team_token(team_uuid: str, *, rejected: str | None = None) -> str:
+    """The team's OAuth access token, refreshed first when it is about to expire.
+
+    `rejected`: DigitalOcean just answered 401 to this token, so refresh now whatever its expiry says.
+    """
+    data = _usable(team_uuid, credentials.get(API, team_uuid))
+    if rejected is None and not _due(data, time.time()):
+        return str(data["access_token"])
+    return _refresh(team_uuid, rejected)
+
+
+def _refresh(team_uuid: str, rejected: str | None) -> str:
+    from wid.upstreams.digitalocean import oauth as do_oauth  # only when a refresh is due
+
+    with credentials.locked(API, team_uuid) as (tx, cred):
+        data = _usable(team_uuid, cred)
+        current = str(data["access_token"])
+        if rejected is not None and current != rejected:
+            return current  # another process refreshed while we waited for the lock
+        if rejected is None and not _due(data, time.time()):
+            return current  # likewise
+        left = _expires_in(data, time.time())
+        refresh_token = data.get("refresh_token")
+        outcome: do_oauth.Grant | ApiError | str
+        if isinstance(refresh_token, str) and refresh_token:
+            outcome = _ask_for_refresh(do_oauth, team_uuid, refresh_token)
+        elif rejected is None and left is not None and left > 0:
+            return current  # nothing to refresh with: use it while it lasts
+        else:
+            outcome = "the access token expired or was refused, and DigitalOcean issued no refresh token"
+        if isinstance(outcome, do_oauth.Grant):
+            fresh = do_oauth.credential_data(outcome, team_name=None, previous=data)
+            credentials.put(tx, API, team_uuid, fresh)
+            audit.record("oauth_refresh", "allow", api=API, actx=team_uuid, tx=tx, expires_at=fresh["expires_at"])
+            return str(fresh["access_token"])
+        if isinstance(outcome, str):
+            # Keep what the landing page shows; drop the tokens, which are worthless now.
+            credentials.put(tx, API, team_uuid, do_oauth.public_view(data), status=credentials.REVOKED,
+                            reason=outcome)
+            audit.record("oauth_refresh", "deny", api=API, actx=team_uuid, tx=tx, reason=outcome)
+    if isinstance(outcome, str):
+        raise revoked(team_uuid, outcome)
+    if rejected is None and (left is None or left > 0):
+        # The current token still works: use it, and try the refresh again on a later request.
+        log("oauth_refresh_failed", level="warning", actx=team_uuid, message=outcome.message)
+        return current
+    raise outcome
+
+
+def _ask_for_refresh(do_oauth: Any, team_uuid: str, refresh_token: str) -> Any:
+    """A Grant; a str saying why the authorization is revoked; or an ApiError to try again later."""
+    try:
+        return do_oauth.refresh_grant(refresh_token)
+    except do_oauth.TokenEndpointError as exc:
+        if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client"}:
+            return f"DigitalOcean refused the refresh token: {exc}"
+        return ApiError(502, "oauth_refresh_failed",
+                        f"DigitalOcean's token endpoint refused to refresh team {team_uuid}'s token ({exc})")
+    except ApiError as exc:  # 502/504 from the HTTP client, 503 when the OAuth client is not configured
+        return exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Forwarding
+# --------------------------------------------------------------------------------------------------
+
+
+def upstream_target(path: str, query_string: str) -> str:
+    """The request target sent upstream: the checked (decoded) path re-encoded, the query as checked."""
+    if not _QUERY_CHARS.match(query_string):
+        raise bad_request("the query string has characters that must be percent-encoded")
+    target = quote(path, safe=_PATH_SAFE)
+    return f"{target}?{query_string}" if query_string else target
+
+
+def send_as_team(team_uuid: str, method: str, target: str, *, body: bytes | None,
+                 headers: dict[str, str]) -> upstream.UpstreamResponse:
+    """Send one request to the DigitalOcean API with the team's token (never a header of the client's).
+
+    A 401 means the token went bad early (revoked, or rotated elsewhere): refresh once and retry; the
+    request was not processed, so sending it again is safe.
+    """
+    s = config.settings()
+    token = team_token(team_uuid)
+    for attempt in (1, 2):
+        response = upstream.send(method, f"{s.do_api_url}{target}", body=body, timeout=s.upstream_timeout,
+                                 headers={**headers, "Authorization": f"Bearer {token}"})
+        if response.status != 401:
+            return response
+        response.connection.close()
+        if attempt == 1:
+            token = team_token(team_uuid, rejected=token)
+    raise ApiError(502, "upstream_unauthorized",
+                   f"DigitalOcean answered 401 to team {team_uuid}'s freshly refreshed token; "
+                   f"{_authorize_again()}")
+
+
+class DigitalOceanUpstream:
+    name = API
+
+    def validate_context(self, actx: str) -> None:
+        if not _TEAM_UUID.match(actx):
+            raise ApiError(400, "bad_context", f"DigitalOcean contexts are team UUIDs, got {actx!r}")
+
+    def forward(self, actx: str, request: Request, path: str) -> Response:
+        """Forward an authorized request; `path` is the checked path that policy saw."""
+        self.validate_context(actx)
+        if not (path == "/v2" or path.startswith("/v2/")):
+            raise not_found(f"{path} is not a DigitalOcean API path (they start with /v2/)")
+        target = upstream_target(path, request.query_string)
+        body = request.body()
+        headers = {name: value for name in _FORWARDED_HEADERS if (value := request.header(name))}
+        headers.setdefault("Accept", "application/json")
+        content_type = request.header("Content-Type")
+        if content_type:
+            headers["Content-Type"] = content_type
+        response = send_as_team(actx, request.method, target, body=body if body or request.method in {
+            "POST", "PUT", "PATCH"} else None, headers=headers)
+        return upstream.relay(response, service="DigitalOcean", what=f"{request.method} {path}")
+
+
+UPSTREAM = DigitalOceanUpstream()

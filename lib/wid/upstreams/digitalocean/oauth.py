@@ -1,0 +1,289 @@
+"""DigitalOcean's OAuth web application flow (docs.digitalocean.com/reference/api/oauth).
+
+An admin's browser starts the flow at START_PATH: we record an unguessable `state` (hashed) bound to a
+random browser secret held in an HttpOnly cookie, and send the browser to
+`{DIGITALOCEAN_OAUTH_URL}/v1/oauth/authorize`. DigitalOcean sends it back to CALLBACK_PATH with a
+code and the state; the state is accepted once, before it expires, and only from the browser that
+holds the cookie. The code is exchanged at `{DIGITALOCEAN_OAUTH_URL}/v1/oauth/token`, the team is
+resolved with GET /v2/account, and the access and refresh tokens are stored encrypted for the team.
+
+Standard library only (plus the shared HTTP client): refreshes run on the API request path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from wid import config
+from wid.core.errors import ApiError, bad_gateway
+from wid.log import log
+from wid.net import upstream
+from wid.store import audit, browser_state, credentials
+
+API = "DigitalOcean"
+START_PATH = "/auth/digitalocean/v1/authorize"
+CALLBACK_PATH = "/auth/digitalocean/v1/callback"
+COOKIE_PATH = "/auth/digitalocean/v1/"
+BINDING = browser_state.Binding("digitalocean", "wid_do_oauth", COOKIE_PATH, ttl_seconds=600)
+SCOPES_ENV = "DIGITALOCEAN_OAUTH_SCOPES"
+# Least privilege for what the proxy does with a team's token: resolve the team (account:read); the
+# wrapped routes (database:read + database:view_credentials for connection strings, tag:read for
+# ?tag_name=, spaces_key:create_credentials/delete with spaces_key:read, which DigitalOcean requires
+# beside them); reading Droplets (their public IP for attestation) and creating them with tags, with
+# the read scopes DigitalOcean requires for droplet:create (regions, sizes, actions, images) and its
+# associated ssh_key:read (--ssh-keys) and tag:create (the oidc-sub: tags). Anything else an admin
+# wants to grant workloads through policy needs DIGITALOCEAN_OAUTH_SCOPES.
+DEFAULT_SCOPES: tuple[str, ...] = (
+    "account:read",
+    "actions:read",
+    "database:read",
+    "database:view_credentials",
+    "droplet:create",
+    "droplet:read",
+    "image:read",
+    "regions:read",
+    "sizes:read",
+    "spaces_key:create_credentials",
+    "spaces_key:delete",
+    "spaces_key:read",
+    "ssh_key:read",
+    "tag:create",
+    "tag:read",
+)
+_SCOPE = re.compile(r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$")
+_TOKEN_RESPONSE_LIMIT = 64 * 1024
+
+
+def scopes() -> tuple[str, ...]:
+    """The scopes requested: DIGITALOCEAN_OAUTH_SCOPES (space or comma separated) or the defaults."""
+    raw = os.environ.get(SCOPES_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_SCOPES
+    values = tuple(dict.fromkeys(s for s in re.split(r"[\s,]+", raw) if s))
+    bad = [s for s in values if not _SCOPE.match(s)]
+    if bad:
+        raise config.ConfigError(f"{SCOPES_ENV} has malformed scopes {bad}; use DigitalOcean scope names such as "
+                                 f"'database:read', separated by spaces")
+    return values
+
+
+def is_configured() -> bool:
+    s = config.settings()
+    return bool(s.do_oauth_client_id and s.do_oauth_client_secret)
+
+
+def not_configured() -> ApiError:
+    return ApiError(503, "oauth_not_configured",
+                    "the DigitalOcean OAuth client is not configured on this proxy: the operator must register an "
+                    f"OAuth application with the callback URL {redirect_uri()} and set "
+                    "DIGITALOCEAN_OAUTH_CLIENT_ID and DIGITALOCEAN_OAUTH_CLIENT_SECRET")
+
+
+def _client() -> tuple[str, str]:
+    s = config.settings()
+    if not (s.do_oauth_client_id and s.do_oauth_client_secret):
+        raise not_configured()
+    return s.do_oauth_client_id, s.do_oauth_client_secret
+
+
+def redirect_uri() -> str:
+    return f"{config.settings().this_endpoint}{CALLBACK_PATH}"
+
+
+# --------------------------------------------------------------------------------------------------
+# State, bound to the browser
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowStart:
+    authorize_url: str
+    set_cookie: str  # the Set-Cookie header value that binds the state to this browser
+
+
+def start() -> FlowStart:
+    """Record a new state for a new browser secret; the URL that sends the browser to DigitalOcean."""
+    client_id, _ = _client()
+    state, set_cookie = browser_state.issue(BINDING)
+    query = urlencode({"client_id": client_id, "redirect_uri": redirect_uri(), "response_type": "code",
+                       "scope": " ".join(scopes()), "state": state}, quote_via=quote)
+    return FlowStart(f"{config.settings().do_oauth_url}/v1/oauth/authorize?{query}", set_cookie)
+
+
+def invalid_state(message: str) -> ApiError:
+    return ApiError(400, "invalid_state", f"{message}; start again from {config.settings().this_endpoint}/")
+
+
+def consume_state(state: str | None, cookie_header_value: str | None) -> None:
+    """Accept `state` once, before it expires, from the browser it was issued to; else raise 400."""
+    try:
+        browser_state.consume(BINDING, state, cookie_header_value)
+    except browser_state.StateError as exc:
+        audit.record("oauth_callback", "deny", api=API, reason=str(exc))
+        raise invalid_state(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Token endpoint
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    access_token: str
+    refresh_token: str | None
+    expires_in: int | None
+    scope: str | None
+    token_type: str
+    info: dict[str, Any]
+
+
+class TokenEndpointError(Exception):
+    """The token endpoint refused: `error` is the OAuth error code (invalid_grant, invalid_client...)."""
+
+    def __init__(self, status: int, error: str, description: str):
+        super().__init__(f"{error}: {description}" if description else error)
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+def _token_request(params: dict[str, str]) -> Grant:
+    client_id, client_secret = _client()
+    # Secrets go in a form body, never in the query string (which servers log).
+    body = urlencode({**params, "client_id": client_id, "client_secret": client_secret}).encode()
+    response = upstream.send("POST", f"{config.settings().do_oauth_url}/v1/oauth/token",
+                             headers={"Content-Type": "application/x-www-form-urlencoded",
+                                      "Accept": "application/json"},
+                             body=body, timeout=config.settings().upstream_timeout)
+    raw = response.read(_TOKEN_RESPONSE_LIMIT)
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = None
+    if response.status >= 500:
+        raise bad_gateway(f"DigitalOcean's OAuth token endpoint answered {response.status}; try again later")
+    if not isinstance(payload, dict):
+        raise bad_gateway(f"DigitalOcean's OAuth token endpoint answered {response.status} without a JSON object")
+    if response.status != 200:
+        error = payload.get("error")
+        description = payload.get("error_description") or payload.get("message") or ""
+        raise TokenEndpointError(response.status, str(error or f"http_{response.status}")[:80],
+                                 str(description)[:300])
+    access = payload.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise bad_gateway("DigitalOcean's OAuth token endpoint answered without an access_token")
+    refresh = payload.get("refresh_token")
+    expires_in = payload.get("expires_in")
+    info = payload.get("info")
+    return Grant(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        expires_in=int(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None,
+        scope=str(payload["scope"]) if isinstance(payload.get("scope"), str) else None,
+        token_type=str(payload.get("token_type") or "bearer"),
+        info=info if isinstance(info, dict) else {},
+    )
+
+
+def exchange_code(code: str) -> Grant:
+    return _token_request({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri()})
+
+
+def refresh_grant(refresh_token: str) -> Grant:
+    return _token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+def revoke(token: str) -> None:
+    """Best effort: give back a token we will not keep (e.g. its team could not be resolved)."""
+    try:
+        client_id, client_secret = _client()
+        body = urlencode({"token": token, "client_id": client_id, "client_secret": client_secret}).encode()
+        response = upstream.send("POST", f"{config.settings().do_oauth_url}/v1/oauth/revoke",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                 body=body, timeout=config.settings().upstream_timeout)
+        response.read(_TOKEN_RESPONSE_LIMIT)
+    except ApiError as exc:
+        log("oauth_revoke_failed", level="warning", message=exc.message)
+
+
+# --------------------------------------------------------------------------------------------------
+# What is stored per team (sealed with WID_SECRET_KEY by credentials.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def credential_data(grant: Grant, *, team_name: str | None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stored credential after a grant; a refresh keeps the refresh token if none was rotated in."""
+    now = int(time.time())
+    previous = previous or {}
+    return {
+        "access_token": grant.access_token,
+        "refresh_token": grant.refresh_token or previous.get("refresh_token"),
+        "token_type": grant.token_type,
+        "scope": grant.scope if grant.scope is not None else previous.get("scope"),
+        "expires_at": now + grant.expires_in if grant.expires_in else None,
+        "lifetime": grant.expires_in,
+        "team_name": team_name if team_name is not None else previous.get("team_name"),
+        "connected_at": previous.get("connected_at") or now,
+        "refreshed_at": now,
+    }
+
+
+def public_view(data: dict[str, Any]) -> dict[str, Any]:
+    """What may be shown about a stored credential: never a token."""
+    return {k: data.get(k) for k in ("team_name", "scope", "expires_at", "connected_at", "refreshed_at")}
+
+
+def connect(code: str) -> tuple[str, str | None]:
+    """Exchange the code, resolve the team, store its tokens; returns (team_uuid, team_name)."""
+    from wid.upstreams.digitalocean import api as upstream_digitalocean  # it imports this module for refreshes
+
+    try:
+        grant = exchange_code(code)
+    except TokenEndpointError as exc:
+        if exc.error == "invalid_client" or exc.status == 401:
+            raise ApiError(502, "oauth_client_rejected",
+                           f"DigitalOcean rejected this proxy's OAuth client credentials ({exc}); the operator must "
+                           "check DIGITALOCEAN_OAUTH_CLIENT_ID and DIGITALOCEAN_OAUTH_CLIENT_SECRET") from None
+        raise ApiError(400, "invalid_grant", f"DigitalOcean did not accept the authorization code ({exc}); "
+                       f"start again from {config.settings().this_endpoint}/") from None
+    try:
+        account = upstream_digitalocean.account_for_token(grant.access_token)
+        claimed = grant.info.get("team_uuid")
+        if claimed is not None and claimed != account.team_uuid:
+            raise ApiError(502, "team_unresolved", f"the token response names team {claimed!r} but GET /v2/account "
+                           f"answers team {account.team_uuid!r}")
+    except ApiError as exc:
+        revoke(grant.access_token)  # nothing half-done: we keep no token we cannot attribute to a team
+        audit.record("oauth_connect", "deny", api=API, reason=exc.message)
+        raise ApiError(502, "team_unresolved",
+                       f"DigitalOcean issued a token, but its team could not be resolved with GET /v2/account: "
+                       f"{exc.message}. Nothing was stored; check that the OAuth app requests account:read and that "
+                       f"you chose a team") from None
+    team_name = account.team_name or (grant.info.get("team_name") if isinstance(grant.info.get("team_name"), str)
+                                      else None)
+    with credentials.locked(API, account.team_uuid) as (tx, existing):
+        previous = existing.data if existing is not None and existing.status == credentials.ACTIVE else None
+        data = credential_data(grant, team_name=team_name, previous=previous)
+        if existing is not None and previous is None:
+            data["connected_at"] = int(time.time())  # re-authorized after a revocation
+        credentials.put(tx, API, account.team_uuid, data)
+        audit.record("oauth_connect", "allow", api=API, actx=account.team_uuid, tx=tx, team_name=team_name,
+                     scope=data["scope"], reconnected=existing is not None)
+    return account.team_uuid, team_name
+
+
+def granted_scopes(data: dict[str, Any]) -> list[str]:
+    scope = data.get("scope")
+    return [s for s in re.split(r"[\s+]+", scope) if s] if isinstance(scope, str) else []
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,0 +1,31 @@
+"""Issuer metadata when Caddy has no static file to serve yet (first start, or a fresh replica)."""
+
+from __future__ import annotations
+
+import json
+
+from wid import config
+from wid.store import wellknown
+from wid.web.http import Request, Response, Router
+
+CACHE_CONTROL = "public, max-age=300"
+
+
+def _serve(name: str) -> Response:
+    wellknown.publish()
+    data = (config.settings().public_dir / ".well-known" / name).read_bytes()
+    json.loads(data)  # what we hand out must be JSON, even if the file was tampered with
+    return Response(200, data, [("Content-Type", "application/json"), ("Cache-Control", CACHE_CONTROL)])
+
+
+def openid_configuration(request: Request) -> Response:
+    return _serve("openid-configuration")
+
+
+def jwks(request: Request) -> Response:
+    return _serve("jwks")
+
+
+handler = Router()
+handler.add("GET", "/.well-known/openid-configuration", openid_configuration)
+handler.add("GET", "/.well-known/jwks", jwks)
