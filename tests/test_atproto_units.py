@@ -18,11 +18,12 @@ import pytest
 
 from wid.config import ConfigError
 from wid.core import dpop, jose, tokens
-from wid.core.errors import ApiError
+from wid.core.errors import WidError
 from wid.net import upstream
 from wid.upstreams.atproto import identity
 from wid.upstreams.atproto import oauth as atproto_oauth
 from wid.upstreams.atproto.xrpc import check_repo, nsid_of
+from wid.web.errors import status_of
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 OTHER = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -43,9 +44,9 @@ def test_did_contexts_are_accepted_everywhere_a_context_is(actx: str) -> None:
     "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "alice.bsky.social", "",
 ])
 def test_other_contexts_are_refused(actx: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(WidError) as err:
         upstream.get("ATProto").validate_context(actx)
-    assert err.value.status == 400 and "DIDs" in err.value.message
+    assert status_of(err.value) == 400 and "DIDs" in err.value.message
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -62,9 +63,9 @@ def test_identifiers(text: str, expected: tuple[str, str]) -> None:
 @pytest.mark.parametrize("text", ["alice", "alice..test", "-a.test", "a.1com", "alice.local", "x.internal",
                                   "did:plc:short", "did:web:localhost", "a b.test", "", "alice.test/path"])
 def test_bad_identifiers(text: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(WidError) as err:
         identity.parse_identifier(text)
-    assert err.value.status == 400 and err.value.error_id == "bad_identifier"
+    assert status_of(err.value) == 400 and err.value.code == "bad_identifier"
 
 
 # -- SSRF rules ----------------------------------------------------------------------------------------------------
@@ -93,18 +94,18 @@ def test_which_urls_may_be_fetched(app_env: Path, url: str, insecure_allowed: bo
     if ok:
         identity.check_url(url, "test", allow_insecure=insecure_allowed)
     else:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(WidError) as err:
             identity.check_url(url, "test", allow_insecure=insecure_allowed)
-        assert err.value.status == 502
+        assert status_of(err.value) == 502
 
 
 @pytest.mark.parametrize("url", ["https://10.1.2.3/x", "https://169.254.169.254/latest/meta-data",
                                  "https://[::1]/x", "https://[::ffff:192.168.1.1]/x", "https://localhost:1/x",
                                  "https://0.0.0.0/x", "https://100.64.0.1/x"])
 def test_private_and_loopback_addresses_are_never_contacted(app_env: Path, url: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(WidError) as err:
         identity.request("GET", url, what="test", allow_insecure=False, timeout=2)
-    assert err.value.error_id == "address_refused", err.value.message
+    assert err.value.code == "address_refused", err.value.message
 
 
 @pytest.fixture
@@ -135,12 +136,12 @@ def local_server() -> Iterator[str]:
 
 def test_loopback_only_when_insecure_is_allowed(insecure: None, local_server: str) -> None:
     assert identity.request("GET", f"{local_server}/", what="test").body == b"x" * 10
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(WidError) as err:
         identity.request("GET", f"{local_server}/", what="test", allow_insecure=False)
-    assert err.value.error_id == "insecure_url_refused"
-    with pytest.raises(ApiError) as err:
+    assert err.value.code == "insecure_url_refused"
+    with pytest.raises(WidError) as err:
         identity.request("GET", f"{local_server}/big", what="test", limit=1000)
-    assert err.value.error_id == "response_too_large"
+    assert err.value.code == "response_too_large"
     redirect = identity.request("GET", f"{local_server}/redirect", what="test")
     assert redirect.status == 302  # returned, never followed
 
@@ -214,7 +215,7 @@ def test_client_metadata_keys_and_rotation(app_env: Path) -> None:
     assert published == [new, old]  # the old key keeps serving the sessions authorized with it
     assert atproto_oauth.client_key().kid == new
     assert atproto_oauth.client_key(old).kid == old
-    with pytest.raises(ApiError):
+    with pytest.raises(WidError):
         atproto_oauth.client_key("no-such-kid")
 
 
@@ -223,9 +224,9 @@ def test_sign_in_needs_a_public_https_endpoint(app_env: Path, monkeypatch: pytes
 
     monkeypatch.setenv("THIS_ENDPOINT", "http://localhost:8080")
     config.settings.cache_clear()
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(WidError) as err:
         atproto_oauth.start("alice.bsky.social")
-    assert err.value.status == 503 and "THIS_ENDPOINT" in err.value.message
+    assert status_of(err.value) == 503 and "THIS_ENDPOINT" in err.value.message
 
 
 @pytest.mark.parametrize("name,value", [("ATPROTO_TIMEOUT", "soon"), ("ATPROTO_OAUTH_SCOPE", "transition:generic"),
@@ -253,9 +254,9 @@ def test_nsids() -> None:
     assert nsid_of("/xrpc/app.bsky.feed.getTimeline") == "app.bsky.feed.getTimeline"
     for path in ("/xrpc/", "/xrpc/createRecord", "/xrpc/com.atproto.repo.createRecord/x", "/xrpc/com..x.y",
                  "/v2/droplets", "/xrpc/com.atproto.repo.1create"):
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(WidError) as err:
             nsid_of(path)
-        assert err.value.status == 404
+        assert status_of(err.value) == 404
 
 
 def test_repo_guard(app_env: Path) -> None:
@@ -266,9 +267,9 @@ def test_repo_guard(app_env: Path) -> None:
     check_repo(DID, "POST", "app.bsky.actor.putPreferences", "application/json", b'{"repo": "x"}')
     for nsid in ("com.atproto.repo.createRecord", "com.atproto.repo.putRecord", "com.atproto.repo.deleteRecord",
                  "com.atproto.repo.applyWrites"):
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(WidError) as err:
             check_repo(DID, "POST", nsid, "application/json; charset=utf-8", json.dumps({"repo": OTHER}).encode())
-        assert err.value.status == 403 and OTHER in err.value.message
+        assert status_of(err.value) == 403 and OTHER in err.value.message
     cases: list[tuple[str | None, bytes, int]] = [
         ("application/json", b"{}", 400),
         ("application/json", b"", 400),
@@ -278,9 +279,9 @@ def test_repo_guard(app_env: Path) -> None:
         ("application/json", b'{"repo": "alice.test"}', 403),
     ]
     for content_type, body, status in cases:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(WidError) as err:
             check_repo(DID, "POST", create, content_type, body)
-        assert err.value.status == status, (content_type, body)
+        assert status_of(err.value) == status, (content_type, body)
 
 
 # -- handle resolution by DNS ------------------------------------------------------------------------------------------

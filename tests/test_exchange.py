@@ -27,6 +27,7 @@ from tests.gha.support import (
     verify_by_discovery,
 )
 from tests.harness import ProxyServer
+from wid.web.errors import status_of
 
 WORKLOAD_ROLE = "role:ex-database-and-spaces-keys-access"
 TARGET_ROLE = "role:database-and-spaces-keys-access"
@@ -447,7 +448,7 @@ def test_concurrent_exchanges(proxy: ProxyServer, team: str) -> None:
 
 def test_exchange_library_on_both_backends(backend: str) -> None:
     from wid.core import tokens
-    from wid.core.errors import ApiError
+    from wid.core.errors import WidError
     from wid.core.rbac import compiler as rbac_compile
     from wid.service import exchange as wid_exchange
     from wid.store import audit, storage
@@ -459,12 +460,12 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
         rbac_store.install(tx, "DigitalOcean", actx, compiled, "0" * 40)
     presented, presented_claims = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:{WORKLOAD_ROLE}"},
                                               kind=tokens.WORKLOAD, lifetime=200)
-    issued = wid_exchange.issue_json(presented, lambda: article_body(actx))
+    issued = wid_exchange.issue_json(presented, lambda: article_body(actx), status_of)
     assert issued.claims["exp"] <= presented_claims["exp"]
     assert tokens.verify(issued.token, kinds={tokens.EXCHANGED})["act"]["sub"] == presented_claims["sub"]
-    with pytest.raises(ApiError) as refused:
-        wid_exchange.issue_json(presented, lambda: article_body(actx, ttl=301))
-    assert refused.value.status == 403
+    with pytest.raises(WidError) as refused:
+        wid_exchange.issue_json(presented, lambda: article_body(actx, ttl=301), status_of)
+    assert status_of(refused.value) == 403
     rows = audit.entries(actx=actx, event="exchange")
     assert [r.decision for r in rows] == ["allow", "deny"]
     assert rows[0].detail["issued_jti"] == issued.claims["jti"]

@@ -13,7 +13,7 @@ import requests
 from jwcrypto import jwk, jwt
 
 from tests.harness import PostgresServer, ProxyServer
-from wid.web.http import Request
+from wid.web.request import Request
 
 AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"

@@ -21,7 +21,7 @@ from tests.standins.digitalocean import DigitalOceanStandIn
 from wid import config
 from wid.service import provisioning
 from wid.store import credentials, refresh, storage
-from wid.web import http as web
+from wid.web import app as web
 from wid.web.handlers import droplet_create, oidc_prove
 
 DROPLET = {"region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}

@@ -1,42 +1,100 @@
-"""Errors as values: an HTTP status, a DigitalOcean-style error id, and a message a user can act on."""
+"""Domain errors: what went wrong, in words a user can act on. The web edge alone picks the HTTP status.
+
+Each class names a kind of failure; `code` is the stable machine-readable id callers see (the `id` of
+the JSON error body), defaulting to the kind's own. lib/wid/web/errors.py holds the one table from these
+kinds to HTTP statuses and OAuth error codes.
+"""
 
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    """Raised anywhere in a handler; rendered as {"id": ..., "message": ..., "request_id": ...}."""
+class WidError(Exception):
+    """Base of every error the service reports to a caller; never carries a secret."""
 
-    def __init__(self, status: int, error_id: str, message: str, headers: dict[str, str] | None = None):
+    code = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int | str | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        self.error_id = error_id
         self.message = message
-        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+        self.retry_after = None if retry_after is None else str(retry_after)
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
+class InvalidRequest(WidError):
+    """The request itself is malformed or names something that cannot be (the caller must change it)."""
+
+    code = "bad_request"
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+class Unauthenticated(WidError):
+    """No credential, or one that is not valid here (expired, wrong issuer, wrong kind, unknown key).
+
+    `challenge` is how the caller should authenticate instead (HTTP's WWW-Authenticate), when not a bearer token.
+    """
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None, challenge: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.challenge = challenge
 
 
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, "forbidden", message)
+class Forbidden(WidError):
+    """A valid credential that may not do this (policy, ownership, a team not connected)."""
+
+    code = "forbidden"
 
 
-def not_found(message: str = "The resource you were accessing could not be found.") -> ApiError:
-    return ApiError(404, "not_found", message)
+class NotFound(WidError):
+    code = "not_found"
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "service_unavailable", message)
+class MethodNotAllowed(WidError):
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: list[str] | tuple[str, ...], code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.allowed = tuple(allowed)
 
 
-def bad_gateway(message: str) -> ApiError:
-    return ApiError(502, "bad_gateway", message)
+class Conflict(WidError):
+    code = "conflict"
 
 
-def gateway_timeout(message: str) -> ApiError:
-    return ApiError(504, "gateway_timeout", message)
+class TooLarge(WidError):
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(WidError):
+    code = "unsupported_media_type"
+
+
+class Unavailable(WidError):
+    """This proxy or something it depends on cannot answer now; the same request may succeed later."""
+
+    code = "service_unavailable"
+
+
+class UpstreamFailed(WidError):
+    """An upstream (DigitalOcean, an authorization server, a PDS) answered with a failure or not at all."""
+
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(WidError):
+    code = "gateway_timeout"
+
+
+class NotImplementedHere(WidError):
+    code = "not_implemented"
+
+
+class Misconfigured(WidError):
+    """The server's own configuration is wrong; the message names the setting."""
+
+    code = "misconfigured"
+
+
+class UnknownAudience(InvalidRequest):
+    """A requested audience names no API or context this proxy serves (RFC 8693's invalid_target)."""

@@ -9,7 +9,7 @@
 - one deadline for the whole exchange (resolve, connect, headers, body: a server that trickles is cut
   off), a size cap, no redirects followed, no proxies from the environment.
 
-Errors are `FetchError` (an ApiError): 502 for a refused target or a bad answer, 504 for too slow.
+Errors are `FetchError` (an upstream failure: a refused target or a bad answer) and `FetchTimeout` (too slow).
 Importing this module is cheap: sockets, threads, `http.client` and `ssl` are loaded only to fetch.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from wid import config
-from wid.core.errors import ApiError
+from wid.core.errors import UpstreamFailed, UpstreamTimeout
 
 if TYPE_CHECKING:
     import http.client
@@ -31,12 +31,18 @@ if TYPE_CHECKING:
 USER_AGENT = "wid-proxy"
 
 
-class FetchError(ApiError):
-    """A fetch failed or was refused: 502 (bad answer, refused target), 504 (too slow)."""
+class FetchError(UpstreamFailed):
+    """A fetch failed or was refused: a bad answer, a refused target, an unreachable host."""
 
-    def __init__(self, status: int, error_id: str, message: str, *, retryable: bool = False):
-        super().__init__(status, error_id, message)
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, code=code)
         self.retryable = retryable
+
+
+class FetchTimeout(UpstreamTimeout, FetchError):
+    """A fetch took longer than its deadline (resolving, connecting or reading)."""
+
+    code = "gateway_timeout"
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,13 @@ class HttpResult:
         try:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError):
-            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with a body that is not "
+            raise FetchError(f"{what} answered HTTP {self.status} with a body that is not "
                              "JSON") from None
 
     def json_object(self, what: str) -> dict[str, Any]:
         value = self.json(what)
         if not isinstance(value, dict):
-            raise FetchError(502, "bad_gateway", f"{what} answered HTTP {self.status} with JSON that is not an "
+            raise FetchError(f"{what} answered HTTP {self.status} with JSON that is not an "
                              "object")
         return value
 
@@ -70,19 +76,20 @@ def check_url(url: str, what: str, *, allow_insecure: bool) -> tuple[str, str, i
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not a valid URL") from None
+        raise FetchError(f"{what}: {url[:200]!r} is not a valid URL") from None
     host = (parts.hostname or "").lower()
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
-        raise FetchError(502, "bad_gateway", f"{what}: {url[:200]!r} is not an absolute URL without credentials")
+        raise FetchError(f"{what}: {url[:200]!r} is not an absolute URL without credentials")
     if parts.scheme == "https":
         pass
     elif parts.scheme == "http" and allow_insecure and config.is_loopback_host(host):
         pass
     elif parts.scheme == "http" and config.is_loopback_host(host):
-        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is plain http on loopback, allowed "
-                         "only when the operator sets WID_ALLOW_INSECURE_ISSUERS (tests and demos)")
+        raise FetchError(f"{what}: {url[:200]!r} is plain http on loopback, allowed "
+                         "only when the operator sets WID_ALLOW_INSECURE_ISSUERS (tests and demos)",
+                         code="insecure_url_refused")
     else:
-        raise FetchError(502, "insecure_url_refused", f"{what}: {url[:200]!r} is not an https URL")
+        raise FetchError(f"{what}: {url[:200]!r} is not an https URL", code="insecure_url_refused")
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
 
@@ -112,10 +119,11 @@ def _addresses(host: str, port: int, what: str, insecure: bool, deadline: float)
         elif loopback_ok and ip.is_loopback:
             allowed.append((family, sockaddr))
         else:
-            raise FetchError(502, "address_refused", f"{what}: {host} resolves to {ip}, which is not a public "
-                             "address; the proxy does not fetch from private, loopback or reserved networks")
+            raise FetchError(f"{what}: {host} resolves to {ip}, which is not a public "
+                             "address; the proxy does not fetch from private, loopback or reserved networks",
+                             code="address_refused")
     if not allowed:
-        raise FetchError(502, "bad_gateway", f"{what}: {host} has no address")
+        raise FetchError(f"{what}: {host} has no address")
     # IPv4 first: loopback services in tests listen on 127.0.0.1, and it is the common case elsewhere.
     allowed.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
     return allowed
@@ -139,10 +147,10 @@ def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple
     try:
         result = box.get(timeout=max(0.01, deadline - time.monotonic()))
     except queue.Empty:
-        raise FetchError(504, "gateway_timeout", f"{what}: resolving {host} took too long", retryable=True) from None
+        raise FetchTimeout(f"{what}: resolving {host} took too long", retryable=True) from None
     if isinstance(result, OSError):
-        raise FetchError(502, "host_unresolved", f"{what}: cannot resolve {host} ({result.strerror or result})",
-                         retryable=True)
+        raise FetchError(f"{what}: cannot resolve {host} ({result.strerror or result})",
+                         retryable=True, code="host_unresolved")
     return [(info[0], info[4]) for info in result]
 
 
@@ -212,8 +220,8 @@ def request(method: str, url: str, *, what: str, timeout: float, allow_insecure:
         raw = conn.getresponse()
         length = raw.getheader("Content-Length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise FetchError(502, "response_too_large", f"{what} answered with {int(length)} bytes, more than the "
-                             f"{limit} this proxy accepts")
+            raise FetchError(f"{what} answered with {int(length)} bytes, more than the "
+                             f"{limit} this proxy accepts", code="response_too_large")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -223,8 +231,8 @@ def request(method: str, url: str, *, what: str, timeout: float, allow_insecure:
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                raise FetchError(502, "response_too_large", f"{what} answered with more than the {limit} bytes "
-                                 "this proxy accepts")
+                raise FetchError(f"{what} answered with more than the {limit} bytes "
+                                 "this proxy accepts", code="response_too_large")
             if expired.is_set():
                 break
         if expired.is_set():
@@ -237,14 +245,14 @@ def request(method: str, url: str, *, what: str, timeout: float, allow_insecure:
     except FetchError:
         raise
     except TimeoutError:
-        raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
-                         retryable=True) from None
+        raise FetchTimeout(f"{what} did not answer within {timeout:g} s",
+                           retryable=True) from None
     except (OSError, http.client.HTTPException) as exc:
         if expired.is_set():
-            raise FetchError(504, "gateway_timeout", f"{what} did not answer within {timeout:g} s",
-                             retryable=True) from None
+            raise FetchTimeout(f"{what} did not answer within {timeout:g} s",
+                               retryable=True) from None
         # The cause stays attached: callers that may show it (a certificate problem...) read __cause__.
-        raise FetchError(502, "bad_gateway", f"{what}: cannot reach {host} ({type(exc).__name__})",
+        raise FetchError(f"{what}: cannot reach {host} ({type(exc).__name__})",
                          retryable=True) from exc
     finally:
         watchdog.cancel()
@@ -257,6 +265,6 @@ def get_json(url: str, what: str, *, timeout: float, allow_insecure: bool, limit
     result = request("GET", url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit,
                      headers={"Accept": "application/json", **(headers or {})})
     if result.status != 200:
-        raise FetchError(502, "bad_gateway", f"{what} answered HTTP {result.status}",
+        raise FetchError(f"{what} answered HTTP {result.status}",
                          retryable=result.status >= 500)
     return result.json_object(what)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from wid.core.errors import ApiError, bad_gateway, gateway_timeout
-from wid.web.http import Request, Response
+from wid.core.errors import InvalidRequest, UpstreamFailed, UpstreamTimeout, WidError
+from wid.web.request import Request
+from wid.web.response import Response
 
 _IMPLEMENTATIONS = {
     "DigitalOcean": "wid.upstreams.digitalocean.api",
@@ -45,7 +46,7 @@ def known_apis() -> list[str]:
 def get(api: str) -> Upstream:
     module = _IMPLEMENTATIONS.get(api)
     if module is None:
-        raise ApiError(400, "unknown_api", f"unknown API {api!r}; this proxy serves {', '.join(known_apis())}")
+        raise InvalidRequest(f"unknown API {api!r}; this proxy serves {', '.join(known_apis())}", code="unknown_api")
     upstream: Upstream = importlib.import_module(module).UPSTREAM
     return upstream
 
@@ -65,11 +66,12 @@ class UpstreamResponse:
         try:
             data = self.raw.read(limit + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise bad_gateway(f"upstream connection failed while reading the response: {type(exc).__name__}") from None
+            raise UpstreamFailed("upstream connection failed while reading the response: "
+                                 f"{type(exc).__name__}") from None
         finally:
             self.connection.close()
         if len(data) > limit:
-            raise bad_gateway(f"upstream response is larger than {limit} bytes")
+            raise UpstreamFailed(f"upstream response is larger than {limit} bytes")
         return data
 
     def stream(self) -> Iterator[bytes]:
@@ -85,7 +87,7 @@ def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | Non
     """One HTTP request; timeouts become 504 and connection failures 502, with nothing half-done here."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise bad_gateway(f"upstream URL {url!r} is not http(s)")
+        raise UpstreamFailed(f"upstream URL {url!r} is not http(s)")
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         import ssl  # only for https upstreams: tests and loopback stand-ins stay cheaper
@@ -102,14 +104,14 @@ def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | Non
         raw = conn.getresponse()
     except TimeoutError:
         conn.close()
-        raise gateway_timeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
+        raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
-        raise bad_gateway(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
+        raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
     return UpstreamResponse(raw.status, raw.getheaders(), conn, raw)
 
 
-def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> ApiError:
+def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> WidError:
     """An upstream 5xx as our 502 (DESIGN.md): it names the service, its status and its own message."""
     detail = ""
     try:
@@ -119,8 +121,8 @@ def server_error(service: str, status: int, body: bytes, retry_after: str | None
             detail = f" ({': '.join(parts)})" if parts else ""
     except (ValueError, UnicodeDecodeError):
         pass
-    return ApiError(502, "bad_gateway", f"{service} answered HTTP {status} to {what}{detail}; nothing was changed "
-                    "on this proxy, try again later", {"Retry-After": retry_after} if retry_after else {})
+    return UpstreamFailed(f"{service} answered HTTP {status} to {what}{detail}; nothing was changed "
+                          "on this proxy, try again later", retry_after=retry_after)
 
 
 def relay(response: UpstreamResponse, *, service: str, what: str, buffer: bool = False) -> Response:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from wid import config
 from wid.core import jose, tokens
-from wid.core.errors import forbidden, unauthorized
+from wid.core.errors import Forbidden, Unauthenticated
 from wid.core.policy.engine import Decision
 from wid.store import audit
 from wid.store import rbac as rbac_store
@@ -39,11 +39,11 @@ class Principal(NamedTuple):
 
 def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Principal:
     if not token:
-        raise unauthorized("missing bearer token")
+        raise Unauthenticated("missing bearer token")
     try:
         unverified = jose.decode(token)
     except jose.JoseError as exc:
-        raise unauthorized(f"malformed token: {exc}") from None
+        raise Unauthenticated(f"malformed token: {exc}") from None
     issuer = unverified.claims.get("iss")
     try:
         if issuer == config.settings().this_endpoint:
@@ -54,7 +54,7 @@ def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Pri
             claims = issuers.verify_external(unverified)
         audience = tokens.parse_audience(claims.get("aud"))
     except tokens.TokenError as exc:
-        raise unauthorized(f"token refused: {exc}") from None
+        raise Unauthenticated(f"token refused: {exc}") from None
     return Principal(claims, str(issuer), audience.api, audience.actx)
 
 
@@ -64,11 +64,11 @@ def authorize(principal: Principal, method: str, path: str, params: Mapping[str,
     if rbac is None:
         decision_reason = f"no RBAC configuration has been pushed for {principal.audience}"
         _deny(principal, method, path, decision_reason)
-        raise forbidden(decision_reason)
+        raise Forbidden(decision_reason)
     decision = rbac.authorize(principal.claims, config.settings().this_endpoint, method, path, params)
     if not decision.allowed:
         _deny(principal, method, path, decision.reason)
-        raise forbidden(decision.reason)
+        raise Forbidden(decision.reason)
     return decision
 
 

@@ -25,7 +25,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
-from wid.core.errors import bad_request
+from wid.core.errors import InvalidRequest
 
 SCRIPT_PATH = "/usr/local/sbin/wid-droplet"
 SERVICE_PATH = "/etc/systemd/system/wid-token-refresh.service"
@@ -105,7 +105,7 @@ def kind_of(user_data: str) -> str:
 def merge(user_data: Any, base_url: str, team_uuid: str, token: str) -> str:
     """The user_data to send upstream: ours combined with the user's (400 when theirs cannot be kept)."""
     if user_data is not None and not isinstance(user_data, str):
-        raise bad_request("user_data must be a string")
+        raise InvalidRequest("user_data must be a string")
     user = user_data or ""
     kind = kind_of(user)
     if kind == "none":
@@ -116,8 +116,8 @@ def merge(user_data: Any, base_url: str, team_uuid: str, token: str) -> str:
         combined = _multipart(user, kind, render_ours(base_url, team_uuid, token))
     size = len(combined.encode("utf-8"))
     if size > USER_DATA_LIMIT:
-        raise bad_request(f"user_data with the proxy's provisioning step would be {size} bytes; DigitalOcean "
-                          f"accepts at most {USER_DATA_LIMIT} (the step takes {size - len(user.encode())} of them)")
+        raise InvalidRequest(f"user_data with the proxy's provisioning step would be {size} bytes; DigitalOcean "
+                             f"accepts at most {USER_DATA_LIMIT} (the step takes {size - len(user.encode())} of them)")
     return combined
 
 
@@ -129,21 +129,21 @@ def _merge_cloud_config(user: str, ours: dict[str, Any]) -> str:
     try:
         theirs = yaml.safe_load(user)
     except yaml.YAMLError as exc:
-        raise bad_request(f"user_data starts with #cloud-config but is not valid YAML: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise InvalidRequest(f"user_data starts with #cloud-config but is not valid YAML: "
+                             f"{str(exc).splitlines()[0]}") from None
     if theirs is None:
         theirs = {}
     if not isinstance(theirs, dict):
-        raise bad_request("user_data's #cloud-config must be a YAML mapping (keys such as runcmd, packages)")
+        raise InvalidRequest("user_data's #cloud-config must be a YAML mapping (keys such as runcmd, packages)")
     merged: dict[str, Any] = {}
     for key in ("write_files", "runcmd"):
         value = theirs.get(key)
         if value is not None and not isinstance(value, list):
-            raise bad_request(f"user_data's cloud-config key {key} must be a list")
+            raise InvalidRequest(f"user_data's cloud-config key {key} must be a list")
     for entry in theirs.get("write_files") or []:
         if isinstance(entry, dict) and entry.get("path") in OUR_PATHS:
-            raise bad_request(f"user_data's write_files may not write {entry['path']}: the proxy's provisioning "
-                              "step installs it")
+            raise InvalidRequest(f"user_data's write_files may not write {entry['path']}: the proxy's provisioning "
+                                 "step installs it")
     merged["write_files"] = ours["write_files"] + list(theirs.get("write_files") or [])
     merged["runcmd"] = ours["runcmd"] + list(theirs.get("runcmd") or [])
     for key, value in theirs.items():
@@ -181,7 +181,7 @@ def _multipart(user: str, kind: str, ours: str) -> str:
         payload = parsed.get_payload()
         parts: list[Message] = [p for p in payload if isinstance(p, Message)] if parsed.is_multipart() else [parsed]
         if not parts:
-            raise bad_request("user_data is a MIME multi-part message without parts")
+            raise InvalidRequest("user_data is a MIME multi-part message without parts")
         for number, part in enumerate(parts, 1):
             if not part.is_multipart() and not part.get_filename():
                 # cloud-init would call it part-NNN, and run such a script before the runcmd script.

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 
 from wid import config
 from wid.core import jose, tokens
-from wid.core.errors import ApiError, bad_request, forbidden, unauthorized
+from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, UnknownAudience, WidError
 from wid.service import authz
 from wid.store import audit
 
@@ -55,21 +55,6 @@ TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S10
 TOKEN_TYPE_ID = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID})
 ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS})
-
-
-class OAuthError(ApiError):
-    """An error of the RFC 8693 endpoint with its RFC 6749 5.2 `error` code."""
-
-    def __init__(self, error: str, message: str, status: int = 400):
-        super().__init__(status, error, message)
-        self.error = error
-
-
-class TargetError(ApiError):
-    """The requested aud is malformed or names no context this proxy serves (RFC 8693: invalid_target)."""
-
-    def __init__(self, message: str):
-        super().__init__(400, "bad_request", f"aud: {message}")
 
 
 class Issued(NamedTuple):
@@ -101,28 +86,30 @@ def parse_json_request(body: Mapping[str, Any]) -> ExchangeRequest:
     """{"aud", "sub", "ttl"?, ...extra claims}: 400 on anything malformed; the body is the policy's params."""
     reserved = sorted(key for key in body if key in RESERVED - {"aud", "sub"} or key.startswith("wid_"))
     if reserved:
-        raise bad_request(f"{', '.join(reserved)} cannot be requested: the issuer sets reserved claims itself")
+        raise InvalidRequest(f"{', '.join(reserved)} cannot be requested: the issuer sets reserved claims itself")
     folded: dict[str, str] = {}
     for key in body:
         if key.casefold() in folded:
-            raise bad_request(f"the keys {folded[key.casefold()]!r} and {key!r} differ only by case")
+            raise InvalidRequest(f"the keys {folded[key.casefold()]!r} and {key!r} differ only by case")
         folded[key.casefold()] = key
         if not _CLAIM_NAME.match(key):
-            raise bad_request(f"claim name {key[:MAX_CLAIM_NAME]!r} must be a letter or _ followed by at most "
-                              f"{MAX_CLAIM_NAME - 1} letters, digits or _ . : -")
+            raise InvalidRequest(f"claim name {key[:MAX_CLAIM_NAME]!r} must be a letter or _ followed by at most "
+                                 f"{MAX_CLAIM_NAME - 1} letters, digits or _ . : -")
     aud, sub, ttl = body.get("aud"), body.get("sub"), body.get("ttl", default_ttl())
     if not isinstance(aud, str):
-        raise bad_request('"aud" is required: the audience of the token to issue, api://{API}?actx={actx}')
+        raise InvalidRequest('"aud" is required: the audience of the token to issue, api://{API}?actx={actx}')
     if not isinstance(sub, str):
-        raise bad_request('"sub" is required: the subject of the token to issue, actx:{actx}:...')
+        raise InvalidRequest('"sub" is required: the subject of the token to issue, actx:{actx}:...')
     if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise bad_request(f'"ttl" must be a whole number of seconds, got {str(ttl)[:40]!r}')
+        raise InvalidRequest(f'"ttl" must be a whole number of seconds, got {str(ttl)[:40]!r}')
     extra = {key: value for key, value in body.items() if key not in {"aud", "sub", "ttl"}}
     return _checked(aud, sub, ttl, extra, dict(body))
 
 
 def parse_form_request(body: bytes) -> tuple[str, str, ExchangeRequest]:
-    """RFC 8693 2.1 form -> (subject_token, issued_token_type, request). Raises OAuthError.
+    """RFC 8693 2.1 form -> (subject_token, issued_token_type, request).
+
+    Raises InvalidRequest whose code is the RFC 6749 5.2 error.
 
     `audience` (exactly one) is the aud, `scope` (exactly one value) the requested sub, and the
     non-standard `ttl` the lifetime (default 300). The policy sees {"aud", "sub", "ttl"} with the ttl
@@ -132,50 +119,52 @@ def parse_form_request(body: bytes) -> tuple[str, str, ExchangeRequest]:
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise OAuthError("invalid_request", "the body is not application/x-www-form-urlencoded UTF-8") from None
+        raise InvalidRequest("the body is not application/x-www-form-urlencoded UTF-8",
+                             code="invalid_request") from None
     form: dict[str, str] = {}
     for key, value in pairs:
         if key in form:
-            raise OAuthError("invalid_request", f"parameter {key!r} is repeated (RFC 6749 3.2)")
+            raise InvalidRequest(f"parameter {key!r} is repeated (RFC 6749 3.2)", code="invalid_request")
         if value != "":  # "sent without a value MUST be treated as if they were omitted"
             form[key] = value
     grant_type = form.get("grant_type")
     if grant_type != GRANT_TYPE:
         if grant_type is None:
-            raise OAuthError("invalid_request", f"grant_type is required: {GRANT_TYPE}")
-        raise OAuthError("unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
+            raise InvalidRequest(f"grant_type is required: {GRANT_TYPE}", code="invalid_request")
+        raise InvalidRequest(f"grant_type must be {GRANT_TYPE}", code="unsupported_grant_type")
     subject_token = form.get("subject_token")
     if subject_token is None:
-        raise OAuthError("invalid_request", "subject_token is required")
+        raise InvalidRequest("subject_token is required", code="invalid_request")
     subject_type = form.get("subject_token_type")
     if subject_type not in SUBJECT_TOKEN_TYPES:
         allowed = ", ".join(sorted(SUBJECT_TOKEN_TYPES))
-        raise OAuthError("invalid_request", f"subject_token_type must be one of {allowed}")
+        raise InvalidRequest(f"subject_token_type must be one of {allowed}", code="invalid_request")
     if "actor_token" in form or "actor_token_type" in form:
-        raise OAuthError("invalid_request",
-                         "actor_token is not supported: the presented token's iss and sub become act")
+        raise InvalidRequest("actor_token is not supported: the presented token's iss and sub become act",
+                             code="invalid_request")
     requested = form.get("requested_token_type", TOKEN_TYPE_ACCESS)
     if requested not in ISSUED_TOKEN_TYPES:
         allowed = ", ".join(sorted(ISSUED_TOKEN_TYPES))
-        raise OAuthError("invalid_request", f"requested_token_type must be one of {allowed} "
-                         "(no refresh or ID tokens are issued by exchange)")
+        raise InvalidRequest(f"requested_token_type must be one of {allowed} "
+                             "(no refresh or ID tokens are issued by exchange)", code="invalid_request")
     if "resource" in form:
-        raise OAuthError("invalid_target", "resource is not supported; send audience=api://{API}?actx={actx}")
+        raise InvalidRequest("resource is not supported; send audience=api://{API}?actx={actx}", code="invalid_target")
     aud = form.get("audience")
     if aud is None:
-        raise OAuthError("invalid_request", "audience is required: api://{API}?actx={actx}")
+        raise InvalidRequest("audience is required: api://{API}?actx={actx}", code="invalid_request")
     scope = form.get("scope")
     if scope is None or len(scope.split()) != 1:
-        raise OAuthError("invalid_scope",
-                         "scope must be exactly one value: the sub of the token to issue, actx:{actx}:...")
+        raise InvalidRequest("scope must be exactly one value: the sub of the token to issue, actx:{actx}:...",
+                             code="invalid_scope")
     ttl_text = form.get("ttl", str(default_ttl()))
     if not ttl_text.isascii() or not ttl_text.isdigit() or len(ttl_text) > 9:
-        raise OAuthError("invalid_request", f"ttl must be a whole number of seconds, got {ttl_text[:40]!r}")
+        raise InvalidRequest(f"ttl must be a whole number of seconds, got {ttl_text[:40]!r}", code="invalid_request")
     ttl = int(ttl_text)
     try:
         request = _checked(aud, scope, ttl, {}, {"aud": aud, "sub": scope, "ttl": ttl})
-    except ApiError as exc:
-        raise OAuthError("invalid_target" if isinstance(exc, TargetError) else "invalid_request", exc.message) from None
+    except WidError as exc:
+        code = "invalid_target" if isinstance(exc, UnknownAudience) else "invalid_request"
+        raise InvalidRequest(exc.message, code=code) from None
     return subject_token, requested, request
 
 
@@ -183,16 +172,16 @@ def _checked(aud: str, sub: str, ttl: int, extra: dict[str, Any], params: dict[s
     try:
         request = ExchangeRequest(aud, sub, ttl, extra, params)
     except tokens.TokenError as exc:
-        raise TargetError(str(exc)) from None
+        raise UnknownAudience(f"aud: {exc}") from None
     try:
         tokens.sub_context(sub)
     except tokens.TokenError as exc:
-        raise bad_request(f"sub: {exc}") from None
+        raise InvalidRequest(f"sub: {exc}") from None
     if len(sub) > MAX_SUB_LENGTH or not sub.isprintable():
-        raise bad_request(f"sub must be at most {MAX_SUB_LENGTH} printable characters")
+        raise InvalidRequest(f"sub must be at most {MAX_SUB_LENGTH} printable characters")
     limit = max_ttl()
     if not 0 < ttl <= limit:
-        raise bad_request(f"ttl must be between 1 and {limit} seconds (WID_MAX_EXCHANGE_TTL), got {ttl}")
+        raise InvalidRequest(f"ttl must be between 1 and {limit} seconds (WID_MAX_EXCHANGE_TTL), got {ttl}")
     return request
 
 
@@ -216,18 +205,22 @@ def _validate_target(api: str, actx: str) -> None:
         target = upstream.get(api)
     except ModuleNotFoundError:
         return  # that upstream is not built yet: the audience syntax has been checked
-    except ApiError as exc:
-        raise TargetError(exc.message) from None
+    except WidError as exc:
+        raise UnknownAudience(f"aud: {exc.message}") from None
     try:
         target.validate_context(actx)
-    except ApiError as exc:
-        raise TargetError(exc.message) from None
+    except WidError as exc:
+        raise UnknownAudience(f"aud: {exc.message}") from None
 
 
 # -- the exchange ----------------------------------------------------------------------------------------------
 
 
-def issue_json(presented: str | None, body: Callable[[], Mapping[str, Any]]) -> Issued:
+# How the web edge answers an error (lib/wid/web/errors.py): its status is recorded with each refusal.
+StatusOf = Callable[[WidError], int]
+
+
+def issue_json(presented: str | None, body: Callable[[], Mapping[str, Any]], status_of: StatusOf) -> Issued:
     """POST /v1/oidc/issue: the Bearer token, then the JSON body (read only once the token is good)."""
     principal: authz.Principal | None = None
     request: ExchangeRequest | None = None
@@ -236,13 +229,13 @@ def issue_json(presented: str | None, body: Callable[[], Mapping[str, Any]]) -> 
         _require_matching_role(principal)
         request = parse_json_request(body())
         return _issue(principal, request, ISSUE_PATH)
-    except ApiError as exc:
-        _audit_refusal(presented, principal, request, exc, ISSUE_PATH)
+    except WidError as exc:
+        _audit_refusal(presented, principal, request, exc, ISSUE_PATH, status_of(exc))
         raise
 
 
-def issue_form(body: Callable[[], bytes]) -> tuple[Issued, str]:
-    """POST /v1/oidc/token: RFC 8693 form -> (issued token, issued_token_type). Errors are ApiErrors;
+def issue_form(body: Callable[[], bytes], status_of: StatusOf) -> tuple[Issued, str]:
+    """POST /v1/oidc/token: RFC 8693 form -> (issued token, issued_token_type). Errors are domain errors;
     the handler renders them as RFC 6749 5.2 errors."""
     presented: str | None = None
     principal: authz.Principal | None = None
@@ -252,8 +245,8 @@ def issue_form(body: Callable[[], bytes]) -> tuple[Issued, str]:
         principal = authz.authenticate(presented)
         _require_matching_role(principal)
         return _issue(principal, request, TOKEN_PATH), issued_type
-    except ApiError as exc:
-        _audit_refusal(presented, principal, request, exc, TOKEN_PATH)
+    except WidError as exc:
+        _audit_refusal(presented, principal, request, exc, TOKEN_PATH, status_of(exc))
         raise
 
 
@@ -262,7 +255,7 @@ def _issue(principal: authz.Principal, request: ExchangeRequest, endpoint: str) 
     if (request.api, request.actx) != (principal.api, principal.actx):
         _validate_target(request.api, request.actx)
     if tokens.sub_context(request.sub) != principal.actx:
-        raise forbidden(f"sub must start with actx:{principal.actx}: (the context of the presented token), "
+        raise Forbidden(f"sub must start with actx:{principal.actx}: (the context of the presented token), "
                         f"got {request.sub[:80]!r}")
     decision = authz.authorize(principal, "POST", ISSUE_PATH, request.params)
     if request.extra:
@@ -271,7 +264,7 @@ def _issue(principal: authz.Principal, request: ExchangeRequest, endpoint: str) 
     remaining = int(principal.claims["exp"]) - now
     lifetime = min(request.ttl, remaining)
     if lifetime <= 0:
-        raise unauthorized("token refused: the presented token has expired")
+        raise Unauthenticated("token refused: the presented token has expired")
     act: dict[str, Any] = {"iss": principal.issuer, "sub": presented_sub}
     prior = principal.claims.get("act")
     if prior is not None:
@@ -293,16 +286,16 @@ def _require_matching_role(principal: authz.Principal) -> None:
 
     rbac = rbac_store.compiled(principal.api, principal.actx)
     if rbac is not None and not rbac.matching_roles(principal.claims, config.settings().this_endpoint):
-        raise unauthorized(f"token refused: no role of context {principal.audience} matches the token "
-                           "(its iss, aud and sub together with every other claim the role names)")
+        raise Unauthenticated(f"token refused: no role of context {principal.audience} matches the token "
+                              "(its iss, aud and sub together with every other claim the role names)")
 
 
 def _prior_act(prior: Any, depth: int = 1) -> dict[str, Any]:
     """The presented token's act, reduced to its iss/sub chain; a chain too deep is refused."""
     if not isinstance(prior, dict):
-        raise forbidden("the presented token's act claim is not an object")
+        raise Forbidden("the presented token's act claim is not an object")
     if depth >= MAX_ACT_DEPTH:
-        raise forbidden(f"delegation chain is longer than {MAX_ACT_DEPTH} exchanges")
+        raise Forbidden(f"delegation chain is longer than {MAX_ACT_DEPTH} exchanges")
     chain: dict[str, Any] = {key: prior[key] for key in ("iss", "sub") if isinstance(prior.get(key), str)}
     if prior.get("act") is not None:
         chain["act"] = _prior_act(prior["act"], depth + 1)
@@ -319,14 +312,14 @@ def _check_extra_claims_explicit(principal: authz.Principal, request: ExchangeRe
 
     rbac = rbac_store.compiled(principal.api, principal.actx)
     if rbac is None:  # pragma: no cover - authorize() refused already
-        raise forbidden("no RBAC configuration")
+        raise Forbidden("no RBAC configuration")
     probe = rbac.authorize(principal.claims, config.settings().this_endpoint, "POST", ISSUE_PATH,
                            {**request.params, _PROBE_KEY: True})
     if probe.allowed:
         names = ", ".join(sorted(request.extra))
         reason = (f"extra claims ({names}) must be named in allowed_parameters of the rule that allows the exchange; "
                   f"{probe.reason.replace(' allows ', ' allows any parameters for ', 1)}")
-        raise forbidden(reason)
+        raise Forbidden(reason)
 
 
 def _text(value: Any, limit: int = 256) -> str | None:
@@ -337,9 +330,9 @@ def _text(value: Any, limit: int = 256) -> str | None:
 
 
 def _audit_refusal(presented: str | None, principal: authz.Principal | None, request: ExchangeRequest | None,
-                   exc: ApiError, endpoint: str) -> None:
+                   exc: WidError, endpoint: str, status: int) -> None:
     """Who tried (verified when authentication succeeded, else as the token claims it), and why not."""
-    detail: dict[str, Any] = {"endpoint": endpoint, "status": exc.status, "reason": exc.message[:500]}
+    detail: dict[str, Any] = {"endpoint": endpoint, "status": status, "reason": exc.message[:500]}
     if principal is not None:
         claims, verified = principal.claims, True
     else:

@@ -18,7 +18,7 @@ password is one of:
     (`path "/_rbac/DigitalOcean/{actx}" { capabilities = ["read", "create"] }`).
   Tokens of other issuers (GitHub Actions...) are refused here.
 
-A token never opens another context's repo. Failures are ApiError 401 (with a Basic challenge, so
+A token never opens another context's repo. Failures are Unauthenticated (with a Basic challenge, so
 git asks its credential helper) or 403, with a message git shows to the user.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from wid import config
 from wid.core import jose, tokens
-from wid.core.errors import ApiError, bad_gateway, forbidden
+from wid.core.errors import Forbidden, Unauthenticated, Unavailable, UpstreamFailed, WidError
 from wid.log import log
 
 REALM = "wid RBAC repositories"
@@ -42,10 +42,12 @@ GIT_KINDS = frozenset({tokens.RBAC, tokens.WORKLOAD, tokens.EXCHANGED})
 _JWT = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 
-def challenge(message: str) -> ApiError:
-    """401 asking git for (other) credentials."""
-    return ApiError(401, "unauthorized", message,
-                    {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
+
+
+def challenge(message: str) -> WidError:
+    """Not authenticated, asking git for (other) credentials: Basic, with a token as the password."""
+    return Unauthenticated(message, challenge=CHALLENGE)
 
 
 @dataclass(frozen=True)
@@ -106,17 +108,17 @@ def _digitalocean(token: str, target: tuple[str, str] | None, write: bool) -> Gi
     from wid.upstreams.digitalocean import api as upstream_digitalocean
 
     if target is not None and target[0] != DIGITALOCEAN:
-        raise forbidden(f"a DigitalOcean token opens DigitalOcean teams' repos only; {target[0]} repos need a "
+        raise Forbidden(f"a DigitalOcean token opens DigitalOcean teams' repos only; {target[0]} repos need a "
                         "token issued by this proxy for that context")
     try:
         account = upstream_digitalocean.account_for_token(token)
-    except ApiError as err:
-        if err.status == 401:
+    except WidError as err:
+        if isinstance(err, Unauthenticated):
             raise challenge("DigitalOcean rejected the token (GET /v2/account answered 401): wrong, expired "
                             "or revoked") from None
         raise
     if target is not None and target[1] != account.team_uuid:
-        raise forbidden(f"this DigitalOcean token belongs to team {account.team_uuid}, not to the team of this "
+        raise Forbidden(f"this DigitalOcean token belongs to team {account.team_uuid}, not to the team of this "
                         "repo; a token opens only its own team's repo")
     if write:
         _require_droplet_create(token, account.team_uuid)
@@ -133,18 +135,18 @@ def _require_droplet_create(token: str, team: str) -> None:
     if status in (400, 422):
         return  # past the scope check, refused for the empty body: the token may create Droplets
     if status == 403:
-        raise forbidden(f"this DigitalOcean token may not create Droplets in team {team} (it lacks the "
+        raise Forbidden(f"this DigitalOcean token may not create Droplets in team {team} (it lacks the "
                         "droplet:create scope); configuring the proxy needs a token that can")
     if status == 401:
         raise challenge("DigitalOcean rejected the token (POST /v2/droplets answered 401)")
     if status == 429:
-        raise ApiError(503, "upstream_rate_limited", "DigitalOcean is rate limiting this token; try again shortly",
-                       {"Retry-After": "30"})
+        raise Unavailable("DigitalOcean is rate limiting this token; try again shortly",
+                          code="upstream_rate_limited", retry_after="30")
     if 200 <= status < 300:
         # Cannot happen with an empty body; if the API ever accepted it, say so loudly.
         log("droplet_create_check_created", level="error", team=team, status=status)
         return
-    raise bad_gateway(f"DigitalOcean answered {status} to the Droplet-create permission check")
+    raise UpstreamFailed(f"DigitalOcean answered {status} to the Droplet-create permission check")
 
 
 def _jwt(token: str, target: tuple[str, str] | None, write: bool) -> GitAccess:
@@ -159,13 +161,11 @@ def _jwt(token: str, target: tuple[str, str] | None, write: bool) -> GitAccess:
         raise challenge(f"only tokens issued by this proxy ({this}) or DigitalOcean tokens open RBAC repos")
     try:
         principal = authz.authenticate(token, kinds=GIT_KINDS)
-    except ApiError as err:
-        if err.status == 401:
-            raise challenge(err.message) from None
-        raise
+    except Unauthenticated as err:
+        raise challenge(err.message) from None
     api, actx = target if target is not None else (principal.api, principal.actx)
     if (principal.api, principal.actx) != (api, actx):
-        raise forbidden(f"the token's audience is {principal.audience}, not this repo's "
+        raise Forbidden(f"the token's audience is {principal.audience}, not this repo's "
                         f"(api://{api}?actx={actx}); a token opens only its own context's repo")
     claims = principal.claims
     kind = claims.get(tokens.KIND_CLAIM)
@@ -175,7 +175,7 @@ def _jwt(token: str, target: tuple[str, str] | None, write: bool) -> GitAccess:
         except tokens.TokenError:
             obtained_by = None
         if obtained_by != actx:
-            raise forbidden("an rbac token opens only the repo of the context that obtained it (sub actx)")
+            raise Forbidden("an rbac token opens only the repo of the context that obtained it (sub actx)")
     else:
         authz.authorize(principal, "POST" if write else "GET", f"/_rbac/{api}/{actx}", {})
     return GitAccess(api, actx, "jwt", write, sub=claims.get("sub"), iss=principal.issuer, jti=claims.get("jti"),

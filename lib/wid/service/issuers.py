@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from wid import config
 from wid.core import jose, tokens
-from wid.core.errors import ApiError
+from wid.core.errors import Unavailable, WidError
 from wid.net import safe_http
 from wid.store import rbac as rbac_store
 from wid.store import storage
@@ -53,8 +53,10 @@ _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|$|=)", re.IGNORECASE)
 
 
-class FetchError(Exception):
-    """Discovery or JWKS could not be fetched or is unusable; the message says which and why."""
+class DiscoveryError(Exception):
+    """Discovery or JWKS could not be fetched or is unusable; the message says which and why.
+
+    Never shown as such: a caller sees a TokenError (a bad issuer URL) or an issuer_unavailable error."""
 
 
 def fetch_timeout() -> float:
@@ -71,9 +73,8 @@ def fetch_timeout() -> float:
     return value
 
 
-def _unavailable(message: str, retry_after: int | None = None) -> ApiError:
-    headers = {"Retry-After": str(max(1, retry_after))} if retry_after else None
-    return ApiError(503, "issuer_unavailable", message, headers)
+def _unavailable(message: str, retry_after: int | None = None) -> WidError:
+    return Unavailable(message, code="issuer_unavailable", retry_after=max(1, retry_after) if retry_after else None)
 
 
 # -- which issuers ---------------------------------------------------------------------------------
@@ -84,10 +85,10 @@ def check_url(url: str, what: str) -> None:
     try:
         safe_http.check_url(url, what, allow_insecure=config.settings().allow_insecure_issuers)
     except safe_http.FetchError as exc:
-        if exc.error_id == "insecure_url_refused":
-            raise FetchError(f"{what} {url!r} must use https (plain http only on loopback with "
+        if exc.code == "insecure_url_refused":
+            raise DiscoveryError(f"{what} {url!r} must use https (plain http only on loopback with "
                              "WID_ALLOW_INSECURE_ISSUERS)") from None
-        raise FetchError(f"{what} {url!r} is not an absolute URL without credentials or fragment") from None
+        raise DiscoveryError(f"{what} {url!r} is not an absolute URL without credentials or fragment") from None
 
 
 def trusted_for(issuer: str, api: str, actx: str) -> None:
@@ -119,7 +120,7 @@ def verify_external(unverified: jose.Jws) -> dict[str, Any]:
         raise tokens.TokenError("token header has no kid")
     try:
         check_url(issuer, "issuer")
-    except FetchError as exc:
+    except DiscoveryError as exc:
         raise tokens.TokenError(str(exc)) from None
     jwk = key_for(issuer, kid)
     try:
@@ -210,7 +211,7 @@ def key_for(issuer: str, kid: str) -> dict[str, Any]:
     if _claim(db, issuer, kid, int(now)):
         try:
             jwks_uri, keys, max_age = fetch_keys(issuer)
-        except FetchError as exc:
+        except DiscoveryError as exc:
             fetch_error = str(exc)
             _store_failure(db, issuer, fetch_error)
         else:
@@ -247,15 +248,15 @@ def forget(issuer: str | None = None) -> None:
 
 
 def fetch_keys(issuer: str) -> tuple[str, list[dict[str, Any]], int]:
-    """Discovery then JWKS: (jwks_uri, usable public keys, seconds they stay fresh). Raises FetchError."""
+    """Discovery then JWKS: (jwks_uri, usable public keys, seconds they stay fresh). Raises DiscoveryError."""
     check_url(issuer, "issuer")
     discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     document, _ = fetch_json(discovery_url, MAX_DISCOVERY_BYTES)
     if document.get("issuer") != issuer:
-        raise FetchError(f"discovery document of {issuer} names issuer {str(document.get('issuer'))[:200]!r}")
+        raise DiscoveryError(f"discovery document of {issuer} names issuer {str(document.get('issuer'))[:200]!r}")
     jwks_uri = document.get("jwks_uri")
     if not isinstance(jwks_uri, str) or not jwks_uri:
-        raise FetchError(f"discovery document of {issuer} has no jwks_uri")
+        raise DiscoveryError(f"discovery document of {issuer} has no jwks_uri")
     check_url(jwks_uri, "jwks_uri")
     jwks, cache_control = fetch_json(jwks_uri, MAX_JWKS_BYTES)
     return jwks_uri, usable_keys(jwks, jwks_uri), cache_seconds(cache_control)
@@ -265,9 +266,9 @@ def usable_keys(jwks: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """The public signing keys of a JWKS we can verify with; keys with a repeated kid are dropped."""
     raw = jwks.get("keys")
     if not isinstance(raw, list):
-        raise FetchError(f"{where} is not a JWK set (no keys list)")
+        raise DiscoveryError(f"{where} is not a JWK set (no keys list)")
     if len(raw) > MAX_KEYS:
-        raise FetchError(f"{where} lists {len(raw)} keys, more than {MAX_KEYS}")
+        raise DiscoveryError(f"{where} lists {len(raw)} keys, more than {MAX_KEYS}")
     kept: dict[str, dict[str, Any]] = {}
     repeated: set[str] = set()
     for item in raw:
@@ -285,7 +286,7 @@ def usable_keys(jwks: dict[str, Any], where: str) -> list[dict[str, Any]]:
         kept[public["kid"]] = public
     keys = [jwk for kid, jwk in kept.items() if kid not in repeated]
     if not keys:
-        raise FetchError(f"{where} has no usable signing key")
+        raise DiscoveryError(f"{where} has no usable signing key")
     return keys
 
 
@@ -310,21 +311,21 @@ def fetch_json(url: str, limit: int) -> tuple[dict[str, Any], str | None]:
                                    allow_insecure=config.settings().allow_insecure_issuers,
                                    headers={"Accept": "application/json", "User-Agent": USER_AGENT})
     except safe_http.FetchError as exc:
-        if exc.status == 504:
-            raise FetchError(f"{url} did not answer within {timeout:g}s") from None
-        if exc.error_id == "response_too_large":
-            raise FetchError(f"{url} is larger than {limit} bytes") from None
+        if isinstance(exc, safe_http.FetchTimeout):
+            raise DiscoveryError(f"{url} did not answer within {timeout:g}s") from None
+        if exc.code == "response_too_large":
+            raise DiscoveryError(f"{url} is larger than {limit} bytes") from None
         cause = exc.__cause__
         if cause is not None:  # the connection failed: say how (refused, a certificate problem, ...)
             detail = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
-            raise FetchError(f"cannot fetch {url}: {detail}") from None
-        raise FetchError(exc.message) from None  # a refused address, an unknown host
+            raise DiscoveryError(f"cannot fetch {url}: {detail}") from None
+        raise DiscoveryError(exc.message) from None  # a refused address, an unknown host
     if result.status != 200:
-        raise FetchError(f"{url} answered HTTP {result.status}")
+        raise DiscoveryError(f"{url} answered HTTP {result.status}")
     try:
         document = json.loads(result.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise FetchError(f"{url} is not JSON") from None
+        raise DiscoveryError(f"{url} is not JSON") from None
     if not isinstance(document, dict):
-        raise FetchError(f"{url} is not a JSON object")
+        raise DiscoveryError(f"{url} is not a JSON object")
     return document, result.header("Cache-Control")

@@ -22,7 +22,7 @@ from typing import Any
 
 from wid import config
 from wid.core import tokens
-from wid.core.errors import ApiError, bad_gateway, bad_request, forbidden, unauthorized
+from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, Unavailable, UpstreamFailed
 from wid.store import storage
 from wid.upstreams.digitalocean import api as upstream_digitalocean
 
@@ -97,9 +97,9 @@ def subject_for(team_uuid: str, tags: Iterable[Any]) -> str:
     try:
         parts = parse_oidc_sub_tags(tags)
     except ValueError as exc:
-        raise forbidden(f"cannot derive the Droplet's identity: {exc}") from None
+        raise Forbidden(f"cannot derive the Droplet's identity: {exc}") from None
     if not parts:
-        raise forbidden("the Droplet has no oidc-sub:{key}:{value} tag, so it has no workload identity; "
+        raise Forbidden("the Droplet has no oidc-sub:{key}:{value} tag, so it has no workload identity; "
                         "tag it, for example oidc-sub:role:my-role")
     return f"actx:{team_uuid}:" + ":".join(f"{k}:{v}" for k, v in parts)
 
@@ -122,10 +122,10 @@ class Droplet:
 
 def parse_droplet_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise bad_request("droplet_id must be a positive integer")
+        raise InvalidRequest("droplet_id must be a positive integer")
     text = str(value)
     if not text.isdigit() or not 0 < int(text) < MAX_DROPLET_ID:
-        raise bad_request("droplet_id must be a positive integer")
+        raise InvalidRequest("droplet_id must be a positive integer")
     return int(text)
 
 
@@ -142,17 +142,18 @@ def lookup_droplet(team_uuid: str, droplet_id: int) -> Droplet | None:
     if status == 404:
         return None
     if status in (401, 403):
-        raise ApiError(502, "upstream_authorization",
-                       f"DigitalOcean refused team {team_uuid}'s token ({status}) when reading Droplet {droplet_id}; "
-                       f"an admin may need to authorize the proxy again at {config.settings().this_endpoint}/")
+        raise UpstreamFailed(f"DigitalOcean refused team {team_uuid}'s token ({status}) when reading Droplet "
+                             f"{droplet_id}; an admin may need to authorize the proxy again at "
+                             f"{config.settings().this_endpoint}/",
+                             code="upstream_authorization")
     if status == 429:
-        raise ApiError(503, "upstream_rate_limited", "DigitalOcean's rate limit was reached; try again shortly",
-                       {"Retry-After": "30"})
+        raise Unavailable("DigitalOcean's rate limit was reached; try again shortly",
+                          code="upstream_rate_limited", retry_after="30")
     if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("droplet"), dict):
-        raise bad_gateway(f"DigitalOcean answered {status} to GET /v2/droplets/{droplet_id}")
+        raise UpstreamFailed(f"DigitalOcean answered {status} to GET /v2/droplets/{droplet_id}")
     droplet = payload["droplet"]
     if droplet.get("id") != droplet_id:
-        raise bad_gateway(f"DigitalOcean answered GET /v2/droplets/{droplet_id} with another Droplet")
+        raise UpstreamFailed(f"DigitalOcean answered GET /v2/droplets/{droplet_id} with another Droplet")
     public = None
     for net in (droplet.get("networks") or {}).get("v4") or []:
         if isinstance(net, dict) and net.get("type") == "public" and isinstance(net.get("ip_address"), str):
@@ -167,9 +168,9 @@ def require_reachable(droplet: Droplet) -> str:
     if droplet.public_ipv4:
         return droplet.public_ipv4
     if droplet.status == "new":
-        raise ApiError(503, "droplet_not_ready", f"Droplet {droplet.id} is still being created and has no public "
-                       "IPv4 address yet; try again shortly", {"Retry-After": "10"})
-    raise forbidden(f"Droplet {droplet.id} has no public IPv4 address; the proxy attests a Droplet by connecting "
+        raise Unavailable(f"Droplet {droplet.id} is still being created and has no public "
+                          "IPv4 address yet; try again shortly", code="droplet_not_ready", retry_after="10")
+    raise Forbidden(f"Droplet {droplet.id} has no public IPv4 address; the proxy attests a Droplet by connecting "
                     "to SSH on its public IPv4")
 
 
@@ -234,19 +235,19 @@ class NonceRecord:
 def verify_provisioning_token(token: str | None) -> tuple[dict[str, Any], str, str]:
     """(claims, team, nonce) of a valid provisioning token of ours; 401 otherwise."""
     if not token:
-        raise unauthorized("missing bearer token: send the provisioning token from user_data")
+        raise Unauthenticated("missing bearer token: send the provisioning token from user_data")
     try:
         claims = tokens.verify(token, kinds={tokens.PROVISIONING})
         audience = tokens.parse_audience(claims["aud"])
     except tokens.TokenError as exc:
-        raise unauthorized(f"provisioning token refused: {exc}") from None
+        raise Unauthenticated(f"provisioning token refused: {exc}") from None
     if audience.api != API or not TEAM_UUID.match(audience.actx):
-        raise unauthorized("provisioning token is not for a DigitalOcean team")
+        raise Unauthenticated("provisioning token is not for a DigitalOcean team")
     prefix = f"actx:{audience.actx}:role:provisioning:nonce:"
     sub = claims.get("sub", "")
     nonce = sub[len(prefix):] if isinstance(sub, str) and sub.startswith(prefix) else ""
     if not _NONCE.match(nonce):
-        raise unauthorized("provisioning token has no nonce for its team")
+        raise Unauthenticated("provisioning token has no nonce for its team")
     return claims, audience.actx, nonce
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from wid import config
-from wid.core.errors import ApiError
+from wid.core.errors import InvalidRequest, WidError
 from wid.log import log
 from wid.net import safe_http
 from wid.net.safe_http import FetchError, HttpResult
@@ -160,15 +160,15 @@ def parse_identifier(text: str) -> tuple[str, str]:
     if value.startswith("did:"):
         if is_did_context(value):
             return "did", value
-        raise ApiError(400, "bad_identifier", f"{value[:80]!r} is not a DID this proxy serves: use did:plc:... (24 "
-                       "base32 characters) or did:web:{host name}")
+        raise InvalidRequest(f"{value[:80]!r} is not a DID this proxy serves: use did:plc:... (24 "
+                             "base32 characters) or did:web:{host name}", code="bad_identifier")
     handle = normalize_handle(value)
     if handle is None:
-        raise ApiError(400, "bad_identifier", f"{value[:80]!r} is neither a handle (such as alice.bsky.social) nor "
-                       "a DID")
+        raise InvalidRequest(f"{value[:80]!r} is neither a handle (such as alice.bsky.social) nor "
+                             "a DID", code="bad_identifier")
     if handle.rsplit(".", 1)[1] in _BAD_TLDS:
-        raise ApiError(400, "bad_identifier", f"handles under .{handle.rsplit('.', 1)[1]} are not allowed by the "
-                       "ATProto handle rules")
+        raise InvalidRequest(f"handles under .{handle.rsplit('.', 1)[1]} are not allowed by the "
+                             "ATProto handle rules", code="bad_identifier")
     return "handle", handle
 
 
@@ -298,7 +298,7 @@ def _by_resolver(handle: str, resolver: str) -> str:
         message = ""
         try:
             message = str(result.json_object("resolver").get("message") or "")[:120]
-        except ApiError:
+        except WidError:
             pass
         raise ValueError(f"HTTP {result.status}" + (f": {message}" if message else ""))
     did = result.json_object(f"handle resolver {resolver}").get("did")
@@ -323,8 +323,8 @@ def resolve_handle(handle: str) -> str:
     def run(name: str, method: Any) -> None:
         try:
             box.put((name, method(), None))
-        except (ApiError, ValueError, OSError) as exc:
-            box.put((name, None, exc.message if isinstance(exc, ApiError) else str(exc)))
+        except (WidError, ValueError, OSError) as exc:
+            box.put((name, None, exc.message if isinstance(exc, WidError) else str(exc)))
         except Exception as exc:  # a malformed answer must not kill the other methods
             box.put((name, None, type(exc).__name__))
 
@@ -341,8 +341,8 @@ def resolve_handle(handle: str) -> str:
         if did is not None:
             return did
         failures.append(f"{name}: {error}")
-    raise ApiError(400, "handle_unresolved", f"the handle {handle} does not resolve to a DID ("
-                   + "; ".join(failures) + ")")
+    raise InvalidRequest(f"the handle {handle} does not resolve to a DID ("
+                         + "; ".join(failures) + ")", code="handle_unresolved")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,22 +368,22 @@ def did_document_url(did: str) -> str:
         host = did[len("did:web:"):]
         scheme = "http" if atproto_config().allow_insecure and config.is_loopback_host(host) else "https"
         return f"{scheme}://{host}/.well-known/did.json"
-    raise ApiError(400, "bad_context", f"{did[:80]!r} is not a did:plc or did:web this proxy serves")
+    raise InvalidRequest(f"{did[:80]!r} is not a did:plc or did:web this proxy serves", code="bad_context")
 
 
 def pds_url_ok(url: str) -> bool:
     try:
         check_url(url, "PDS")
         parts = urlsplit(url)
-    except (ApiError, ValueError):
+    except (WidError, ValueError):
         return False
     return parts.path in ("", "/") and not parts.query
 
 
 def parse_document(did: str, doc: dict[str, Any]) -> DidDocument:
     if doc.get("id") != did:
-        raise FetchError(502, "did_document_invalid", f"the DID document served for {did} is for "
-                         f"{str(doc.get('id'))[:80]!r}")
+        raise FetchError(f"the DID document served for {did} is for "
+                         f"{str(doc.get('id'))[:80]!r}", code="did_document_invalid")
     pds: str | None = None
     services = doc.get("service")
     for service in services if isinstance(services, list) else []:
@@ -396,11 +396,11 @@ def parse_document(did: str, doc: dict[str, Any]) -> DidDocument:
                 pds = endpoint
             break
     if pds is None:
-        raise FetchError(502, "did_document_invalid", f"the DID document of {did} names no ATProto PDS "
-                         "(#atproto_pds service)")
+        raise FetchError(f"the DID document of {did} names no ATProto PDS "
+                         "(#atproto_pds service)", code="did_document_invalid")
     if not pds_url_ok(pds):
-        raise FetchError(502, "pds_url_refused", f"the DID document of {did} names the PDS {pds[:200]!r}, which "
-                         "is not an https origin this proxy may reach")
+        raise FetchError(f"the DID document of {did} names the PDS {pds[:200]!r}, which "
+                         "is not an https origin this proxy may reach", code="pds_url_refused")
     pds = pds.rstrip("/")
     aka = doc.get("alsoKnownAs")
     handles = tuple(a[5:].lower() for a in (aka if isinstance(aka, list) else [])
@@ -414,11 +414,11 @@ def fetch_document(did: str) -> DidDocument:
     result = request("GET", url, what=f"the DID document of {did} ({url})", limit=DID_DOC_LIMIT,
                      headers={"Accept": "application/did+ld+json, application/json"})
     if result.status in (404, 410):
-        raise FetchError(502, "did_unresolved", f"{did} does not resolve: {url} answered HTTP {result.status} "
-                         "(unknown or deactivated DID)")
+        raise FetchError(f"{did} does not resolve: {url} answered HTTP {result.status} "
+                         "(unknown or deactivated DID)", code="did_unresolved")
     if result.status != 200:
-        raise FetchError(502, "did_unresolved", f"{url} answered HTTP {result.status} for {did}",
-                         retryable=result.status >= 500)
+        raise FetchError(f"{url} answered HTTP {result.status} for {did}",
+                         retryable=result.status >= 500, code="did_unresolved")
     return parse_document(did, result.json_object(f"the DID document of {did}"))
 
 
@@ -474,7 +474,7 @@ def resolve(identifier: str) -> Identity:
     did = resolve_handle(value)
     document = resolve_did(did, max_age=0)
     if not document.names_handle(value):
-        raise ApiError(400, "handle_unverified", f"the handle {value} points at {did}, but that DID's document "
-                       f"does not list the handle back (alsoKnownAs: {', '.join(document.handles) or 'none'}); "
-                       "the handle is not valid")
+        raise InvalidRequest(f"the handle {value} points at {did}, but that DID's document "
+                             f"does not list the handle back (alsoKnownAs: {', '.join(document.handles) or 'none'}); "
+                             "the handle is not valid", code="handle_unverified")
     return Identity(did, value, document)

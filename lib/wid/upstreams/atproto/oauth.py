@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid import config
 from wid.core import dpop
-from wid.core.errors import ApiError
+from wid.core.errors import Forbidden, InvalidRequest, Unavailable, UpstreamFailed, WidError
 from wid.log import log
 from wid.store import audit, browser_state, credentials, encryption, storage
 from wid.upstreams.atproto import identity
@@ -76,10 +76,10 @@ def redirect_uri() -> str:
 def require_public_endpoint() -> None:
     parts = urlsplit(endpoint())
     if parts.scheme != "https":
-        raise ApiError(503, "atproto_client_unavailable",
-                       f"signing in with ATProto needs THIS_ENDPOINT to be the proxy's public https URL (it is "
-                       f"{endpoint()}): the PDS fetches the client metadata from {client_id()}, and ATProto "
-                       "authorization servers accept confidential clients only at https URLs on public host names")
+        raise Unavailable(f"signing in with ATProto needs THIS_ENDPOINT to be the proxy's public https URL (it is "
+                          f"{endpoint()}): the PDS fetches the client metadata from {client_id()}, and ATProto "
+                          "authorization servers accept confidential clients only at https URLs on public host names",
+                          code="atproto_client_unavailable")
 
 
 def client_metadata() -> dict[str, Any]:
@@ -135,8 +135,8 @@ def client_key(kid: str | None = None) -> ClientKey:
     with db.transaction(write=False) as tx:
         row = tx.one(sql, params)
     if row is None and kid:
-        raise ApiError(502, "atproto_client_key_missing",
-                       f"the client key {kid} this session was authorized with is gone; sign in again")
+        raise UpstreamFailed(f"the client key {kid} this session was authorized with is gone; sign in again",
+                             code="atproto_client_key_missing")
     if row is None:
         with db.transaction() as tx:
             tx.lock("wid-atproto-client-keys")
@@ -298,20 +298,20 @@ def discover(pds: str) -> AuthServer:
     prm_url = f"{pds}/.well-known/oauth-protected-resource"
     prm = identity.get_json(prm_url, f"the PDS's resource metadata ({prm_url})")
     if not isinstance(prm.get("resource"), str) or not _same_url(prm["resource"], pds):
-        raise FetchError(502, "pds_metadata_invalid", f"{prm_url} describes the resource "
-                         f"{str(prm.get('resource'))[:120]!r}, not {pds}")
+        raise FetchError(f"{prm_url} describes the resource "
+                         f"{str(prm.get('resource'))[:120]!r}, not {pds}", code="pds_metadata_invalid")
     servers = prm.get("authorization_servers")
     if not isinstance(servers, list) or len(servers) != 1 or not isinstance(servers[0], str):
-        raise FetchError(502, "pds_metadata_invalid", f"{prm_url} must name exactly one authorization server")
+        raise FetchError(f"{prm_url} must name exactly one authorization server", code="pds_metadata_invalid")
     issuer = servers[0].rstrip("/")
     identity.check_url(issuer, "authorization server")
     if urlsplit(issuer).path not in ("", "/"):
-        raise FetchError(502, "pds_metadata_invalid", f"the authorization server {issuer!r} is not an origin")
+        raise FetchError(f"the authorization server {issuer!r} is not an origin", code="pds_metadata_invalid")
     as_url = f"{issuer}/.well-known/oauth-authorization-server"
     meta = identity.get_json(as_url, f"the authorization server's metadata ({as_url})")
     if meta.get("issuer") != issuer:
-        raise FetchError(502, "as_metadata_invalid", f"{as_url} names the issuer {str(meta.get('issuer'))[:120]!r}, "
-                         f"not {issuer}")
+        raise FetchError(f"{as_url} names the issuer {str(meta.get('issuer'))[:120]!r}, "
+                         f"not {issuer}", code="as_metadata_invalid")
     problems = []
     if meta.get("require_pushed_authorization_requests") is not True and \
             not isinstance(meta.get("pushed_authorization_request_endpoint"), str):
@@ -336,8 +336,8 @@ def discover(pds: str) -> AuthServer:
         endpoints[name] = value
     revocation = meta.get("revocation_endpoint")
     if problems:
-        raise FetchError(502, "as_metadata_invalid", f"the authorization server {issuer} does not offer what the "
-                         f"ATProto OAuth profile requires: {', '.join(problems)}")
+        raise FetchError(f"the authorization server {issuer} does not offer what the "
+                         f"ATProto OAuth profile requires: {', '.join(problems)}", code="as_metadata_invalid")
     return AuthServer(issuer, endpoints["pushed_authorization_request_endpoint"], endpoints["authorization_endpoint"],
                       endpoints["token_endpoint"], revocation if isinstance(revocation, str) else None)
 
@@ -392,24 +392,24 @@ def start(identifier: str) -> FlowStart:
         error, description = _oauth_error(result)
         detail = f"{error}: {description}" if description else error
         if error in ("invalid_client", "unauthorized_client") or "client" in description.lower():
-            raise ApiError(502, "atproto_client_rejected",
-                           f"the authorization server {server.issuer} rejected this proxy as an OAuth client "
-                           f"({detail}); it must be able to fetch {client_id()} and {endpoint()}{JWKS_PATH} over "
-                           "https from the internet")
-        raise ApiError(502, "par_failed", f"the authorization server {server.issuer} refused the pushed "
-                       f"authorization request (HTTP {result.status}, {detail})")
+            raise UpstreamFailed(f"the authorization server {server.issuer} rejected this proxy as an OAuth client "
+                                 f"({detail}); it must be able to fetch {client_id()} and {endpoint()}{JWKS_PATH} over "
+                                 "https from the internet", code="atproto_client_rejected")
+        raise UpstreamFailed(f"the authorization server {server.issuer} refused the pushed "
+                             f"authorization request (HTTP {result.status}, {detail})", code="par_failed")
     payload = result.json_object("the pushed authorization request")
     request_uri = payload.get("request_uri")
     if not isinstance(request_uri, str) or not request_uri:
-        raise ApiError(502, "par_failed", f"the authorization server {server.issuer} answered the pushed "
-                       "authorization request without a request_uri")
+        raise UpstreamFailed(f"the authorization server {server.issuer} answered the pushed "
+                             "authorization request without a request_uri", code="par_failed")
     audit.record("atproto_signin_start", "info", api=API, actx=who.did, issuer=server.issuer, pds=who.document.pds)
     query = urlencode({"client_id": client_id(), "request_uri": request_uri})
     return FlowStart(f"{server.authorization_endpoint}?{query}", set_cookie, who.did, who.handle)
 
 
-def invalid_state(message: str) -> ApiError:
-    return ApiError(400, "invalid_state", f"{message}; nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}")
+def invalid_state(message: str) -> WidError:
+    return InvalidRequest(f"{message}; nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}",
+                          code="invalid_state")
 
 
 def consume_state(state: str | None, cookie_value: str | None) -> dict[str, Any]:
@@ -460,7 +460,7 @@ def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces,
                           headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
                           body=lambda: urlencode({**form, **_client_auth(key, issuer)}).encode())
     if result.status >= 500:
-        raise FetchError(502, "bad_gateway", f"the authorization server {issuer} answered HTTP {result.status} at "
+        raise FetchError(f"the authorization server {issuer} answered HTTP {result.status} at "
                          "its token endpoint; try again later", retryable=True)
     if result.status != 200:
         error, description = _oauth_error(result)
@@ -468,15 +468,15 @@ def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces,
     payload = result.json_object(f"the authorization server {issuer} (token endpoint)")
     access, token_type, sub = payload.get("access_token"), payload.get("token_type"), payload.get("sub")
     if not isinstance(access, str) or not access:
-        raise FetchError(502, "bad_gateway", f"the authorization server {issuer} answered without an access_token")
+        raise FetchError(f"the authorization server {issuer} answered without an access_token")
     if not isinstance(token_type, str) or token_type.lower() != "dpop":
-        raise FetchError(502, "token_not_dpop", f"the authorization server {issuer} issued a {str(token_type)[:20]!r} "
-                         "token; the ATProto profile requires DPoP-bound tokens")
+        raise FetchError(f"the authorization server {issuer} issued a {str(token_type)[:20]!r} "
+                         "token; the ATProto profile requires DPoP-bound tokens", code="token_not_dpop")
     if not isinstance(sub, str) or not sub:
-        raise FetchError(502, "bad_gateway", f"the authorization server {issuer} answered without the sub (DID)")
+        raise FetchError(f"the authorization server {issuer} answered without the sub (DID)")
     scope = payload.get("scope")
     if not isinstance(scope, str) or "atproto" not in scope.split():
-        raise FetchError(502, "bad_gateway", f"the authorization server {issuer} granted the scope "
+        raise FetchError(f"the authorization server {issuer} granted the scope "
                          f"{str(scope)[:100]!r}, without 'atproto'")
     refresh = payload.get("refresh_token")
     expires_in = payload.get("expires_in")
@@ -502,7 +502,7 @@ def revoke_tokens(data: dict[str, Any], *tokens_: str) -> None:
             dpop_request("POST", revocation, dpop_key, what="the authorization server (revocation)", nonces=nonces,
                          headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form(token))
         nonces.flush()
-    except (ApiError, ValueError) as exc:
+    except (WidError, ValueError) as exc:
         log("atproto_revoke_failed", level="warning", message=str(exc)[:300])
 
 
@@ -558,7 +558,8 @@ def complete(params: dict[str, str | None], cookie_value: str | None) -> Connect
         reason = (f"the callback's iss {str(iss)[:120]!r} is not the authorization server this sign-in started with "
                   f"({flow['issuer']})")
         audit.record("atproto_callback", "deny", api=API, actx=did, reason=reason)
-        raise ApiError(400, "invalid_issuer", f"{reason}; nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}")
+        raise InvalidRequest(f"{reason}; nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}",
+                             code="invalid_issuer")
     error = params.get("error")
     if error is not None:
         code_name = error if error.replace("_", "").isalnum() and len(error) <= 64 else "unknown_error"
@@ -566,26 +567,27 @@ def complete(params: dict[str, str | None], cookie_value: str | None) -> Connect
         detail = f"{code_name}: {description}" if description else code_name
         audit.record("atproto_callback", "deny", api=API, actx=did, reason=detail)
         if code_name == "access_denied":
-            raise ApiError(403, "access_denied", f"the authorization was not granted ({detail}); nothing was stored. "
-                           f"Start again at {endpoint()}{SIGNIN_PATH}")
-        raise ApiError(400, "oauth_error", f"the authorization server ended the sign-in with an error ({detail}); "
-                       "nothing was stored")
+            raise Forbidden(f"the authorization was not granted ({detail}); nothing was stored. "
+                            f"Start again at {endpoint()}{SIGNIN_PATH}", code="access_denied")
+        raise InvalidRequest(f"the authorization server ended the sign-in with an error ({detail}); "
+                             "nothing was stored", code="oauth_error")
     code = params.get("code")
     if not code:
-        raise ApiError(400, "bad_request", "the callback has neither a code nor an error parameter")
+        raise InvalidRequest("the callback has neither a code nor an error parameter")
     nonces = Nonces()
     try:
         grant = token_request(flow, {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri(),
                                      "code_verifier": flow["verifier"]}, nonces=nonces)
     except TokenEndpointError as exc:
         audit.record("atproto_callback", "deny", api=API, actx=did, reason=str(exc))
-        raise ApiError(400, "invalid_grant", f"the authorization server did not accept the authorization code ({exc}); "
-                       f"nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}") from None
+        raise InvalidRequest(f"the authorization server did not accept the authorization code ({exc}); "
+                             f"nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}",
+                             code="invalid_grant") from None
     finally:
         nonces.flush()
     try:
         _check_grant(flow, grant)
-    except ApiError as exc:
+    except WidError as exc:
         revoke_tokens(flow, *[t for t in (grant.refresh_token, grant.access_token) if t])
         audit.record("atproto_callback", "deny", api=API, actx=did, reason=exc.message)
         raise
@@ -603,19 +605,22 @@ def complete(params: dict[str, str | None], cookie_value: str | None) -> Connect
 def _check_grant(flow: dict[str, Any], grant: Grant) -> None:
     did = str(flow["did"])
     if grant.sub != did:
-        raise ApiError(403, "wrong_account", f"the authorization server issued tokens for {grant.sub[:80]}, but this "
-                       f"sign-in was for {did}; nothing was stored. Sign in at the PDS as the account you asked for")
+        raise Forbidden(f"the authorization server issued tokens for {grant.sub[:80]}, but this "
+                        f"sign-in was for {did}; nothing was stored. Sign in at the PDS as the account you asked for",
+                        code="wrong_account")
     if not grant.refresh_token:
         log("atproto_no_refresh_token", level="warning", did=did)
     # The DID must still be hosted where the sign-in found it, and that PDS must still trust this issuer.
     document = identity.fetch_document(did)
     if document.pds != flow["pds"]:
-        raise ApiError(502, "pds_changed", f"the DID document of {did} now names the PDS {document.pds}, not "
-                       f"{flow['pds']} where this sign-in started; nothing was stored. Sign in again")
+        raise UpstreamFailed(f"the DID document of {did} now names the PDS {document.pds}, not "
+                             f"{flow['pds']} where this sign-in started; nothing was stored. Sign in again",
+                             code="pds_changed")
     server = discover(document.pds)
     if server.issuer != flow["issuer"]:
-        raise ApiError(502, "issuer_changed", f"the PDS {document.pds} now names the authorization server "
-                       f"{server.issuer}, not {flow['issuer']}; nothing was stored. Sign in again")
+        raise UpstreamFailed(f"the PDS {document.pds} now names the authorization server "
+                             f"{server.issuer}, not {flow['issuer']}; nothing was stored. Sign in again",
+                             code="issuer_changed")
 
 
 def rbac_token(did: str, handle: str | None) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid.core import dpop
-from wid.core.errors import ApiError
+from wid.core.errors import Forbidden, UpstreamFailed, WidError
 from wid.log import log
 from wid.store import audit, credentials
 from wid.upstreams.atproto import identity
@@ -36,14 +36,15 @@ def sign_in_again(did: str) -> str:
     return f"an admin of {did} must sign in again at {endpoint()}{SIGNIN_PATH}"
 
 
-def not_connected(did: str) -> ApiError:
-    return ApiError(403, "atproto_not_connected", f"{did} has never signed in to this proxy, so it holds no ATProto "
-                    f"session to act for it; an admin of {did} must sign in at {endpoint()}{SIGNIN_PATH}")
+def not_connected(did: str) -> WidError:
+    return Forbidden(f"{did} has never signed in to this proxy, so it holds no ATProto "
+                     f"session to act for it; an admin of {did} must sign in at {endpoint()}{SIGNIN_PATH}",
+                     code="atproto_not_connected")
 
 
-def revoked(did: str, reason: str | None) -> ApiError:
-    return ApiError(502, "atproto_session_revoked", f"the ATProto session of {did} was revoked or has expired "
-                    f"({reason or 'no reason recorded'}); {sign_in_again(did)}")
+def revoked(did: str, reason: str | None) -> WidError:
+    return UpstreamFailed(f"the ATProto session of {did} was revoked or has expired "
+                          f"({reason or 'no reason recorded'}); {sign_in_again(did)}", code="atproto_session_revoked")
 
 
 class Session(NamedTuple):
@@ -60,8 +61,8 @@ def _usable(did: str, cred: credentials.Credential | None) -> dict[str, Any]:
     if cred.status != credentials.ACTIVE:
         raise revoked(did, cred.status_reason)
     if not isinstance(cred.data.get("access_token"), str):
-        raise ApiError(502, "bad_gateway", f"the stored ATProto session of {did} has no access token; "
-                       f"{sign_in_again(did)}")
+        raise UpstreamFailed(f"the stored ATProto session of {did} has no access token; "
+                             f"{sign_in_again(did)}")
     return cred.data
 
 
@@ -104,7 +105,7 @@ def refresh(did: str, *, rejected: str | None = None, force: bool = False) -> di
     nonces = Nonces()
     nonces.load(dpop.origin(str(data["token_endpoint"])))
     key = client_key(data.get("client_kid"))
-    outcome: Grant | ApiError | str
+    outcome: Grant | WidError | str
     with credentials.locked(API, did) as (tx, cred):
         data = _usable(did, cred)
         current = str(data["access_token"])
@@ -123,16 +124,17 @@ def refresh(did: str, *, rejected: str | None = None, force: bool = False) -> di
             try:
                 grant = token_request(data, {"grant_type": "refresh_token", "refresh_token": refresh_token},
                                       nonces=nonces, tx=tx, key=key)
-                outcome = grant if grant.sub == did else ApiError(
-                    502, "wrong_account", f"the authorization server refreshed {did}'s session with tokens for "
-                    f"{grant.sub[:80]}; the session was left as it was. {sign_in_again(did)}")
+                outcome = grant if grant.sub == did else UpstreamFailed(
+                    f"the authorization server refreshed {did}'s session with tokens for {grant.sub[:80]}; the "
+                    f"session was left as it was. {sign_in_again(did)}", code="wrong_account")
             except TokenEndpointError as exc:
                 if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client", "access_denied"}:
                     outcome = f"the authorization server refused the refresh token ({exc})"
                 else:
-                    outcome = ApiError(502, "atproto_refresh_failed", f"the authorization server refused to refresh "
-                                       f"{did}'s session ({exc}); the session was left as it was")
-            except ApiError as exc:  # 502/504: nothing happened, or we cannot know; keep the session
+                    outcome = UpstreamFailed(f"the authorization server refused to refresh "
+                                             f"{did}'s session ({exc}); the session was left as it was",
+                                             code="atproto_refresh_failed")
+            except WidError as exc:  # 502/504: nothing happened, or we cannot know; keep the session
                 outcome = exc
         nonces.flush(tx)
         if isinstance(outcome, Grant):
@@ -157,10 +159,10 @@ def _check_still_hosted(did: str, data: dict[str, Any]) -> None:
         raise pds_changed(did, data["pds"], document.pds)
 
 
-def pds_changed(did: str, signed_in: str, now: str) -> ApiError:
-    return ApiError(502, "atproto_pds_changed", f"the DID document of {did} now names the PDS {now}, not {signed_in} "
-                    f"where its session was authorized; the proxy sends nothing to either. {sign_in_again(did)} "
-                    "(the stored session was kept)")
+def pds_changed(did: str, signed_in: str, now: str) -> WidError:
+    return UpstreamFailed(f"the DID document of {did} now names the PDS {now}, not {signed_in} "
+                          f"where its session was authorized; the proxy sends nothing to either. {sign_in_again(did)} "
+                          "(the stored session was kept)", code="atproto_pds_changed")
 
 
 def sessions() -> list[dict[str, Any]]:

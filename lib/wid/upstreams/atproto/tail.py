@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 from urllib.parse import urlencode, urlsplit
 
-from wid.core.errors import ApiError
+from wid.core.errors import InvalidRequest, UpstreamFailed, WidError
 
 STREAM_NSID = "com.atproto.sync.subscribeRepos"
 
@@ -160,7 +160,7 @@ def tail(did: str, *, pds: str | None = None, cursor: int | None = None, collect
     from wid.upstreams.atproto import identity
 
     if not identity.is_did_context(did):
-        raise ApiError(400, "bad_context", f"{did!r} is not a did:plc or did:web")
+        raise InvalidRequest(f"{did!r} is not a did:plc or did:web", code="bad_context")
     if pds is None:
         pds = identity.fetch_document(did).pds
     identity.check_url(pds, "PDS")
@@ -177,8 +177,8 @@ def tail(did: str, *, pds: str | None = None, cursor: int | None = None, collect
                 continue
             header, body = decode_frame(frame)
             if header.get("op") == -1:
-                raise ApiError(502, "stream_error", f"the event stream ended with {body.get('error')}: "
-                               f"{body.get('message')}")
+                raise UpstreamFailed(f"the event stream ended with {body.get('error')}: "
+                                     f"{body.get('message')}", code="stream_error")
             for item in records(header, body, did, collections):
                 out.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n")
                 out.flush()
@@ -200,7 +200,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     try:
         return tail(args.did, pds=args.pds, cursor=args.cursor, collections=set(args.collection or []) or None,
                     limit=args.limit, ready=announce)
-    except ApiError as exc:
+    except WidError as exc:
         print(f"wid atproto tail: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

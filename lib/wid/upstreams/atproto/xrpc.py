@@ -23,8 +23,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from wid.core.errors import ApiError, bad_request, forbidden, not_found
-from wid.web.http import Request, Response
+from wid.core.errors import (
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+    UpstreamFailed,
+    WidError,
+)
+from wid.web.request import Request
+from wid.web.response import Response
 
 API = "ATProto"
 DID_PLC = re.compile(r"^did:plc:[a-z2-7]{24}$")
@@ -48,10 +57,10 @@ def is_did_context(actx: str) -> bool:
 def nsid_of(path: str) -> str:
     """`/xrpc/{nsid}` -> nsid; 404 for any other path."""
     if not path.startswith("/xrpc/"):
-        raise not_found(f"{path} is not an XRPC path (/xrpc/{{nsid}})")
+        raise NotFound(f"{path} is not an XRPC path (/xrpc/{{nsid}})")
     nsid = path[len("/xrpc/"):]
     if not _NSID.match(nsid):
-        raise not_found(f"{nsid[:100]!r} is not an XRPC method id (NSID such as com.atproto.repo.createRecord)")
+        raise NotFound(f"{nsid[:100]!r} is not an XRPC method id (NSID such as com.atproto.repo.createRecord)")
     return nsid
 
 
@@ -67,25 +76,25 @@ def check_repo(did: str, method: str, nsid: str, content_type: str | None, body:
     writes = nsid in REPO_WRITES
     if not is_json(content_type):
         if writes:
-            raise ApiError(415, "unsupported_media_type", f"{nsid} takes an application/json body")
+            raise UnsupportedMediaType(f"{nsid} takes an application/json body")
         return  # uploadBlob, importRepo: they act on the session's own account, which is this DID
-    from wid.web.http import parse_json_object
+    from wid.web.request import parse_json_object
 
     if not body.strip():
         if writes:
-            raise bad_request(f"{nsid} needs a JSON body naming the repo")
+            raise InvalidRequest(f"{nsid} needs a JSON body naming the repo")
         return
     params: dict[str, Any] = parse_json_object(body)
     repo = params.get("repo")
     if repo is None and writes:
-        raise bad_request(f'{nsid} needs "repo": the DID of this token\'s context, {did}')
+        raise InvalidRequest(f'{nsid} needs "repo": the DID of this token\'s context, {did}')
     if repo is not None and repo != did:
         from wid.store import audit
 
         reason = (f'"repo" is {str(repo)[:100]!r}, but this token acts for {did}; repository-writing procedures '
                   f"through this proxy can only write the DID of the token's context (name it as the DID)")
         audit.record("xrpc", "deny", api=API, actx=did, nsid=nsid, reason=reason)
-        raise forbidden(reason)
+        raise Forbidden(reason)
 
 
 def _relay(result: Any) -> Response:
@@ -95,7 +104,7 @@ def _relay(result: Any) -> Response:
     return Response(result.status, result.body, headers)
 
 
-def _upstream_failed(pds: str, nsid: str, result: Any) -> ApiError:
+def _upstream_failed(pds: str, nsid: str, result: Any) -> WidError:
     """A 5xx of the PDS, as this proxy's 502 naming it (with its Retry-After); the session is untouched."""
     from wid.net import upstream
 
@@ -114,8 +123,8 @@ class AtprotoUpstream:
 
     def validate_context(self, actx: str) -> None:
         if not is_did_context(actx):
-            raise ApiError(400, "bad_context", f"ATProto contexts are DIDs: did:plc:{{24 base32 characters}} or "
-                           f"did:web:{{host name}}, got {actx[:100]!r}")
+            raise InvalidRequest(f"ATProto contexts are DIDs: did:plc:{{24 base32 characters}} or "
+                                 f"did:web:{{host name}}, got {actx[:100]!r}", code="bad_context")
 
     def forward(self, actx: str, request: Request, path: str) -> Response:
         """Forward an authorized XRPC request; `path` is the checked path that policy saw."""
@@ -127,13 +136,12 @@ class AtprotoUpstream:
         nsid = nsid_of(path)
         method = request.method
         if method not in ("GET", "POST"):
-            raise ApiError(405, "method_not_allowed", "XRPC uses GET (queries) and POST (procedures)",
-                           {"Allow": "GET, POST"})
+            raise MethodNotAllowed("XRPC uses GET (queries) and POST (procedures)", allowed=["GET", "POST"])
         body = request.body() if method == "POST" else b""
         content_type = request.header("Content-Type")
         check_repo(actx, method, nsid, content_type, body)
         if not _QUERY_CHARS.match(request.query_string):
-            raise bad_request("the query string has characters that must be percent-encoded")
+            raise InvalidRequest("the query string has characters that must be percent-encoded")
         data = atproto_session.stored_session(actx)
         document = identity.resolve_did(actx)
         if document.pds != data["pds"]:
@@ -158,8 +166,8 @@ class AtprotoUpstream:
             break
         nonces.flush()
         if result.status == 401:
-            raise ApiError(502, "upstream_unauthorized", f"the PDS {data['pds']} refused {actx}'s freshly refreshed "
-                           f"access token; {atproto_session.sign_in_again(actx)}")
+            raise UpstreamFailed(f"the PDS {data['pds']} refused {actx}'s freshly refreshed "
+                                 f"access token; {atproto_session.sign_in_again(actx)}", code="upstream_unauthorized")
         log("atproto_forwarded", did=actx, nsid=nsid, status=result.status)
         if result.status >= 500:
             raise _upstream_failed(str(data["pds"]), nsid, result)

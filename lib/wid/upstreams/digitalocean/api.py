@@ -21,11 +21,12 @@ from typing import Any
 from urllib.parse import quote
 
 from wid import config
-from wid.core.errors import ApiError, bad_gateway, bad_request, forbidden, not_found, unauthorized
+from wid.core.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated, UpstreamFailed, WidError
 from wid.log import log
 from wid.net import upstream
 from wid.store import audit, credentials
-from wid.web.http import Request, Response
+from wid.web.request import Request
+from wid.web.response import Response
 
 API = "DigitalOcean"
 _TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -61,25 +62,25 @@ def api_json(method: str, path: str, token: str, body: dict[str, Any] | None = N
     except ValueError:
         if response.status >= 500:
             return response.status, None
-        raise bad_gateway(f"DigitalOcean answered {response.status} with a body that is not JSON") from None
+        raise UpstreamFailed(f"DigitalOcean answered {response.status} with a body that is not JSON") from None
 
 
 def account_for_token(token: str) -> Account:
     """The team a DigitalOcean token belongs to (GET /v2/account)."""
     status, payload = api_json("GET", "/v2/account", token)
     if status == 401:
-        raise unauthorized("DigitalOcean rejected the token (GET /v2/account answered 401)")
+        raise Unauthenticated("DigitalOcean rejected the token (GET /v2/account answered 401)")
     if status == 403:
-        raise forbidden("DigitalOcean refused GET /v2/account for this token (403): it lacks the account:read scope")
+        raise Forbidden("DigitalOcean refused GET /v2/account for this token (403): it lacks the account:read scope")
     if status >= 500:
-        raise bad_gateway(f"DigitalOcean answered {status} to GET /v2/account")
+        raise UpstreamFailed(f"DigitalOcean answered {status} to GET /v2/account")
     if status != 200 or not isinstance(payload, dict):
-        raise ApiError(502, "bad_gateway", f"unexpected answer {status} from GET /v2/account")
+        raise UpstreamFailed(f"unexpected answer {status} from GET /v2/account")
     account = payload.get("account") or {}
     team = account.get("team") or {}
     team_uuid = team.get("uuid")
     if not isinstance(team_uuid, str) or not _TEAM_UUID.match(team_uuid):
-        raise forbidden("the token's account has no team; the proxy works with team contexts only")
+        raise Forbidden("the token's account has no team; the proxy works with team contexts only")
     return Account(team_uuid, team.get("name"), account.get("email"))
 
 
@@ -92,16 +93,14 @@ def _authorize_again() -> str:
     return f"an admin of the team must authorize this proxy at {config.settings().this_endpoint}/"
 
 
-def not_connected(team_uuid: str) -> ApiError:
-    return ApiError(403, "team_not_connected",
-                    f"team {team_uuid} has never authorized this proxy, so it holds no DigitalOcean token to act "
-                    f"for it; {_authorize_again()}")
+def not_connected(team_uuid: str) -> WidError:
+    return Forbidden(f"team {team_uuid} has never authorized this proxy, so it holds no DigitalOcean token to act "
+                     f"for it; {_authorize_again()}", code="team_not_connected")
 
 
-def revoked(team_uuid: str, reason: str | None) -> ApiError:
-    return ApiError(403, "team_authorization_revoked",
-                    f"team {team_uuid}'s authorization of this proxy was revoked or has expired "
-                    f"({reason or 'no reason recorded'}); {_authorize_again()}")
+def revoked(team_uuid: str, reason: str | None) -> WidError:
+    return Forbidden(f"team {team_uuid}'s authorization of this proxy was revoked or has expired "
+                     f"({reason or 'no reason recorded'}); {_authorize_again()}", code="team_authorization_revoked")
 
 
 def _usable(team_uuid: str, cred: credentials.Credential | None) -> dict[str, Any]:
@@ -110,7 +109,7 @@ def _usable(team_uuid: str, cred: credentials.Credential | None) -> dict[str, An
     if cred.status != credentials.ACTIVE:
         raise revoked(team_uuid, cred.status_reason)
     if not isinstance(cred.data.get("access_token"), str):
-        raise bad_gateway(f"team {team_uuid}'s stored credential has no access token")
+        raise UpstreamFailed(f"team {team_uuid}'s stored credential has no access token")
     return cred.data
 
 
@@ -153,7 +152,7 @@ def _refresh(team_uuid: str, rejected: str | None) -> str:
             return current  # likewise
         left = _expires_in(data, time.time())
         refresh_token = data.get("refresh_token")
-        outcome: do_oauth.Grant | ApiError | str
+        outcome: do_oauth.Grant | WidError | str
         if isinstance(refresh_token, str) and refresh_token:
             outcome = _ask_for_refresh(do_oauth, team_uuid, refresh_token)
         elif rejected is None and left is not None and left > 0:
@@ -186,9 +185,9 @@ def _ask_for_refresh(do_oauth: Any, team_uuid: str, refresh_token: str) -> Any:
     except do_oauth.TokenEndpointError as exc:
         if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client"}:
             return f"DigitalOcean refused the refresh token: {exc}"
-        return ApiError(502, "oauth_refresh_failed",
-                        f"DigitalOcean's token endpoint refused to refresh team {team_uuid}'s token ({exc})")
-    except ApiError as exc:  # 502/504 from the HTTP client, 503 when the OAuth client is not configured
+        return UpstreamFailed(f"DigitalOcean's token endpoint refused to refresh team {team_uuid}'s token ({exc})",
+                              code="oauth_refresh_failed")
+    except WidError as exc:  # 502/504 from the HTTP client, 503 when the OAuth client is not configured
         return exc
 
 
@@ -200,7 +199,7 @@ def _ask_for_refresh(do_oauth: Any, team_uuid: str, refresh_token: str) -> Any:
 def upstream_target(path: str, query_string: str) -> str:
     """The request target sent upstream: the checked (decoded) path re-encoded, the query as checked."""
     if not _QUERY_CHARS.match(query_string):
-        raise bad_request("the query string has characters that must be percent-encoded")
+        raise InvalidRequest("the query string has characters that must be percent-encoded")
     target = quote(path, safe=_PATH_SAFE)
     return f"{target}?{query_string}" if query_string else target
 
@@ -222,9 +221,8 @@ def send_as_team(team_uuid: str, method: str, target: str, *, body: bytes | None
         response.connection.close()
         if attempt == 1:
             token = team_token(team_uuid, rejected=token)
-    raise ApiError(502, "upstream_unauthorized",
-                   f"DigitalOcean answered 401 to team {team_uuid}'s freshly refreshed token; "
-                   f"{_authorize_again()}")
+    raise UpstreamFailed(f"DigitalOcean answered 401 to team {team_uuid}'s freshly refreshed token; "
+                         f"{_authorize_again()}", code="upstream_unauthorized")
 
 
 class DigitalOceanUpstream:
@@ -232,13 +230,13 @@ class DigitalOceanUpstream:
 
     def validate_context(self, actx: str) -> None:
         if not _TEAM_UUID.match(actx):
-            raise ApiError(400, "bad_context", f"DigitalOcean contexts are team UUIDs, got {actx!r}")
+            raise InvalidRequest(f"DigitalOcean contexts are team UUIDs, got {actx!r}", code="bad_context")
 
     def forward(self, actx: str, request: Request, path: str) -> Response:
         """Forward an authorized request; `path` is the checked path that policy saw."""
         self.validate_context(actx)
         if not (path == "/v2" or path.startswith("/v2/")):
-            raise not_found(f"{path} is not a DigitalOcean API path (they start with /v2/)")
+            raise NotFound(f"{path} is not a DigitalOcean API path (they start with /v2/)")
         target = upstream_target(path, request.query_string)
         body = request.body()
         headers = {name: value for name in _FORWARDED_HEADERS if (value := request.header(name))}

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from wid import config
-from wid.core.errors import ApiError, bad_gateway
+from wid.core.errors import InvalidRequest, Unavailable, UpstreamFailed, WidError
 from wid.log import log
 from wid.net import upstream
 from wid.store import audit, browser_state, credentials
@@ -78,11 +78,11 @@ def is_configured() -> bool:
     return bool(s.do_oauth_client_id and s.do_oauth_client_secret)
 
 
-def not_configured() -> ApiError:
-    return ApiError(503, "oauth_not_configured",
-                    "the DigitalOcean OAuth client is not configured on this proxy: the operator must register an "
-                    f"OAuth application with the callback URL {redirect_uri()} and set "
-                    "DIGITALOCEAN_OAUTH_CLIENT_ID and DIGITALOCEAN_OAUTH_CLIENT_SECRET")
+def not_configured() -> WidError:
+    return Unavailable("the DigitalOcean OAuth client is not configured on this proxy: the operator must register an "
+                       f"OAuth application with the callback URL {redirect_uri()} and set "
+                       "DIGITALOCEAN_OAUTH_CLIENT_ID and DIGITALOCEAN_OAUTH_CLIENT_SECRET",
+                       code="oauth_not_configured")
 
 
 def _client() -> tuple[str, str]:
@@ -116,8 +116,8 @@ def start() -> FlowStart:
     return FlowStart(f"{config.settings().do_oauth_url}/v1/oauth/authorize?{query}", set_cookie)
 
 
-def invalid_state(message: str) -> ApiError:
-    return ApiError(400, "invalid_state", f"{message}; start again from {config.settings().this_endpoint}/")
+def invalid_state(message: str) -> WidError:
+    return InvalidRequest(f"{message}; start again from {config.settings().this_endpoint}/", code="invalid_state")
 
 
 def consume_state(state: str | None, cookie_header_value: str | None) -> None:
@@ -168,9 +168,9 @@ def _token_request(params: dict[str, str]) -> Grant:
     except ValueError:
         payload = None
     if response.status >= 500:
-        raise bad_gateway(f"DigitalOcean's OAuth token endpoint answered {response.status}; try again later")
+        raise UpstreamFailed(f"DigitalOcean's OAuth token endpoint answered {response.status}; try again later")
     if not isinstance(payload, dict):
-        raise bad_gateway(f"DigitalOcean's OAuth token endpoint answered {response.status} without a JSON object")
+        raise UpstreamFailed(f"DigitalOcean's OAuth token endpoint answered {response.status} without a JSON object")
     if response.status != 200:
         error = payload.get("error")
         description = payload.get("error_description") or payload.get("message") or ""
@@ -178,7 +178,7 @@ def _token_request(params: dict[str, str]) -> Grant:
                                  str(description)[:300])
     access = payload.get("access_token")
     if not isinstance(access, str) or not access:
-        raise bad_gateway("DigitalOcean's OAuth token endpoint answered without an access_token")
+        raise UpstreamFailed("DigitalOcean's OAuth token endpoint answered without an access_token")
     refresh = payload.get("refresh_token")
     expires_in = payload.get("expires_in")
     info = payload.get("info")
@@ -209,7 +209,7 @@ def revoke(token: str) -> None:
                                  headers={"Content-Type": "application/x-www-form-urlencoded"},
                                  body=body, timeout=config.settings().upstream_timeout)
         response.read(_TOKEN_RESPONSE_LIMIT)
-    except ApiError as exc:
+    except WidError as exc:
         log("oauth_revoke_failed", level="warning", message=exc.message)
 
 
@@ -248,24 +248,24 @@ def connect(code: str) -> tuple[str, str | None]:
         grant = exchange_code(code)
     except TokenEndpointError as exc:
         if exc.error == "invalid_client" or exc.status == 401:
-            raise ApiError(502, "oauth_client_rejected",
-                           f"DigitalOcean rejected this proxy's OAuth client credentials ({exc}); the operator must "
-                           "check DIGITALOCEAN_OAUTH_CLIENT_ID and DIGITALOCEAN_OAUTH_CLIENT_SECRET") from None
-        raise ApiError(400, "invalid_grant", f"DigitalOcean did not accept the authorization code ({exc}); "
-                       f"start again from {config.settings().this_endpoint}/") from None
+            raise UpstreamFailed(f"DigitalOcean rejected this proxy's OAuth client credentials ({exc}); the "
+                                 "operator must check DIGITALOCEAN_OAUTH_CLIENT_ID and "
+                                 "DIGITALOCEAN_OAUTH_CLIENT_SECRET",
+                                 code="oauth_client_rejected") from None
+        raise InvalidRequest(f"DigitalOcean did not accept the authorization code ({exc}); "
+                             f"start again from {config.settings().this_endpoint}/", code="invalid_grant") from None
     try:
         account = upstream_digitalocean.account_for_token(grant.access_token)
         claimed = grant.info.get("team_uuid")
         if claimed is not None and claimed != account.team_uuid:
-            raise ApiError(502, "team_unresolved", f"the token response names team {claimed!r} but GET /v2/account "
-                           f"answers team {account.team_uuid!r}")
-    except ApiError as exc:
+            raise UpstreamFailed(f"the token response names team {claimed!r} but GET /v2/account "
+                                 f"answers team {account.team_uuid!r}", code="team_unresolved")
+    except WidError as exc:
         revoke(grant.access_token)  # nothing half-done: we keep no token we cannot attribute to a team
         audit.record("oauth_connect", "deny", api=API, reason=exc.message)
-        raise ApiError(502, "team_unresolved",
-                       f"DigitalOcean issued a token, but its team could not be resolved with GET /v2/account: "
-                       f"{exc.message}. Nothing was stored; check that the OAuth app requests account:read and that "
-                       f"you chose a team") from None
+        raise UpstreamFailed("DigitalOcean issued a token, but its team could not be resolved with GET "
+                             f"/v2/account: {exc.message}. Nothing was stored; check that the OAuth app requests "
+                             "account:read and that you chose a team", code="team_unresolved") from None
     team_name = account.team_name or (grant.info.get("team_name") if isinstance(grant.info.get("team_name"), str)
                                       else None)
     with credentials.locked(API, account.team_uuid) as (tx, existing):

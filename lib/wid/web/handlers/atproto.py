@@ -19,7 +19,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from wid import config
-from wid.core.errors import ApiError, bad_request, forbidden, not_found
+from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType, WidError
 from wid.core.policy import engine as policy
 from wid.log import log, request_id
 from wid.net import upstream
@@ -27,7 +27,9 @@ from wid.service import authz
 from wid.store import browser_state
 from wid.upstreams.atproto import oauth
 from wid.upstreams.atproto.xrpc import API, check_repo, is_json, nsid_of
-from wid.web.http import Request, Response, error_response
+from wid.web.errors import error_response, headers_of, status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 _STYLE = """
   body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #031b4e;
@@ -90,18 +92,18 @@ def _browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request
     def wrapped(request: Request) -> Response:
         try:
             return handler(request)
-        except ApiError as err:
-            headers = dict(err.headers)
+        except WidError as err:
+            headers = headers_of(err)
             if request.path.startswith(oauth.COOKIE_PATH) and request.path.rstrip("/") != oauth.SIGNIN_PATH.rstrip("/"):
                 headers["Set-Cookie"] = browser_state.clear_cookie_header(oauth.BINDING)
             if not _wants_html(request):
-                return error_response(ApiError(err.status, err.error_id, err.message, headers))
+                return error_response(err, headers)
             body = (f'<p id="message">{_esc(err.message)}</p>\n<p class="muted">Error <code id="error-id">'
-                    f"{_esc(err.error_id)}</code> (HTTP {err.status}), request <code>{_esc(request_id.get())}</code>."
+                    f"{_esc(err.code)}</code> (HTTP {status_of(err)}), request <code>{_esc(request_id.get())}</code>."
                     f'</p>\n<p><a id="signin" href="{_esc(oauth.endpoint() + oauth.SIGNIN_PATH)}">Sign in with '
                     f'ATProto</a> · <a id="home" href="{_esc(oauth.endpoint() + "/")}">Start page</a></p>')
-            page = _page(_TITLES.get(err.error_id, "Something went wrong"), body, "error")
-            return Response.html(page, err.status, {**headers, **_headers()})
+            page = _page(_TITLES.get(err.code, "Something went wrong"), body, "error")
+            return Response.html(page, status_of(err), {**headers, **_headers()})
 
     return wrapped
 
@@ -147,14 +149,14 @@ The proxy keeps the DID's OAuth session, encrypted, and shows you a token for th
 def _identifier(request: Request) -> str:
     if request.method == "POST":
         if request.content_type not in ("application/x-www-form-urlencoded", ""):
-            raise ApiError(415, "unsupported_media_type", "post the sign-in form (application/x-www-form-urlencoded)")
+            raise UnsupportedMediaType("post the sign-in form (application/x-www-form-urlencoded)")
         pairs = parse_qsl(request.body(limit=4096).decode("utf-8", "replace"), keep_blank_values=True)
     else:
         pairs = request.query()
     values = [v for k, v in pairs if k in ("identifier", "handle")]
     if len(values) != 1 or not values[0].strip():
-        raise bad_request(f"name one handle or DID as the identifier parameter (the form at "
-                          f"{oauth.endpoint()}{oauth.SIGNIN_PATH})")
+        raise InvalidRequest(f"name one handle or DID as the identifier parameter (the form at "
+                             f"{oauth.endpoint()}{oauth.SIGNIN_PATH})")
     return values[0]
 
 
@@ -202,23 +204,22 @@ git push -u deploy main</pre>"""
 def xrpc(request: Request) -> Response:
     principal = authz.authenticate(request.bearer_token())
     if principal.api != API:
-        raise forbidden(f"this token is for {principal.audience}; /xrpc/ accepts tokens whose aud is "
+        raise Forbidden(f"this token is for {principal.audience}; /xrpc/ accepts tokens whose aud is "
                         f"api://{API}?actx={{DID}} (exchange yours at /v1/oidc/issue)")
     method = request.method
     if method not in ("GET", "POST"):
-        raise ApiError(405, "method_not_allowed", "XRPC uses GET (queries) and POST (procedures)",
-                       {"Allow": "GET, POST"})
+        raise MethodNotAllowed("XRPC uses GET (queries) and POST (procedures)", allowed=["GET", "POST"])
     path = request.checked_path()
     nsid = nsid_of(path)
     body = request.body() if method == "POST" else b""
     if method == "GET" and body:
-        raise bad_request("an XRPC query (GET) has no body")
+        raise InvalidRequest("an XRPC query (GET) has no body")
     content_type = request.header("Content-Type")
     try:
         params = policy.request_parameters(request.query_string, body if is_json(content_type) else None)
     except policy.ParameterError as exc:
-        raise bad_request(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
-                          "read is refused") from None
+        raise InvalidRequest(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
+                             "read is refused") from None
     check_repo(principal.actx, method, nsid, content_type, body)
     decision = authz.authorize(principal, method, path, params)
     log("forward", api=API, actx=principal.actx, sub=principal.claims.get("sub"), jti=principal.claims.get("jti"),
@@ -240,13 +241,13 @@ def _browser_route(request: Request) -> Response:
         return _only(request, ("GET", "POST"), start)
     if path.rstrip("/") == oauth.CALLBACK_PATH:
         return _only(request, ("GET",), callback)
-    raise not_found(f"no route for {request.method} {path}")
+    raise NotFound(f"no route for {request.method} {path}")
 
 
 def _only(request: Request, methods: tuple[str, ...], handler: Callable[[Request], Response]) -> Response:
     if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
-        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; use "
-                       f"{', '.join(methods)}", {"Allow": ", ".join(methods)})
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use "
+                               f"{', '.join(methods)}", allowed=list(methods))
     return handler(request)
 
 
@@ -260,4 +261,4 @@ def handler(request: Request) -> Response:
         return _only(request, ("GET",), jwks)
     if path == "/auth/atproto" or path.startswith("/auth/atproto/"):
         return _BROWSER(request)
-    raise not_found(f"no route for {request.method} {path}")
+    raise NotFound(f"no route for {request.method} {path}")

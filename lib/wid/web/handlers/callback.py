@@ -18,11 +18,14 @@ from pathlib import Path
 from string import Template
 
 from wid import config
-from wid.core.errors import ApiError, bad_request
+from wid.core.errors import Forbidden, InvalidRequest, WidError
 from wid.log import request_id
 from wid.store import browser_state, credentials
 from wid.upstreams.digitalocean import oauth as do_oauth
-from wid.web.http import Request, Response, Router, error_response
+from wid.web.app import Router
+from wid.web.errors import error_response, headers_of, status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 _TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -66,22 +69,22 @@ def _wants_html(request: Request) -> bool:
 
 
 def browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """ApiError as an HTML page for a browser, as JSON for anything else; the flow's cookie is cleared."""
+    """A domain error as an HTML page for a browser, as JSON for anything else; the flow's cookie is cleared."""
 
     def wrapped(request: Request) -> Response:
         try:
             return handler(request)
-        except ApiError as err:
-            headers = dict(err.headers)
+        except WidError as err:
+            headers = headers_of(err)
             if request.path.startswith(do_oauth.COOKIE_PATH):
                 headers["Set-Cookie"] = browser_state.clear_cookie_header(do_oauth.BINDING)
             if not _wants_html(request):
-                return error_response(ApiError(err.status, err.error_id, err.message, headers))
+                return error_response(err, headers)
             page = _template("message.html").substitute(
-                title=_esc(_TITLES.get(err.error_id, "Something went wrong")), message=_esc(err.message),
-                error_id=_esc(err.error_id), status=err.status, request_id=_esc(request_id.get()),
+                title=_esc(_TITLES.get(err.code, "Something went wrong")), message=_esc(err.message),
+                error_id=_esc(err.code), status=status_of(err), request_id=_esc(request_id.get()),
                 home=_esc(f"{config.settings().this_endpoint}/"))
-            return Response.html(page, err.status, {**headers, **_security_headers()})
+            return Response.html(page, status_of(err), {**headers, **_security_headers()})
 
     return wrapped
 
@@ -161,12 +164,12 @@ def callback(request: Request) -> Response:
         description = (request.single_query("error_description") or "")[:300]
         detail = f"{code_name}: {description}" if description else code_name
         if code_name == "access_denied":
-            raise ApiError(403, "access_denied", f"DigitalOcean reports that the authorization was denied ({detail}); "
-                           "nothing was stored. Use Authorize on the start page to try again.")
-        raise ApiError(400, "oauth_error", f"DigitalOcean ended the authorization with an error ({detail}); "
-                       "nothing was stored")
+            raise Forbidden(f"DigitalOcean reports that the authorization was denied ({detail}); "
+                            "nothing was stored. Use Authorize on the start page to try again.", code="access_denied")
+        raise InvalidRequest(f"DigitalOcean ended the authorization with an error ({detail}); "
+                             "nothing was stored", code="oauth_error")
     if not code:
-        raise bad_request("the callback has neither a code nor an error parameter")
+        raise InvalidRequest("the callback has neither a code nor an error parameter")
     team_uuid, _ = do_oauth.connect(code)
     home = f"{config.settings().this_endpoint}/?connected={team_uuid}"
     return Response.redirect(home, {"Set-Cookie": browser_state.clear_cookie_header(do_oauth.BINDING),

@@ -12,13 +12,14 @@ revoked it), then upstream (its answer unchanged; 502/504 when it cannot be reac
 
 from __future__ import annotations
 
-from wid.core.errors import ApiError, bad_request, forbidden
+from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound
 from wid.core.policy import engine as policy
 from wid.log import log
 from wid.net import upstream
 from wid.service import authz
 from wid.upstreams.digitalocean.api import API
-from wid.web.http import Request, Response
+from wid.web.request import Request
+from wid.web.response import Response
 
 # The routes this proxy wraps by name (DESIGN.md); everything else under /v2/ is the generic proxy.
 WRAPPED = (
@@ -42,22 +43,22 @@ def route_name(method: str, path: str) -> str:
 def handler(request: Request) -> Response:
     principal = authz.authenticate(request.bearer_token())
     if principal.api != API:
-        raise forbidden(f"this token is for {principal.audience}; the DigitalOcean API routes accept tokens whose "
+        raise Forbidden(f"this token is for {principal.audience}; the DigitalOcean API routes accept tokens whose "
                         f"aud is api://{API}?actx={{team UUID}}")
     method = request.method
     if method not in policy.CAPABILITY_BY_METHOD:
-        raise ApiError(405, "method_not_allowed", f"{method} maps to no policy capability; use one of "
-                       f"{', '.join(policy.CAPABILITY_BY_METHOD)}",
-                       {"Allow": ", ".join(policy.CAPABILITY_BY_METHOD)})
+        raise MethodNotAllowed(f"{method} maps to no policy capability; use one of "
+                               f"{', '.join(policy.CAPABILITY_BY_METHOD)}",
+                               allowed=list(policy.CAPABILITY_BY_METHOD))
     path = request.checked_path()
     if not path.startswith("/v2/"):
-        raise ApiError(404, "not_found", f"{path} is not a DigitalOcean API path (they start with /v2/)")
+        raise NotFound(f"{path} is not a DigitalOcean API path (they start with /v2/)")
     body = request.body()
     try:
         params = policy.request_parameters(request.query_string, body)
     except policy.ParameterError as exc:
-        raise bad_request(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
-                          f"read is refused") from None
+        raise InvalidRequest(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
+                             f"read is refused") from None
     decision = authz.authorize(principal, method, path, params)
     log("forward", api=API, actx=principal.actx, sub=principal.claims.get("sub"), jti=principal.claims.get("jti"),
         method=method, path=path, route=route_name(method, path), policy=decision.policy, rule=decision.rule)

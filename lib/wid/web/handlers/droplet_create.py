@@ -19,14 +19,17 @@ import json
 from typing import Any
 
 from wid import config
-from wid.core.errors import ApiError, bad_request, forbidden, unauthorized
+from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, WidError
 from wid.core.policy import engine as policy
 from wid.log import log
 from wid.net import upstream
 from wid.service import authz, cloudinit, provisioning
 from wid.store import audit, storage
 from wid.upstreams.digitalocean import api as upstream_digitalocean
-from wid.web.http import Request, Response, Router
+from wid.web.app import Router
+from wid.web.errors import status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 API = upstream_digitalocean.API
 PATH = "/v2/droplets"
@@ -42,23 +45,23 @@ def _check_body(body: dict[str, Any]) -> list[str]:
     names = body.get("names")
     if names is not None:
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise bad_request("names must be a non-empty array of Droplet names")
+            raise InvalidRequest("names must be a non-empty array of Droplet names")
         result = list(names)
     elif isinstance(body.get("name"), str):
         result = [body["name"]]
     else:
-        raise bad_request("a Droplet create needs name (a string) or names (an array of strings)")
+        raise InvalidRequest("a Droplet create needs name (a string) or names (an array of strings)")
     tags = body.get("tags")
     if tags is not None:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise bad_request("tags must be an array of strings")
+            raise InvalidRequest("tags must be an array of strings")
         try:
             provisioning.parse_oidc_sub_tags(tags)
         except ValueError as exc:
-            raise bad_request(str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
     user_data = body.get("user_data")
     if user_data is not None and not isinstance(user_data, str):
-        raise bad_request("user_data must be a string")
+        raise InvalidRequest("user_data must be a string")
     return result
 
 
@@ -88,7 +91,7 @@ def _relay(response: upstream.UpstreamResponse, raw: bytes) -> Response:
 def create(request: Request) -> Response:
     token = request.bearer_token()
     if not token:
-        raise unauthorized("missing bearer token: send a DigitalOcean token, or a workload token the policy allows")
+        raise Unauthenticated("missing bearer token: send a DigitalOcean token, or a workload token the policy allows")
     request.checked_path()
     raw_body = request.body()
     body = request.json_object()
@@ -98,11 +101,11 @@ def create(request: Request) -> Response:
     if _is_jwt(token):
         principal = authz.authenticate(token)
         if principal.api != API:
-            raise forbidden(f"a token for {principal.audience} cannot create DigitalOcean Droplets")
+            raise Forbidden(f"a token for {principal.audience} cannot create DigitalOcean Droplets")
         try:
             params = policy.request_parameters(request.query_string, raw_body)
         except policy.ParameterError as exc:
-            raise bad_request(str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
         authz.authorize(principal, "POST", PATH, params)
         team = principal.actx
         upstream_digitalocean.team_token(team)  # refuse before anything if the team never authorized the proxy
@@ -135,10 +138,10 @@ def create(request: Request) -> Response:
                                      headers={**headers, "Authorization": f"Bearer {upstream_token}"},
                                      timeout=settings.upstream_timeout)
         raw = response.read()
-    except ApiError as exc:
-        provisioning.fail(prov, f"upstream: {exc.status} {exc.message}")
+    except WidError as exc:
+        provisioning.fail(prov, f"upstream: {status_of(exc)} {exc.message}")
         audit.record("droplet_create", "info", api=API, actx=team, sub=creator["sub"], jti=prov.claims["jti"],
-                     outcome="upstream_failed", status=exc.status, reason=exc.message, **detail)
+                     outcome="upstream_failed", status=status_of(exc), reason=exc.message, **detail)
         raise
     ids = _created_ids(response.status, raw)
     try:

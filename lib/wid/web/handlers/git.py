@@ -39,12 +39,24 @@ from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler
 
 from wid import config
 from wid.core import git_pack
-from wid.core.errors import ApiError, bad_request, not_found
+from wid.core.errors import (
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+    WidError,
+)
 from wid.log import log, request_id
 from wid.service import git_auth
 from wid.store import rbac_repo, storage
 from wid.store.rbac_repo import MAIN, SCHEMA, Limits, Pusher, RepoId
-from wid.web.http import Request, Response, error_response
+from wid.web.errors import error_response, headers_of, status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 SERVICES = ("git-upload-pack", "git-receive-pack")
 _PATH = re.compile(r"^(?:/_rbac/(?P<api>[^/]+)/(?P<actx>[^/]+))?(?:/(?P<rest>.*))?$")
@@ -59,13 +71,13 @@ _READ_CHUNK = 64 * 1024
 def handler(request: Request) -> Response:
     try:
         return _handle(request)
-    except ApiError as err:
+    except WidError as err:
         _drain(request)
         return _error(request, err)
     except storage.DatabaseUnavailable as exc:
         log("database_unavailable", level="error", message=str(exc))
         _drain(request)
-        return _error(request, ApiError(503, "service_unavailable", str(exc)))
+        return _error(request, Unavailable(str(exc)))
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -75,15 +87,16 @@ def _is_git(request: Request) -> bool:
     return bool(_GIT_AGENT.match(request.header("User-Agent") or ""))
 
 
-def _error(request: Request, err: ApiError) -> Response:
+def _error(request: Request, err: WidError) -> Response:
     """text/plain for git (it prints such bodies as `remote: ...`), the JSON error format for others."""
-    if err.status == 401:
-        err.headers = {**err.headers, "WWW-Authenticate": git_auth.challenge("").headers["WWW-Authenticate"]}
+    headers = headers_of(err)
+    if isinstance(err, Unauthenticated):
+        headers["WWW-Authenticate"] = git_auth.CHALLENGE
     if not _is_git(request):
-        return error_response(err)
-    text = f"{err.message}\n(error {err.error_id}, request id {request_id.get()})\n"
-    headers = [("Content-Type", "text/plain; charset=utf-8"), *_NO_CACHE, *err.headers.items()]
-    return Response(err.status, text.encode(), headers)
+        return error_response(err, headers)
+    text = f"{err.message}\n(error {err.code}, request id {request_id.get()})\n"
+    return Response(status_of(err), text.encode(), [("Content-Type", "text/plain; charset=utf-8"), *_NO_CACHE,
+                                                    *headers.items()])
 
 
 def _target(match: re.Match[str]) -> tuple[str, str] | None:
@@ -93,10 +106,10 @@ def _target(match: re.Match[str]) -> tuple[str, str] | None:
     from wid.net import upstream
 
     if api not in upstream.known_apis():
-        raise not_found(f"no API named {api!r}; RBAC repos live at /_rbac/{{API}}/{{actx}}/ with API one of "
-                        f"{', '.join(upstream.known_apis())}")
+        raise NotFound(f"no API named {api!r}; RBAC repos live at /_rbac/{{API}}/{{actx}}/ with API one of "
+                       f"{', '.join(upstream.known_apis())}")
     if not _ACTX.match(actx):
-        raise bad_request(f"{actx!r} is not a valid context id")
+        raise InvalidRequest(f"{actx!r} is not a valid context id")
     try:
         upstream.get(api).validate_context(actx)
     except ImportError:
@@ -109,26 +122,26 @@ def _handle(request: Request) -> Response:
     match = _PATH.match(path)
     rest = match["rest"] if match else None
     if match is None or rest is None or rest == "":
-        raise not_found("this is a git repository: add it as a remote and use git (git clone, fetch, push) at "
-                        "/ for your DigitalOcean team or at /_rbac/{API}/{actx}")
+        raise NotFound("this is a git repository: add it as a remote and use git (git clone, fetch, push) at "
+                       "/ for your DigitalOcean team or at /_rbac/{API}/{actx}")
     target = _target(match)
     query = dict(request.query())
     if rest == "info/refs" and query.get("service") in SERVICES:
         if request.method not in {"GET", "HEAD"}:
-            raise ApiError(405, "method_not_allowed", "use GET for info/refs", {"Allow": "GET"})
+            raise MethodNotAllowed("use GET for info/refs", allowed=["GET"])
         service = query["service"]
     elif rest in SERVICES:
         if request.method != "POST":
-            raise ApiError(405, "method_not_allowed", f"use POST for {rest}", {"Allow": "POST"})
+            raise MethodNotAllowed(f"use POST for {rest}", allowed=["POST"])
         service = rest
         expected = f"application/x-{service}-request"
         if request.content_type != expected:
-            raise ApiError(415, "unsupported_media_type", f"{service} takes {expected}")
+            raise UnsupportedMediaType(f"{service} takes {expected}")
     elif rest == "info/refs" or rest == "HEAD" or rest.startswith("objects/"):
-        raise ApiError(403, "dumb_http_unsupported", "this server speaks git's smart HTTP protocol only "
-                       "(git 1.6.6 or later)")
+        raise Forbidden("this server speaks git's smart HTTP protocol only "
+                        "(git 1.6.6 or later)", code="dumb_http_unsupported")
     else:
-        raise not_found(f"no git route {rest!r} here")
+        raise NotFound(f"no git route {rest!r} here")
     write = service == "git-receive-pack"
     access = git_auth.authenticate(request.header("Authorization"), target, write=write)
     repo = RepoId(access.api, access.actx)
@@ -164,7 +177,7 @@ def _read_body(request: Request, limit: int) -> tuple[bytes, bool]:
         chunk = stream.read(want)
         if not chunk:
             if remaining:
-                raise bad_request("request body ended before Content-Length bytes arrived")
+                raise InvalidRequest("request body ended before Content-Length bytes arrived")
             break
         if remaining is not None:
             remaining -= len(chunk)
@@ -179,7 +192,7 @@ def _drain(request: Request) -> None:
     if request.method == "POST":
         try:
             _read_body(request, 0)
-        except (ApiError, OSError):
+        except (WidError, OSError):
             pass
 
 
@@ -188,9 +201,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     try:
         out = inflater.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise bad_request(f"request body is not valid gzip: {exc}") from None
+        raise InvalidRequest(f"request body is not valid gzip: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
-        raise ApiError(413, "request_too_large", f"request body inflates beyond {limit} bytes")
+        raise TooLarge(f"request body inflates beyond {limit} bytes")
     return out
 
 
@@ -244,7 +257,7 @@ def _advertise(repo: RepoId, service: str) -> Response:
 def _upload_pack(request: Request, repo: RepoId) -> Response:
     body, truncated = _read_body(request, _UPLOAD_REQUEST_LIMIT)
     if truncated:
-        raise ApiError(413, "request_too_large", f"fetch negotiation larger than {_UPLOAD_REQUEST_LIMIT} bytes")
+        raise TooLarge(f"fetch negotiation larger than {_UPLOAD_REQUEST_LIMIT} bytes")
     if (request.header("Content-Encoding") or "").lower() in {"gzip", "x-gzip"}:
         body = _gunzip(body, _UPLOAD_REQUEST_LIMIT)
     git_repo, store, _ = rbac_repo.open_repo(repo)
@@ -254,7 +267,7 @@ def _upload_pack(request: Request, repo: RepoId) -> Response:
     try:
         _UploadPack(_Backend(git_repo), ["/"], proto, stateless_rpc=True).handle()
     except GitProtocolError as exc:
-        raise bad_request(f"bad upload-pack request: {exc}") from None
+        raise InvalidRequest(f"bad upload-pack request: {exc}") from None
     return _result("git-upload-pack", out)
 
 
@@ -271,7 +284,7 @@ def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess) ->
     try:
         _ReceivePack(_Backend(git_repo), ["/"], proto, push).handle()
     except GitProtocolError as exc:
-        raise bad_request(f"bad receive-pack request: {exc}") from None
+        raise InvalidRequest(f"bad receive-pack request: {exc}") from None
     return _result("git-receive-pack", out)
 
 

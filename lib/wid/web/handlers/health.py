@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from wid.core.errors import unavailable
+from wid.core.errors import Unavailable
 from wid.store import storage
-from wid.web.http import Request, Response, Router
+from wid.web.app import Router
+from wid.web.request import Request
+from wid.web.response import Response
 
 
 def ready(request: Request) -> Response:
     try:
         storage.database().ping()
     except storage.DatabaseUnavailable as exc:
-        raise unavailable(f"not ready: {exc}") from None
+        raise Unavailable(f"not ready: {exc}") from None
     return Response.json({"status": "ready"})
 
 

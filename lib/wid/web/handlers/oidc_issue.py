@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from wid.core.errors import ApiError
-from wid.log import request_id
+from wid.core.errors import InvalidRequest, UnsupportedMediaType, WidError
 from wid.service import exchange
-from wid.web.http import Request, Response, Router
+from wid.web.app import Router
+from wid.web.errors import oauth_error_response, status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 _NO_STORE = {"Pragma": "no-cache"}  # Cache-Control: no-store comes with every JSON response
 
@@ -33,7 +35,7 @@ def issue(request: Request) -> Response:
         request.body(limit=exchange.MAX_BODY_BYTES)
         return request.json_object()
 
-    issued = exchange.issue_json(request.bearer_token(), body)
+    issued = exchange.issue_json(request.bearer_token(), body, status_of)
     return Response.json({"token": issued.token, "expires_at": issued.expires_at}, headers=_NO_STORE)
 
 
@@ -43,13 +45,12 @@ def token(request: Request) -> Response:
 
         def body() -> bytes:
             if request.content_type != "application/x-www-form-urlencoded":
-                raise ApiError(415, "unsupported_media_type",
-                               f"expected application/x-www-form-urlencoded, got {request.content_type!r}")
+                raise UnsupportedMediaType(f"expected application/x-www-form-urlencoded, got {request.content_type!r}")
             return request.body(limit=exchange.MAX_BODY_BYTES)
 
-        issued, issued_type = exchange.issue_form(body)
-    except ApiError as err:
-        return _oauth_error(err)
+        issued, issued_type = exchange.issue_form(body, status_of)
+    except WidError as err:
+        return oauth_error_response(err, _NO_STORE)
     payload = {
         "access_token": issued.token,
         "issued_token_type": issued_type,
@@ -61,34 +62,7 @@ def token(request: Request) -> Response:
 
 def _no_query(request: Request) -> None:
     if request.query_string:
-        raise ApiError(400, "bad_request", "the exchange takes no query string; send everything in the body")
-
-
-def _oauth_error(err: ApiError) -> Response:
-    """RFC 6749 5.2: `error` + `error_description`, status 400 unless the failure is not the client's."""
-    if isinstance(err, exchange.OAuthError):
-        status, code = err.status, err.error
-    elif isinstance(err, exchange.TargetError):
-        status, code = 400, "invalid_target"
-    elif err.status in (401, 403):
-        status, code = 400, "invalid_request"  # RFC 8693 2.2.2: invalid or unacceptable subject token
-    elif err.status in (413, 415, 405):
-        status, code = err.status, "invalid_request"
-    elif err.status == 400:
-        status, code = 400, "invalid_request"
-    elif err.status in (502, 503, 504):
-        status, code = err.status, "temporarily_unavailable"
-    else:
-        status, code = err.status, "server_error"
-    payload = {
-        "error": code,
-        "error_description": err.message,
-        "id": err.error_id,
-        "message": err.message,
-        "request_id": request_id.get(),
-    }
-    headers = {key: value for key, value in err.headers.items() if key.lower() != "www-authenticate"}
-    return Response.json(payload, status, {**headers, **_NO_STORE})
+        raise InvalidRequest("the exchange takes no query string; send everything in the body")
 
 
 handler = Router()

@@ -20,11 +20,22 @@ from typing import Any
 
 from cryptography.fernet import InvalidToken
 
-from wid.core.errors import ApiError, bad_gateway, bad_request, forbidden, gateway_timeout, unauthorized
+from wid.core.errors import (
+    Forbidden,
+    InvalidRequest,
+    Unauthenticated,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+    WidError,
+)
 from wid.service import attestation, provisioning
 from wid.service.provisioning import API
 from wid.store import audit, encryption, refresh, storage
-from wid.web.http import Request, Response, Router
+from wid.web.app import Router
+from wid.web.errors import status_of
+from wid.web.request import Request
+from wid.web.response import Response
 
 RECOVERY_CHALLENGE_TTL = 300
 _CHALLENGE_PURPOSE = "wid-droplet-recovery-v1"
@@ -36,14 +47,14 @@ def _fields(request: Request, required: dict[str, type | tuple[type, ...]],
     allowed = {**required, **(optional or {})}
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise bad_request(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
     for name, kind in allowed.items():
         if name not in body:
             if name in required:
-                raise bad_request(f"missing field {name}")
+                raise InvalidRequest(f"missing field {name}")
             continue
         if not isinstance(body[name], kind) or isinstance(body[name], bool):
-            raise bad_request(f"field {name} has the wrong type")
+            raise InvalidRequest(f"field {name} has the wrong type")
     return body
 
 
@@ -56,8 +67,8 @@ def _require_host_key(droplet: provisioning.Droplet, key_type: str, expected: by
     context["ipv4"] = ipv4
     presented = _fetch_host_key(droplet, ipv4, key_type)
     if presented != expected:
-        raise unauthorized(f"the {key_type} host key Droplet {droplet.id} presents over SSH at {ipv4} "
-                           f"({attestation.fingerprint(presented)}) is refused: {mismatch}")
+        raise Unauthenticated(f"the {key_type} host key Droplet {droplet.id} presents over SSH at {ipv4} "
+                              f"({attestation.fingerprint(presented)}) is refused: {mismatch}")
     return ipv4
 
 
@@ -72,17 +83,17 @@ def _fetch_host_key(droplet: provisioning.Droplet, ipv4: str, key_type: str) -> 
     except attestation.HostKeyError as exc:
         message = f"cannot attest Droplet {droplet.id}: {exc}"
         if exc.kind == "timeout":
-            raise gateway_timeout(message) from None
+            raise UpstreamTimeout(message) from None
         if exc.kind == "unreachable":
-            raise bad_gateway(message) from None
-        raise unauthorized(message) from None
+            raise UpstreamFailed(message) from None
+        raise Unauthenticated(message) from None
 
 
 def _signature(text: Any) -> attestation.SshSignature:
     try:
         return attestation.parse_sshsig(text)
     except attestation.SignatureError as exc:
-        raise bad_request(f"signature: {exc}") from None
+        raise InvalidRequest(f"signature: {exc}") from None
 
 
 def _audited(event: str, context: dict[str, Any], work: Any) -> Response:
@@ -90,9 +101,9 @@ def _audited(event: str, context: dict[str, Any], work: Any) -> Response:
     try:
         response: Response = work()
         return response
-    except ApiError as exc:
+    except WidError as exc:
         audit.record(event, "deny", api=API, actx=context.get("team"), sub=context.get("sub"),
-                     jti=context.get("jti"), status=exc.status, error=exc.error_id, reason=exc.message,
+                     jti=context.get("jti"), status=status_of(exc), error=exc.code, reason=exc.message,
                      **{k: v for k, v in context.items() if k not in {"team", "sub", "jti"}})
         raise
 
@@ -112,36 +123,37 @@ def _prove(request: Request, context: dict[str, Any]) -> Response:
     body = _fields(request, {"signature": str}, {"droplet_id": (int, str)})
     record = provisioning.load_nonce(nonce)
     if record is None or record.team_uuid != team or record.jti != claims["jti"]:
-        raise unauthorized("this provisioning token is not known to the proxy")
+        raise Unauthenticated("this provisioning token is not known to the proxy")
     if record.state == provisioning.PENDING:  # the create's answer has not come back yet: try again shortly
-        raise ApiError(503, "droplet_create_in_progress", "the Droplet create this provisioning token was made for "
-                       "has not completed yet; try again shortly", {"Retry-After": "5"})
+        raise Unavailable("the Droplet create this provisioning token was made for "
+                          "has not completed yet; try again shortly",
+                          code="droplet_create_in_progress", retry_after="5")
     if record.state == provisioning.FAILED:
-        raise unauthorized("the Droplet create this provisioning token was made for failed upstream; "
-                           "nothing can be proved with it")
+        raise Unauthenticated("the Droplet create this provisioning token was made for failed upstream; "
+                              "nothing can be proved with it")
     if "droplet_id" in body:
         droplet_id = provisioning.parse_droplet_id(body["droplet_id"])
     elif len(record.droplets) == 1:
         droplet_id = next(iter(record.droplets))
     else:
-        raise bad_request(f"this provisioning token covers {len(record.droplets)} Droplets: name yours with "
-                          "droplet_id (from the metadata service)")
+        raise InvalidRequest(f"this provisioning token covers {len(record.droplets)} Droplets: name yours with "
+                             "droplet_id (from the metadata service)")
     context["droplet_id"] = droplet_id
     if droplet_id not in record.droplets:
-        raise unauthorized(f"Droplet {droplet_id} was not created with this provisioning token")
+        raise Unauthenticated(f"Droplet {droplet_id} was not created with this provisioning token")
     if record.droplets[droplet_id] is not None:
-        raise unauthorized(f"this provisioning token has already been used by Droplet {droplet_id}")
+        raise Unauthenticated(f"this provisioning token has already been used by Droplet {droplet_id}")
 
     sig = _signature(body["signature"])
     context["fingerprint"] = sig.fingerprint
     try:
         attestation.verify_sshsig(sig, token.encode(), provisioning.NAMESPACE_PROVE)
     except attestation.SignatureError as exc:
-        raise unauthorized(f"signature refused: {exc}") from None
+        raise Unauthenticated(f"signature refused: {exc}") from None
 
     droplet = provisioning.lookup_droplet(team, droplet_id)
     if droplet is None:
-        raise forbidden(f"Droplet {droplet_id} does not exist (any more) in team {team}")
+        raise Forbidden(f"Droplet {droplet_id} does not exist (any more) in team {team}")
     ipv4 = _require_host_key(droplet, sig.key_type, sig.public_key, context,
                              f"it is not the key that signed ({sig.fingerprint})")
     workload, workload_claims = provisioning.workload_token(team, droplet)
@@ -158,7 +170,7 @@ def _prove(request: Request, context: dict[str, Any]) -> Response:
                          tx=tx, droplet_id=droplet_id, provisioning_jti=claims["jti"], fingerprint=sig.fingerprint,
                          ipv4=ipv4, family=family)
     if not claimed:
-        raise unauthorized(f"this provisioning token has already been used by Droplet {droplet_id}")
+        raise Unauthenticated(f"this provisioning token has already been used by Droplet {droplet_id}")
     return _tokens(workload, workload_claims, refresh_token)
 
 
@@ -169,8 +181,8 @@ def refresh_tokens(request: Request) -> Response:
     return _audited("refresh", context, lambda: _refresh(request, context))
 
 
-def _invalid_grant(message: str) -> ApiError:
-    return ApiError(401, "invalid_grant", message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+def _invalid_grant(message: str) -> WidError:
+    return Unauthenticated(message, code="invalid_grant")
 
 
 def _refresh(request: Request, context: dict[str, Any]) -> Response:
@@ -198,7 +210,7 @@ def _refresh(request: Request, context: dict[str, Any]) -> Response:
     if droplet is None:
         with storage.database().transaction() as tx:
             refresh.revoke_droplet_families(tx, team, droplet_id, "droplet destroyed", now)
-        raise forbidden(f"Droplet {droplet_id} does not exist any more; its refresh chain is revoked")
+        raise Forbidden(f"Droplet {droplet_id} does not exist any more; its refresh chain is revoked")
     workload, workload_claims = provisioning.workload_token(team, droplet)
 
     outcome = "rotated"
@@ -238,7 +250,7 @@ def recover_challenge(request: Request) -> Response:
     body = _fields(request, {"team_uuid": str, "droplet_id": (int, str)})
     team = body["team_uuid"]
     if not provisioning.TEAM_UUID.match(team):
-        raise bad_request("team_uuid must be a DigitalOcean team UUID")
+        raise InvalidRequest("team_uuid must be a DigitalOcean team UUID")
     droplet_id = provisioning.parse_droplet_id(body["droplet_id"])
     now = int(time.time())
     sealed = encryption.fernet().encrypt_at_time(json.dumps(
@@ -257,12 +269,12 @@ def _open_challenge(challenge: str) -> tuple[str, int]:
     try:
         opened = json.loads(encryption.fernet().decrypt(challenge.encode(), ttl=RECOVERY_CHALLENGE_TTL))
     except (InvalidToken, ValueError, UnicodeError):
-        raise unauthorized("recovery challenge is invalid or expired; ask for a new one") from None
+        raise Unauthenticated("recovery challenge is invalid or expired; ask for a new one") from None
     if not isinstance(opened, dict) or opened.get("purpose") != _CHALLENGE_PURPOSE:
-        raise unauthorized("recovery challenge is invalid")
+        raise Unauthenticated("recovery challenge is invalid")
     team, droplet_id = opened.get("team"), opened.get("droplet_id")
     if not isinstance(team, str) or not isinstance(droplet_id, int):
-        raise unauthorized("recovery challenge is invalid")
+        raise Unauthenticated("recovery challenge is invalid")
     return team, droplet_id
 
 
@@ -270,28 +282,28 @@ def _recover(request: Request, context: dict[str, Any]) -> Response:
     body = _fields(request, {"challenge": str, "signature": str})
     challenge = body["challenge"]
     if len(challenge) > 1024:
-        raise bad_request("challenge is too long")
+        raise InvalidRequest("challenge is too long")
     team, droplet_id = _open_challenge(challenge)
     context.update(team=team, droplet_id=droplet_id)
     anchor = provisioning.identity(team, droplet_id)
     if anchor is None:
-        raise forbidden(f"Droplet {droplet_id} never proved a host key to this proxy, so it cannot recover; "
+        raise Forbidden(f"Droplet {droplet_id} never proved a host key to this proxy, so it cannot recover; "
                         "it needs a new provisioning token (create the Droplet through the proxy)")
     sig = _signature(body["signature"])
     context["fingerprint"] = sig.fingerprint
     try:
         attestation.verify_sshsig(sig, challenge.encode(), provisioning.NAMESPACE_RECOVER)
     except attestation.SignatureError as exc:
-        raise unauthorized(f"signature refused: {exc}") from None
+        raise Unauthenticated(f"signature refused: {exc}") from None
     if sig.public_key != anchor.host_key:
-        raise unauthorized(f"the signing key ({sig.fingerprint}) is not the host key Droplet {droplet_id} first "
-                           f"proved ({anchor.fingerprint})")
+        raise Unauthenticated(f"the signing key ({sig.fingerprint}) is not the host key Droplet {droplet_id} first "
+                              f"proved ({anchor.fingerprint})")
     droplet = provisioning.lookup_droplet(team, droplet_id)
     now = int(time.time())
     if droplet is None:
         with storage.database().transaction() as tx:
             refresh.revoke_droplet_families(tx, team, droplet_id, "droplet destroyed", now)
-        raise forbidden(f"Droplet {droplet_id} does not exist any more")
+        raise Forbidden(f"Droplet {droplet_id} does not exist any more")
     ipv4 = _require_host_key(droplet, anchor.host_key_type, anchor.host_key, context,
                              "recovery needs the key it first proved")
     workload, workload_claims = provisioning.workload_token(team, droplet)
@@ -311,7 +323,7 @@ def _recover(request: Request, context: dict[str, Any]) -> Response:
                          tx=tx, droplet_id=droplet_id, fingerprint=sig.fingerprint, ipv4=ipv4, family=family,
                          revoked_families=revoked)
     if not fresh:
-        raise unauthorized("this recovery challenge was already used; ask for a new one")
+        raise Unauthenticated("this recovery challenge was already used; ask for a new one")
     return _tokens(workload, workload_claims, refresh_token)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from wid.core.errors import ApiError
-from wid.web.http import Request, Response
+from wid.core.errors import NotImplementedHere
+from wid.web.request import Request
+from wid.web.response import Response
 
 
 def handler(request: Request) -> Response:
-    raise ApiError(501, "not_implemented", f"{request.method} {request.path} is not implemented by this proxy yet")
+    raise NotImplementedHere(f"{request.method} {request.path} is not implemented by this proxy yet")

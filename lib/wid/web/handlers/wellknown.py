@@ -6,7 +6,9 @@ import json
 
 from wid import config
 from wid.store import wellknown
-from wid.web.http import Request, Response, Router
+from wid.web.app import Router
+from wid.web.request import Request
+from wid.web.response import Response
 
 CACHE_CONTROL = "public, max-age=300"
 

@@ -1,0 +1,110 @@
+"""A small WSGI layer: every handler is a function Request -> Response, served under CGI or one process.
+
+Nothing here may depend on being a fresh process: the same handlers run under both serving modes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from wid import config
+from wid.core.errors import MethodNotAllowed, Misconfigured, NotFound, Unavailable, WidError
+from wid.log import log, request_id
+from wid.web.errors import error_response
+from wid.web.request import Request
+from wid.web.response import Response, status_phrase
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+Handler = Callable[[Request], Response]
+
+
+class Router:
+    """Method + path-template dispatch inside one route family; {name} matches one segment."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], str, Handler]] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        pattern = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
+        self._routes.append((re.compile(f"^{pattern}/?$"), method.upper(), handler))
+
+    def __call__(self, request: Request) -> Response:
+        allowed: list[str] = []
+        for pattern, method, handler in self._routes:
+            match = pattern.match(request.path)
+            if not match:
+                continue
+            if method == request.method or (method == "GET" and request.method == "HEAD"):
+                request.environ["wid.route_args"] = match.groupdict()
+                return handler(request)
+            allowed.append(method)
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; "
+                                   f"use {', '.join(sorted(set(allowed)))}",
+                                   allowed=sorted(set(allowed)))
+        raise NotFound(f"no route for {request.method} {request.path}")
+
+
+def route_arg(request: Request, name: str) -> str:
+    value: str = request.environ["wid.route_args"][name]
+    return value
+
+
+def wsgi(handler: Handler) -> WsgiApp:
+    """Wrap a handler: request id, JSON errors (never a traceback), one access log line."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex())
+        try:
+            started = time.perf_counter()
+            request = Request(environ)
+            response = _respond(handler, request)
+            start_response(f"{response.status} {status_phrase(response.status)}",
+                           [*response.headers, ("X-Request-Id", request_id.get())])
+            log("request", method=request.method, path=request.raw_path, status=response.status,
+                ms=round((time.perf_counter() - started) * 1000, 2))
+        finally:
+            request_id.reset(token)
+        if request.method == "HEAD":
+            return [b""]
+        body = response.body
+        return [body] if isinstance(body, bytes) else _stream(body)
+
+    return app
+
+
+def _respond(handler: Handler, request: Request) -> Response:
+    from wid.store import storage  # local import: storage is only needed when a handler touched the database
+
+    try:
+        return handler(request)
+    except WidError as err:
+        return error_response(err)
+    except config.ConfigError as err:
+        log("config_error", level="error", message=str(err))
+        return error_response(Misconfigured(f"server misconfigured: {err}"))
+    except storage.DatabaseUnavailable as err:
+        log("database_unavailable", level="error", message=str(err))
+        return error_response(Unavailable(str(err)))
+    except Exception as exc:  # the last line of defence: log the type, answer JSON, never a traceback
+        log("unhandled_exception", level="error", error=type(exc).__name__, detail=str(exc)[:300])
+        return error_response(WidError("internal error; see the server log"))
+
+
+def _stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    yield from chunks
+
+
+def run_cgi(handler: Handler) -> None:
+    """Entry point of every cgi-bin executable."""
+    from wsgiref.handlers import CGIHandler
+
+    CGIHandler().run(wsgi(handler))

@@ -1,0 +1,111 @@
+"""One HTTP request as handlers see it, under CGI or a long-running WSGI server alike.
+
+Nothing here may depend on being a fresh process: the same handlers run under both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from wid import config
+from wid.core import strictjson
+from wid.core.errors import InvalidRequest, TooLarge, UnsupportedMediaType
+
+# Encoded '/', '.', '%' (and NUL) would let a path that passed the policy check reach a different upstream path.
+_ENCODED_TRICKS = re.compile(r"%(2f|2e|25|00|5c)", re.IGNORECASE)
+
+
+class Request:
+    def __init__(self, environ: dict[str, Any]):
+        self.environ = environ
+        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        raw_uri: str = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        raw_path, _, self.query_string = raw_uri.partition("?")
+        self.raw_path = raw_path or "/"
+        self.path = unquote(self.raw_path)
+        self._body: bytes | None = None
+
+    def header(self, name: str) -> str | None:
+        key = name.upper().replace("-", "_")
+        if key in {"CONTENT_TYPE", "CONTENT_LENGTH"}:
+            return self.environ.get(key) or None
+        return self.environ.get(f"HTTP_{key}")
+
+    @property
+    def content_type(self) -> str:
+        return (self.header("Content-Type") or "").split(";")[0].strip().lower()
+
+    def checked_path(self) -> str:
+        """The decoded path, refusing anything whose meaning could change between check and forward."""
+        raw = self.raw_path
+        if _ENCODED_TRICKS.search(raw) or "//" in raw or "\\" in raw:
+            raise InvalidRequest(f"path {raw!r} contains an encoded '/', '.', '%', a backslash or '//'")
+        if any(segment in {".", ".."} for segment in raw.split("/")):
+            raise InvalidRequest(f"path {raw!r} contains a '.' or '..' segment")
+        if not raw.startswith("/") or any(ord(c) < 0x21 or ord(c) == 0x7F for c in self.path):
+            raise InvalidRequest(f"path {raw!r} is not a clean absolute path")
+        return self.path
+
+    def query(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query_string, keep_blank_values=True)
+
+    def single_query(self, name: str) -> str | None:
+        """A query parameter that must appear at most once (a repeated one could be read two ways)."""
+        values = [value for key, value in self.query() if key == name]
+        if len(values) > 1:
+            raise InvalidRequest(f"the query parameter {name!r} appears more than once")
+        return values[0] if values else None
+
+    def body(self, limit: int | None = None) -> bytes:
+        if self._body is None:
+            limit = config.settings().max_body_bytes if limit is None else limit
+            length_raw = self.environ.get("CONTENT_LENGTH") or "0"
+            try:
+                length = int(length_raw)
+            except ValueError:
+                raise InvalidRequest(f"Content-Length {length_raw!r} is not a number") from None
+            if length > limit:
+                raise TooLarge(f"request body of {length} bytes exceeds {limit}")
+            stream = self.environ["wsgi.input"]
+            if length < 0:  # a chunked body: Caddy's FastCGI passes CONTENT_LENGTH -1, the body up to EOF
+                data = stream.read(limit + 1)
+                if len(data) > limit:
+                    raise TooLarge(f"request body exceeds {limit} bytes")
+            else:
+                data = stream.read(length) if length else b""
+                if len(data) != length:
+                    raise InvalidRequest("request body ended before Content-Length bytes arrived")
+            self._body = data
+        return self._body
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; duplicate keys are refused so no check sees a different value."""
+        if self.content_type not in {"application/json", "application/x-www-form-urlencoded", ""}:
+            raise UnsupportedMediaType(f"expected application/json, got {self.content_type!r}")
+        return parse_json_object(self.body())
+
+    def bearer_token(self) -> str | None:
+        auth = self.header("Authorization") or ""
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        return value.strip()
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Untrusted JSON: duplicate keys (case variants too) and non-finite numbers are a 400."""
+    try:
+        return strictjson.loads(data)
+    except strictjson.StrictJsonError as exc:
+        raise InvalidRequest(f"body is rejected: {exc}") from None
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    if not data.strip():
+        raise InvalidRequest("expected a JSON object body, got an empty body")
+    value = parse_json(data)
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"expected a JSON object body, got {type(value).__name__}")
+    return value
