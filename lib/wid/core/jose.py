@@ -2,6 +2,11 @@
 
 Only what a strict verifier needs: split and decode, a fixed algorithm allowlist (never `none`, never
 HMAC), signature check against one JWK, RFC 7638 thumbprints, and RS256 signing.
+
+The allowlist is exactly what tests/test_jose_vectors.py checks against published vectors (RFC 7515
+appendix A, RFC 7520 section 4, Wycheproof; tests/fixtures/jose/SOURCE.md). A key verifies only the
+algorithm it fits: an RSA key for RS*/PS*, a P-256 key for ES256, a P-384 key for ES384, and, when the
+JWK names an `alg`, only that one. Our own tokens are RS256 only (tokens.verify checks).
 """
 
 from __future__ import annotations
@@ -19,14 +24,23 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from wid.core import strictjson
 
-# alg -> (key type, hash); anything else is refused before a key is even looked up.
-ALLOWED_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
-    "RS256": ("RSA", hashes.SHA256),
-    "RS384": ("RSA", hashes.SHA384),
-    "RS512": ("RSA", hashes.SHA512),
-    "PS256": ("RSA", hashes.SHA256),
-    "ES256": ("EC", hashes.SHA256),
-    "ES384": ("EC", hashes.SHA384),
+
+class Alg(NamedTuple):
+    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3)."""
+    kty: str
+    crv: str | None  # the one curve an ES* algorithm is defined on
+    hash: type[hashes.HashAlgorithm]
+    pss: bool = False
+
+
+# Anything not listed is refused before a key is even looked up.
+ALLOWED_ALGS: dict[str, Alg] = {
+    "RS256": Alg("RSA", None, hashes.SHA256),
+    "RS384": Alg("RSA", None, hashes.SHA384),
+    "RS512": Alg("RSA", None, hashes.SHA512),
+    "PS256": Alg("RSA", None, hashes.SHA256, pss=True),
+    "ES256": Alg("EC", "P-256", hashes.SHA256),
+    "ES384": Alg("EC", "P-384", hashes.SHA384),
 }
 # Headers that would make a verifier fetch or trust a key the token itself names: never honoured.
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
@@ -79,6 +93,18 @@ class Jws(NamedTuple):
         return kid if isinstance(kid, str) and kid else None
 
 
+def _allowed(alg: object) -> Alg:
+    spec = ALLOWED_ALGS.get(alg) if isinstance(alg, str) else None
+    if spec is not None:
+        return spec
+    why = ""
+    if alg == "none":
+        why = ": an unsigned token is never accepted"
+    elif isinstance(alg, str) and alg.startswith("HS"):
+        why = ": a shared-secret MAC is never accepted, tokens must be signed with a public key"
+    raise JoseError(f"algorithm {alg!r} is not allowed{why} (allowed: {', '.join(ALLOWED_ALGS)})")
+
+
 def decode(token: str) -> Jws:
     """Parse without trusting anything; the algorithm and forbidden headers are checked here."""
     if len(token) > MAX_TOKEN_BYTES:
@@ -87,9 +113,7 @@ def decode(token: str) -> Jws:
     if len(parts) != 3:
         raise JoseError("token is not a compact JWS (three dot-separated parts)")
     header = _json_object(b64url_decode(parts[0]), "JOSE header")
-    alg = header.get("alg")
-    if alg not in ALLOWED_ALGS:
-        raise JoseError(f"algorithm {alg!r} is not allowed (allowed: {', '.join(ALLOWED_ALGS)})")
+    _allowed(header.get("alg"))
     bad = FORBIDDEN_HEADERS.intersection(header)
     if bad:
         raise JoseError(f"header parameter {sorted(bad)[0]!r} is not accepted")
@@ -124,27 +148,31 @@ def public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurvePublic
 
 
 def verify(jws: Jws, jwk: dict[str, Any]) -> None:
-    kty, hash_type = ALLOWED_ALGS[jws.alg]
-    if jwk.get("kty") != kty:
-        raise JoseError(f"key {jwk.get('kid')!r} is {jwk.get('kty')}, the token says {jws.alg}")
+    """Check the signature with `jwk`, which must fit the token's algorithm (kty, crv, the JWK's own alg)."""
+    spec = _allowed(jws.alg)
+    kid = jwk.get("kid")
+    if jwk.get("kty") != spec.kty:
+        raise JoseError(f"key {kid!r} is {jwk.get('kty')}, the token says {jws.alg} (needs {spec.kty})")
+    if spec.crv is not None and jwk.get("crv") != spec.crv:
+        raise JoseError(f"key {kid!r} is on curve {jwk.get('crv')!r}, the token says {jws.alg} (needs {spec.crv})")
     if jwk.get("alg") not in (None, jws.alg):
-        raise JoseError(f"key {jwk.get('kid')!r} is for {jwk.get('alg')}, the token says {jws.alg}")
+        raise JoseError(f"key {kid!r} is for {jwk.get('alg')}, the token says {jws.alg}")
     if jwk.get("use") not in (None, "sig"):
-        raise JoseError(f"key {jwk.get('kid')!r} is not a signing key")
+        raise JoseError(f"key {kid!r} is not a signing key")
     key = public_key(jwk)
     try:
         if isinstance(key, rsa.RSAPublicKey):
             pad: padding.AsymmetricPadding = (
-                padding.PSS(padding.MGF1(hash_type()), padding.PSS.DIGEST_LENGTH) if jws.alg.startswith("PS")
-                else padding.PKCS1v15())
-            key.verify(jws.signature, jws.signing_input, pad, hash_type())
+                padding.PSS(padding.MGF1(spec.hash()), padding.PSS.DIGEST_LENGTH) if spec.pss else padding.PKCS1v15())
+            key.verify(jws.signature, jws.signing_input, pad, spec.hash())
         else:
+            # JWS carries the raw r || s, each the curve's size (RFC 7518 section 3.4); DER is refused.
             size = (key.curve.key_size + 7) // 8
             if len(jws.signature) != 2 * size:
-                raise JoseError("signature does not verify")
+                raise JoseError(f"{jws.alg} signature is {len(jws.signature)} bytes, not the {2 * size} of r || s")
             r = int.from_bytes(jws.signature[:size], "big")
             s = int.from_bytes(jws.signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(hash_type()))
+            key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(spec.hash()))
     except InvalidSignature:
         raise JoseError("signature does not verify") from None
 
