@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from wid import jose
+from wid.core import jose
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jose"
 RFC7515 = json.loads((FIXTURES / "rfc7515_appendix_a.json").read_text())["vectors"]
