@@ -166,7 +166,8 @@ def test_the_git_handler_imports_no_hcl_parser() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, wid.handlers.git, wid.git_auth, wid.authz, wid.upstream_digitalocean; "
+    code = ("import sys, wid.web.handlers.git, wid.service.git_auth, wid.service.authz, "
+            "wid.upstreams.digitalocean.api; "
             "print(sorted(m for m in ('hcl2', 'lark', 'requests', 'yaml', 'jsonschema') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.strip() == "[]"

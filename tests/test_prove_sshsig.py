@@ -163,7 +163,7 @@ def test_fetch_host_key_failures() -> None:
 
 
 def test_request_paths_do_not_import_ssh_or_yaml() -> None:
-    code = ("import sys; import wid.handlers.oidc_prove, wid.handlers.droplet_create; "
+    code = ("import sys; import wid.web.handlers.oidc_prove, wid.web.handlers.droplet_create; "
             "bad = sorted(m for m in ('paramiko', 'yaml', 'requests', 'hcl2') if m in sys.modules); "
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
