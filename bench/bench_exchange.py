@@ -120,7 +120,8 @@ def main() -> None:
 
     github = GitHubOIDCStandIn()
     github.start()
-    proxy = start_proxy({"WID_TRUSTED_ISSUERS": github.issuer, "WID_ALLOW_INSECURE_ISSUERS": "1"})
+    proxy = start_proxy({"WID_TRUSTED_ISSUERS": github.issuer, "WID_ISSUER_OWNER_CLAIMS": f"{github.issuer}=github",
+                         "WID_ALLOW_INSECURE_ISSUERS": "1"})
     try:
         team = str(uuid.uuid4())
         aud = f"api://DigitalOcean?actx={team}"

@@ -139,7 +139,8 @@ class ProxyServer:
         from wid.store import storage
 
         names = ("WID_DATA_DIR", "THIS_ENDPOINT", "DATABASE_URI", "WID_SECRET_KEY", "WID_TRUSTED_ISSUERS",
-                 "WID_ALLOW_INSECURE_ISSUERS", "DIGITALOCEAN_API_URL", "DIGITALOCEAN_OAUTH_URL")
+                 "WID_ISSUER_OWNER_CLAIMS", "WID_ALLOW_INSECURE_ISSUERS", "DIGITALOCEAN_API_URL",
+                 "DIGITALOCEAN_OAUTH_URL")
         saved = {name: os.environ.get(name) for name in names}
         for name in names:
             if self.env.get(name) is None:

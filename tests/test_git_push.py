@@ -280,6 +280,32 @@ def test_broken_configuration_is_rejected_with_readable_errors(server: GitServer
 
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
+def test_a_github_role_that_does_not_fix_the_owner_is_refused_at_push(server: GitServer, team: Team,
+                                                                      admin: GitUser) -> None:
+    repo, main = push_initial(admin)
+    any_repo = ('role "prod-deploy" {\n  iss = "https://token.actions.githubusercontent.com"\n'
+                '  aud = "api://DigitalOcean?actx={actx}"\n  sub = "environment:prod"\n'
+                '  policies = ["ex-database-and-spaces-keys-access"]\n}\n')
+    admin.commit(repo, {"gha-roles/prod.hcl": any_repo}, "deploy role bound to an environment only")
+    pushed = admin.git("push", "deploy", "main", cwd=repo, check=False)
+    assert pushed.returncode != 0
+    assert ("remote: gha-roles/prod.hcl:1: role 'prod-deploy' trusts issuer https://token.actions.githubusercontent.com"
+            " but does not fix whose tokens it accepts") in pushed.stderr
+    assert state(server, team.uuid)["main_commit"] == main
+
+    # Binding the owner's immutable id goes through; binding it by name only draws a warning.
+    admin.commit(repo, {"gha-roles/prod.hcl": any_repo.replace("  policies", '  repository_owner = "org"\n  policies')},
+                 "bind the owner by name")
+    pushed = admin.git("push", "deploy", "main", cwd=repo)
+    warning = "remote: wid: warning: gha-roles/prod.hcl:1: role 'prod-deploy' binds repository_owner by name"
+    assert warning in pushed.stderr
+    fixed = admin.commit(repo, {"gha-roles/prod.hcl": any_repo.replace(
+        "  policies", '  repository_owner_id = "4242"\n  policies')}, "bind the owner id")
+    pushed = admin.git("push", "deploy", "main", cwd=repo)
+    assert "prod-deploy" not in pushed.stderr and state(server, team.uuid)["main_commit"] == fixed
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
 def test_only_main_can_be_pushed_and_it_cannot_be_deleted(server: GitServer, team: Team, admin: GitUser) -> None:
     repo, main = push_initial(admin)
     refs = ls_remote(admin, server.url, repo)

@@ -107,6 +107,8 @@ def gha_proxy(tmp_path_factory: pytest.TempPathFactory, gh: GitHubOIDCStandIn,
     bundle.write_bytes(Path(str(gh.ca_file)).read_bytes() + Path(str(elsewhere.ca_file)).read_bytes())
     server = ProxyServer(root / "data", {
         "WID_TRUSTED_ISSUERS": f"{gh.issuer} {elsewhere.issuer}",
+        # The stand-ins are GitHub-shaped issuers on loopback: GitHub's owner rules apply to them.
+        "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github {elsewhere.issuer}=github",
         # HTTPS to the issuer, verified against SSL_CERT_FILE; the flag only lets it live on loopback
         # (issuers must otherwise resolve to public addresses).
         "WID_ALLOW_INSECURE_ISSUERS": "1",
@@ -295,3 +297,25 @@ def test_unreachable_issuer_fails_closed_fast_and_slows_nobody_else(gha_proxy: P
         with gha_proxy.configured():
             issuers.forget(gh.issuer)
     assert exchange(gha_proxy, workflow_token(gh, team), body(team)).status_code == 200
+
+
+def test_a_configuration_stored_before_the_owner_rule_keeps_serving(gha_proxy: ProxyServer,
+                                                                    gh: GitHubOIDCStandIn) -> None:
+    """A role bound to an environment only, as a server before the owner rule stored it, still decides.
+
+    The opt-in compiles to exactly what the earlier compiler stored for the same role without it."""
+    actx = new_team()
+    env_only = f"""role "prod" {{
+  iss = "{gh.issuer}"
+  aud = "api://DigitalOcean?actx={{actx}}"
+  sub = "environment:prod"
+  accept_tokens_of_any_owner = true
+  policies = ["ex-gha-readwrite"]
+}}
+""".encode()
+    compiled = install_rbac(gha_proxy, actx, {"policies/ex-gha-readwrite.hcl": ARTICLE_POLICY,
+                                              "gha-roles/prod.hcl": env_only}, trusted_issuers=[gh.issuer])
+    assert compiled["roles"]["prod"]["claims"] == {} and compiled["roles"]["prod"]["sub"] == "environment:prod"
+    token = gh.mint(audience(actx), sub="environment:prod", repository="anyone/anything")
+    response = exchange(gha_proxy, token, body(actx))
+    assert response.status_code == 200, response.text

@@ -42,7 +42,11 @@ def plain_files() -> dict[str, bytes]:
 
 
 def install(team: str, files: dict[str, bytes]) -> None:
-    compiled = rbac_compile.compile_tree(files, api="DigitalOcean", actx=team)
+    # The stand-in issuers are GitHub-shaped: GitHub's owner rules apply to whatever issuer a file names.
+    issuers = {line.split('"')[1] for line in b"".join(files.values()).decode().splitlines() if "iss" in line
+               and line.split("=")[0].strip() == "iss"}
+    compiled = rbac_compile.compile_tree(files, api="DigitalOcean", actx=team,
+                                         owner_claims={issuer: ("github",) for issuer in issuers})
     with storage.database().transaction() as tx:
         rbac_store.install(tx, "DigitalOcean", team, compiled, "0" * 40)
 

@@ -72,12 +72,14 @@ def test_roles_sharing_aud_and_sub_are_told_apart_by_other_claims() -> None:
     files = {
         "policies/p.hcl": rule("/a").encode(),
         "gha-roles/main.hcl": b'role "main" {\n iss = "https://gh.example"\n aud = "A"\n sub = "S"\n'
-        b' policies = ["p"]\n job_workflow_ref = "w@refs/heads/main"\n}\n',
+        b' policies = ["p"]\n job_workflow_ref = "w@refs/heads/main"\n org_id = "7"\n}\n',
         "gha-roles/dev.hcl": b'role "dev" {\n iss = "https://gh.example"\n aud = "A"\n sub = "S"\n'
-        b' policies = ["p"]\n job_workflow_ref = "w@refs/heads/dev"\n}\n',
+        b' policies = ["p"]\n job_workflow_ref = "w@refs/heads/dev"\n org_id = "7"\n}\n',
     }
-    rbac = CompiledRbac.from_dict(compile_tree(files, api="DigitalOcean", actx=ACTX))
-    claims = {"iss": "https://gh.example", "aud": "A", "sub": "S", "job_workflow_ref": "w@refs/heads/dev"}
+    compiled = compile_tree(files, api="DigitalOcean", actx=ACTX, owner_claims={"https://gh.example": ("org_id",)})
+    rbac = CompiledRbac.from_dict(compiled)
+    claims = {"iss": "https://gh.example", "aud": "A", "sub": "S", "job_workflow_ref": "w@refs/heads/dev",
+              "org_id": "7"}
     assert rbac.matching_roles(claims, THIS) == ["dev"]
     assert rbac.matching_roles({**claims, "job_workflow_ref": "w@refs/heads/*"}, THIS) == []
     assert rbac.issuers() == {"https://gh.example"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +31,8 @@ class Settings(NamedTuple):
     max_body_bytes: int
     max_exchange_ttl: int
     upstream_timeout: float
+    # issuer -> claims naming the owner of its workloads (lib/wid/core/rbac/owner.py; GitHub's are built in)
+    issuer_owner_claims: dict[str, tuple[str, ...]]
 
     @property
     def public_dir(self) -> Path:
@@ -74,6 +77,25 @@ def _endpoint(raw: str | None, port: int) -> str:
     return value
 
 
+def _issuer_owner_claims(raw: str) -> dict[str, tuple[str, ...]]:
+    """WID_ISSUER_OWNER_CLAIMS: space-separated ISSUER=claim[,claim...] entries."""
+    declared: dict[str, tuple[str, ...]] = {}
+    for entry in raw.split():
+        issuer, sep, names = entry.rpartition("=")
+        claims = tuple(name for name in names.split(",") if name)
+        if not sep or not issuer.startswith(("https://", "http://")) or not claims:
+            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: {entry!r} is not ISSUER=claim[,claim...] (an issuer URL, "
+                              "'=', then claim names separated by commas)")
+        bad = [name for name in claims if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name)]
+        if bad:
+            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: {entry!r} names claims that are not plain names: "
+                              f"{', '.join(bad)}")
+        if issuer in declared:
+            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: issuer {issuer} is declared twice")
+        declared[issuer] = claims
+    return declared
+
+
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     """Read once per process; tests that change the environment call settings.cache_clear()."""
@@ -95,4 +117,5 @@ def settings() -> Settings:
         max_body_bytes=_int("WID_MAX_BODY_BYTES", 1024 * 1024),
         max_exchange_ttl=_int("WID_MAX_EXCHANGE_TTL", 3600),
         upstream_timeout=float(_int("WID_UPSTREAM_TIMEOUT", 30)),
+        issuer_owner_claims=_issuer_owner_claims(os.environ.get("WID_ISSUER_OWNER_CLAIMS", "")),
     )

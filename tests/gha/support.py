@@ -78,12 +78,14 @@ def article_files() -> dict[str, bytes]:
 def install_rbac(proxy: ProxyServer, team: str, files: dict[str, bytes], *, api: str = "DigitalOcean",
                  trusted_issuers: list[str] | None = None) -> dict[str, Any]:
     """Compile `files` for the context and make it the configuration in force (what a git push does)."""
+    from wid import config
     from wid.core.rbac import compiler as rbac_compile
     from wid.store import rbac as rbac_store
     from wid.store import storage
 
     with proxy.configured():
-        compiled = rbac_compile.compile_tree(files, api=api, actx=team, trusted_issuers=trusted_issuers)
+        compiled = rbac_compile.compile_tree(files, api=api, actx=team, trusted_issuers=trusted_issuers,
+                                             owner_claims=config.settings().issuer_owner_claims)
         with storage.database().transaction() as tx:
             rbac_store.install(tx, api, team, compiled, "0" * 40)
     return compiled

@@ -144,7 +144,8 @@ def start_services(ctx: Context) -> str:
         ctx.sshd = sshd = ctx.sshds.start()
     c.info(f"the Droplet-to-be: OpenSSH sshd at {sshd.address}:{sshd.port} with fresh host keys (tests/sshd.py)")
     env = {"WID_DROPLET_SSH_PORT": str(sshd.port), "WID_DROPLET_SSH_TIMEOUT": "5", "WID_UPSTREAM_TIMEOUT": "10",
-           "WID_TRUSTED_ISSUERS": gh.issuer, "WID_ALLOW_INSECURE_ISSUERS": "1", "WID_CGI_WORKERS": "4"}
+           "WID_TRUSTED_ISSUERS": gh.issuer, "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github",
+           "WID_ALLOW_INSECURE_ISSUERS": "1", "WID_CGI_WORKERS": "4"}
     with critical():
         ctx.world = world = World.start(ctx.tmp / "proxy" / "data", env)
     do = world.stand_in

@@ -29,7 +29,8 @@ class _UsageError(Exception):
 def _compile(args: argparse.Namespace, api: str, actx: str) -> dict[str, Any]:
     settings = config.settings()
     trusted = args.trusted_issuers if args.trusted_issuers is not None else settings.trusted_issuers
-    result = compile_directory(Path(args.directory), api=api, actx=actx, trusted_issuers=trusted)
+    result = compile_directory(Path(args.directory), api=api, actx=actx, trusted_issuers=trusted,
+                               owner_claims=settings.issuer_owner_claims)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return result

@@ -17,6 +17,7 @@ from typing import Any
 
 from wid.core.policy.engine import CAPABILITIES, FORMAT_VERSION, CompiledRbac, parse_path_pattern
 from wid.core.policy.params import ConstraintError, build_allowed, build_denied
+from wid.core.rbac import owner
 from wid.core.rbac.hcl import Attribute, Block, HclError, HclList, HclObject, read
 
 MAX_FILE_BYTES = 1 << 20
@@ -24,7 +25,7 @@ MAX_TOTAL_BYTES = 4 << 20  # parsing costs about 10 s per MiB; bound the work on
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _ACTX = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,254}\Z")
 _API = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}\Z")
-_ROLE_FIELDS = ("iss", "aud", "sub", "policies")
+_ROLE_FIELDS = ("iss", "aud", "sub", "policies", owner.OPT_IN)
 _RULE_FIELDS = ("capabilities", "allowed_parameters", "denied_parameters")
 _CAPABILITY_HINTS = {
     "list": "there is no LIST method here; GET needs read",
@@ -78,8 +79,10 @@ def _constraint_line(attribute: Attribute, keys: tuple[str | int, ...]) -> int:
 
 
 class _Compiler:
-    def __init__(self, api: str, actx: str, issuer: str | None, trusted: Sequence[str] | None) -> None:
+    def __init__(self, api: str, actx: str, issuer: str | None, trusted: Sequence[str] | None,
+                 owner_claims: Mapping[str, Sequence[str]]) -> None:
         self.api, self.actx, self.issuer, self.trusted = api, actx, issuer, trusted
+        self.owner_claims = owner_claims
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.roles: dict[str, dict[str, Any]] = {}
@@ -227,8 +230,15 @@ class _Compiler:
                     f'sends claims as strings (write {field} = "...")',
                 )
         policies = self.policy_names(name, role_name, attributes.get("policies"), block.line)
+        any_owner = self.opt_in(name, attributes.get(owner.OPT_IN))
         if len(self.errors) > errors:
             return
+        if iss is not None and iss != self.issuer and sub is not None:
+            verdict = owner.check(role_name, iss, sub, claims, any_owner, self.owner_claims)
+            if verdict.error:
+                self.error(name, block.line, verdict.error)
+                return
+            self.warnings.extend(f"{_where(name, block.line)}: {warning}" for warning in verdict.warnings)
         expected = f"api://{self.api}?actx={self.actx}"
         if aud != expected:
             self.warnings.append(
@@ -258,6 +268,14 @@ class _Compiler:
             trusted = ", ".join(self.trusted) or "none"
             self.error(name, attribute.line, f"issuer {value!r} is not trusted by this proxy (trusted: {trusted})")
         return value
+
+    def opt_in(self, name: str, attribute: Attribute | None) -> bool:
+        if attribute is None:
+            return False
+        if not isinstance(attribute.value, bool):
+            self.error(name, attribute.line, f"{owner.OPT_IN} must be true or false")
+            return False
+        return attribute.value
 
     def policy_names(self, name: str, role: str, attribute: Attribute | None, line: int) -> list[str] | None:
         if attribute is None:
@@ -302,18 +320,21 @@ def compile_tree(
     actx: str,
     issuer: str | None = None,
     trusted_issuers: Sequence[str] | None = None,
+    owner_claims: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Compile repo files (repo-relative path -> content) into the rbac.json dict.
 
     {actx} is replaced with actx in every string. issuer fills in the iss of roles without one
     (None keeps null: "this issuer", resolved at evaluation). With trusted_issuers, a role naming
-    an issuer that is neither issuer nor listed is an error. Raises CompileError.
+    an issuer that is neither issuer nor listed is an error. A role on another issuer must fix whose
+    tokens it accepts (lib/wid/core/rbac/owner.py; owner_claims: the operator's declared owner claims
+    per issuer, GitHub's are built in). Raises CompileError.
     """
     if not _API.match(api):
         raise CompileError([f"api {api!r} must match {_API.pattern}"])
     if not _ACTX.match(actx):
         raise CompileError([f"actx {actx!r} must match {_ACTX.pattern}"])
-    compiler = _Compiler(api, actx, issuer, trusted_issuers)
+    compiler = _Compiler(api, actx, issuer, trusted_issuers, owner_claims or {})
     policy_files: list[str] = []
     role_files: list[str] = []
     for name in sorted(files):
@@ -354,6 +375,7 @@ def compile_directory(
     actx: str,
     issuer: str | None = None,
     trusted_issuers: Sequence[str] | None = None,
+    owner_claims: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """compile_tree over a checkout; hidden directories (.git, .venv) and symlinks are skipped."""
     root = Path(path)
@@ -371,6 +393,7 @@ def compile_directory(
                 continue
             with full.open("rb") as handle:
                 files[relative] = handle.read(MAX_FILE_BYTES + 1)
-    result = compile_tree(files, api=api, actx=actx, issuer=issuer, trusted_issuers=trusted_issuers)
+    result = compile_tree(files, api=api, actx=actx, issuer=issuer, trusted_issuers=trusted_issuers,
+                          owner_claims=owner_claims)
     result["warnings"] = sorted(skipped) + result["warnings"]
     return result

@@ -402,7 +402,8 @@ class _Push:
         try:
             compiled = rbac_compile.compile_tree(files, api=self.repo.api, actx=self.repo.actx,
                                                  issuer=settings.this_endpoint,
-                                                 trusted_issuers=list(settings.trusted_issuers))
+                                                 trusted_issuers=list(settings.trusted_issuers),
+                                                 owner_claims=settings.issuer_owner_claims)
         except rbac_compile.CompileError as exc:
             count = len(exc.errors)
             h.say(f"wid: main was not updated: the configuration has {count} error(s):\n"
