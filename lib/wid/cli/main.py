@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wid import config
+from wid.cli.audit import operator
 from wid.store import storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
-_PLUGINS = ("wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
+_PLUGINS = ("wid.cli.audit", "wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
 
 
 def _print_json(value: object) -> None:
@@ -58,7 +59,7 @@ def render_cgi(source: Path, target: Path) -> None:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from wid.core import tokens
-    from wid.store import keys, wellknown
+    from wid.store import audit, keys, wellknown
 
     if args.action == "list":
         rows = keys.listing()
@@ -71,11 +72,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     if args.action == "rotate":
         old, new = keys.rotate(tokens.max_token_ttl())
+        audit.record("operator_keys_rotate", "info", operator=operator(), retired=old, active=new)
         wellknown.publish()
         print(f"active key is now {new}" + (f"; {old} retired, still published until its tokens expire" if old else ""))
         return 0
     if args.action == "prune":
         pruned = keys.prune()
+        audit.record("operator_keys_prune", "info", operator=operator(), pruned=pruned)
         wellknown.publish()
         print(f"pruned {len(pruned)} key(s)" + (": " + ", ".join(pruned) if pruned else ""))
         return 0
@@ -83,28 +86,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from wid.store import audit
-
-    since = int(time.time()) - args.since_seconds if args.since_seconds else None
-    rows = audit.entries(actx=args.actx, event=args.event, decision=args.decision, since=since, limit=args.limit)
-    for row in rows:
-        if args.json:
-            print(json.dumps(row.as_dict(), sort_keys=True))
-        else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.ts))
-            print(f"{stamp} {row.event:10} {row.decision:5} actx={row.actx or '-'} sub={row.sub or '-'} "
-                  f"jti={row.jti or '-'} {json.dumps(row.detail, sort_keys=True)}")
-    return 0
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     from wid.core import tokens
+    from wid.store import audit
 
     extra = json.loads(args.claims) if args.claims else {}
     if not isinstance(extra, dict) or tokens.RESERVED_CLAIMS.intersection(extra):
         raise config.ConfigError(f"--claims must be a JSON object without {sorted(tokens.RESERVED_CLAIMS)}")
-    token, _ = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
+    token, claims = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
+    # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
+    audience = tokens.parse_audience(claims["aud"])
+    audit.record("operator_token", "info", api=audience.api, actx=audience.actx, sub=claims["sub"], jti=claims["jti"],
+                 operator=operator(), kind=args.kind, ttl=args.ttl, claims=sorted(extra))
     print(token)
     return 0
 
@@ -122,15 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["list", "rotate", "prune", "publish"])
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=cmd_keys)
-
-    audit = sub.add_parser("audit", help="read the audit log (oldest first)")
-    audit.add_argument("--actx")
-    audit.add_argument("--event")
-    audit.add_argument("--decision", choices=["allow", "deny", "info"])
-    audit.add_argument("--since-seconds", type=int, metavar="N", help="only the last N seconds")
-    audit.add_argument("--limit", type=int, default=100)
-    audit.add_argument("--json", action="store_true", help="one JSON object per line")
-    audit.set_defaults(func=cmd_audit)
 
     token = sub.add_parser("token", help="sign a token with the active key (operators and tests)")
     token.add_argument("--aud", required=True, help="api://{API}?actx={actx}")

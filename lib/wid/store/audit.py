@@ -1,12 +1,15 @@
-"""Append-only audit log of every issuance, exchange, proof, refresh, push and denial.
+"""Append-only audit log of every issuance, exchange, proof, refresh, push, forwarded call, operator
+action and denial.
 
-Callers pass identifiers only (jti, sub, iss, actx); never a token, a password or a key.
+Callers pass identifiers only (jti, sub, iss, actx, method, path); never a token, a password or a key.
+Rows are pruned only by an operator (`wid audit prune`, docs/operator.md "Audit retention").
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from wid.log import log, request_id
@@ -14,13 +17,13 @@ from wid.store import storage
 
 
 def record(event: str, decision: str, *, api: str | None = None, actx: str | None = None,
-           sub: str | None = None, iss: str | None = None, jti: str | None = None,
-           tx: storage.Transaction | None = None, **detail: Any) -> None:
+           sub: str | None = None, iss: str | None = None, jti: str | None = None, method: str | None = None,
+           path: str | None = None, tx: storage.Transaction | None = None, **detail: Any) -> None:
     """Write one audit row (inside `tx` when the event must commit or roll back with other writes)."""
-    row = (int(time.time()), event, decision, api, actx, sub, iss, jti, request_id.get(),
+    row = (int(time.time()), event, decision, api, actx, sub, iss, jti, method, path, request_id.get(),
            json.dumps(detail, default=str, sort_keys=True))
-    sql = ("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, request_id, detail) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    sql = ("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, path, request_id, detail) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     if tx is not None:
         tx.execute(sql, row)
     else:
@@ -39,6 +42,8 @@ class AuditEntry(NamedTuple):
     sub: str | None
     iss: str | None
     jti: str | None
+    method: str | None
+    path: str | None
     request_id: str | None
     detail: dict[str, Any]
 
@@ -46,20 +51,80 @@ class AuditEntry(NamedTuple):
         return self._asdict()
 
 
+_COLUMNS = "id, ts, event, decision, api, actx, sub, iss, jti, method, path, request_id, detail"
+
+
+class Filter(NamedTuple):
+    """Which rows: every given field must hold. `path` ending in `*` matches that prefix."""
+
+    actx: str | None = None
+    event: str | None = None
+    decision: str | None = None
+    jti: str | None = None
+    sub: str | None = None
+    path: str | None = None
+    since: int | None = None
+    before: int | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column in ("actx", "event", "decision", "jti", "sub"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.path is not None:
+            if self.path.endswith("*"):  # a prefix, compared exactly (LIKE folds case in SQLite)
+                clauses.append("substr(path, 1, CAST(? AS INTEGER)) = ?")
+                params += [len(self.path) - 1, self.path[:-1]]
+            else:
+                clauses.append("path = ?")
+                params.append(self.path)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.before is not None:
+            clauses.append("ts < ?")
+            params.append(self.before)
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _entry(r: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(id=r[0], ts=r[1], event=r[2], decision=r[3], api=r[4], actx=r[5], sub=r[6], iss=r[7],
+                      jti=r[8], method=r[9], path=r[10], request_id=r[11], detail=json.loads(r[12]))
+
+
 def entries(*, actx: str | None = None, event: str | None = None, decision: str | None = None,
-            since: int | None = None, limit: int = 100) -> list[AuditEntry]:
-    where: list[str] = []
-    params: list[object] = []
-    for column, value in (("actx", actx), ("event", event), ("decision", decision)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+            since: int | None = None, limit: int = 100, which: Filter | None = None) -> list[AuditEntry]:
+    """The newest `limit` rows that match, oldest first."""
+    which = which or Filter(actx=actx, event=event, decision=decision, since=since)
+    clause, params = which.where()
     with storage.database().transaction(write=False) as tx:
-        rows = tx.execute(f"SELECT id, ts, event, decision, api, actx, sub, iss, jti, request_id, detail "  # noqa: S608
-                          f"FROM audit_log {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    return [AuditEntry(id=r[0], ts=r[1], event=r[2], decision=r[3], api=r[4], actx=r[5], sub=r[6], iss=r[7],
-                       jti=r[8], request_id=r[9], detail=json.loads(r[10])) for r in reversed(rows)]
+        rows = tx.execute(f"SELECT {_COLUMNS} FROM audit_log {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
+                          (*params, limit))
+    return [_entry(r) for r in reversed(rows)]
+
+
+def prune(before: int, export: Callable[[AuditEntry], None] | None = None, batch: int = 5000) -> int:
+    """Delete the rows older than `before` (epoch seconds), oldest first, in short transactions.
+
+    Each batch is handed to `export` before it is deleted, so an export is never missing a pruned row;
+    a batch is deleted by its exact ids, so rows written meanwhile are never touched.
+    """
+    db = storage.database()
+    pruned = 0
+    while True:
+        with db.transaction(write=False) as tx:
+            rows = tx.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE ts < ? ORDER BY id LIMIT ?",  # noqa: S608
+                              (before, batch))
+        if not rows:
+            return pruned
+        found = [_entry(r) for r in rows]
+        if export is not None:
+            for entry in found:
+                export(entry)
+        with db.transaction() as tx:
+            tx.execute("DELETE FROM audit_log WHERE id >= ? AND id <= ? AND ts < ?",
+                       (found[0].id, found[-1].id, before))
+        pruned += len(found)
