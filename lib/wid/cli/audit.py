@@ -43,6 +43,8 @@ def _stamp(ts: int) -> str:
 
 def _line(row: audit.AuditEntry) -> str:
     where = f" {row.method} {row.path}" if row.path else ""
+    if row.status is not None:
+        where += f" -> {row.status}" + (f" {row.outcome}" if row.outcome else "")
     return (f"{_stamp(row.ts)} {row.event:10} {row.decision:5} actx={row.actx or '-'} sub={row.sub or '-'} "
             f"jti={row.jti or '-'}{where} {json.dumps(row.detail, sort_keys=True)}")
 

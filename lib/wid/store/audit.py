@@ -32,6 +32,32 @@ def record(event: str, decision: str, *, api: str | None = None, actx: str | Non
     log("audit", audit_event=event, decision=decision, actx=actx, sub=sub, jti=jti)
 
 
+def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | None, jti: str | None,
+               method: str, path: str, **detail: Any) -> int:
+    """Record a call allowed by policy before it is made with a stored credential; returns the row's id.
+
+    If this write fails the call is not made (the caller's request ends in 503): no allowed call goes
+    unrecorded. finish_call() adds what came of it.
+    """
+    row = (int(time.time()), event, "allow", api, actx, sub, iss, jti, method, path, request_id.get(),
+           json.dumps(detail, default=str, sort_keys=True))
+    with storage.database().transaction() as tx:
+        found = tx.one("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, path, "
+                       "request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", row)
+    assert found is not None
+    log("audit", audit_event=event, decision="allow", actx=actx, sub=sub, jti=jti, method=method, path=path)
+    return int(found[0])
+
+
+def finish_call(entry: int, status: int, outcome: str | None = None) -> None:
+    """The status the call was answered with (the upstream's, or ours when it could not be made)."""
+    try:
+        with storage.database().transaction() as tx:
+            tx.execute("UPDATE audit_log SET status = ?, outcome = ? WHERE id = ?", (status, outcome, entry))
+    except storage.DatabaseUnavailable as exc:  # the call was made and is recorded; only its status is lost
+        log("audit_finish_failed", level="error", entry=entry, status=status, message=str(exc))
+
+
 class AuditEntry(NamedTuple):
     id: int
     ts: int
@@ -44,6 +70,8 @@ class AuditEntry(NamedTuple):
     jti: str | None
     method: str | None
     path: str | None
+    status: int | None
+    outcome: str | None
     request_id: str | None
     detail: dict[str, Any]
 
@@ -51,7 +79,7 @@ class AuditEntry(NamedTuple):
         return self._asdict()
 
 
-_COLUMNS = "id, ts, event, decision, api, actx, sub, iss, jti, method, path, request_id, detail"
+_COLUMNS = "id, ts, event, decision, api, actx, sub, iss, jti, method, path, status, outcome, request_id, detail"
 
 
 class Filter(NamedTuple):
@@ -92,7 +120,8 @@ class Filter(NamedTuple):
 
 def _entry(r: Sequence[Any]) -> AuditEntry:
     return AuditEntry(id=r[0], ts=r[1], event=r[2], decision=r[3], api=r[4], actx=r[5], sub=r[6], iss=r[7],
-                      jti=r[8], method=r[9], path=r[10], request_id=r[11], detail=json.loads(r[12]))
+                      jti=r[8], method=r[9], path=r[10], status=r[11], outcome=r[12], request_id=r[13],
+                      detail=json.loads(r[14]))
 
 
 def entries(*, actx: str | None = None, event: str | None = None, decision: str | None = None,

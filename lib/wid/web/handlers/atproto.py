@@ -21,12 +21,13 @@ from urllib.parse import parse_qsl
 from wid import config
 from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType, WidError
 from wid.core.policy import engine as policy
-from wid.log import log, request_id
+from wid.log import request_id
 from wid.net import upstream
 from wid.service import authz
 from wid.store import browser_state
 from wid.upstreams.atproto import oauth
 from wid.upstreams.atproto.xrpc import API, check_repo, is_json, nsid_of
+from wid.web import audited
 from wid.web.errors import error_response, headers_of, status_of
 from wid.web.request import Request
 from wid.web.response import Response
@@ -222,9 +223,8 @@ def xrpc(request: Request) -> Response:
                              "read is refused") from None
     check_repo(principal.actx, method, nsid, content_type, body)
     decision = authz.authorize(principal, method, path, params)
-    log("forward", api=API, actx=principal.actx, sub=principal.claims.get("sub"), jti=principal.claims.get("jti"),
-        method=method, path=path, policy=decision.policy, rule=decision.rule)
-    return upstream.get(API).forward(principal.actx, request, path)
+    return audited.forward(principal, decision, method, path,
+                           lambda: upstream.get(API).forward(principal.actx, request, path), nsid=nsid)
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------

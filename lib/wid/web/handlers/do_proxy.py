@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound
 from wid.core.policy import engine as policy
-from wid.log import log
 from wid.net import upstream
 from wid.service import authz
 from wid.upstreams.digitalocean.api import API
+from wid.web import audited
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -60,6 +60,6 @@ def handler(request: Request) -> Response:
         raise InvalidRequest(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
                              f"read is refused") from None
     decision = authz.authorize(principal, method, path, params)
-    log("forward", api=API, actx=principal.actx, sub=principal.claims.get("sub"), jti=principal.claims.get("jti"),
-        method=method, path=path, route=route_name(method, path), policy=decision.policy, rule=decision.rule)
-    return upstream.get(API).forward(principal.actx, request, path)
+    return audited.forward(principal, decision, method, path,
+                           lambda: upstream.get(API).forward(principal.actx, request, path),
+                           route=route_name(method, path))
