@@ -306,6 +306,27 @@ def test_a_github_role_that_does_not_fix_the_owner_is_refused_at_push(server: Gi
 
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
+def test_policy_tests_in_the_repo_run_at_push(server: GitServer, team: Team, admin: GitUser) -> None:
+    repo, main = push_initial(admin)
+    test = ('test "the data role reads the database" {\n'
+            '  token  = { sub = "actx:{actx}:role:database-and-spaces-keys-access" }\n'
+            '  method = "GET"\n  path   = "/v2/databases/9cc10173-e9ea-4176-9dbc-a4cee4c4ff30"\n'
+            '  expect = "EXPECT"\n}\n')
+    admin.commit(repo, {"tests/data.hcl": test.replace("EXPECT", "deny")}, "a wrong expectation")
+    pushed = admin.git("push", "deploy", "main", cwd=repo, check=False)
+    assert pushed.returncode != 0
+    assert "remote: 1 of 1 policy test(s) failed:" in pushed.stderr
+    failure = "remote: tests/data.hcl:1: test 'the data role reads the database': expected deny, got allow"
+    assert failure in pushed.stderr
+    assert state(server, team.uuid)["main_commit"] == main
+    fixed = admin.commit(repo, {"tests/data.hcl": test.replace("EXPECT", "allow")}, "right")
+    pushed = admin.git("push", "deploy", "main", cwd=repo)
+    assert "; 1 policy test passed" in pushed.stderr and "tests/data.hcl: ignored" not in pushed.stderr
+    after = state(server, team.uuid)
+    assert after["main_commit"] == fixed and after["allowed"][-1].detail["tests"] == 1
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
 def test_only_main_can_be_pushed_and_it_cannot_be_deleted(server: GitServer, team: Team, admin: GitUser) -> None:
     repo, main = push_initial(admin)
     refs = ls_remote(admin, server.url, repo)

@@ -343,7 +343,7 @@ def compile_tree(
             policy_files.append(name)
         elif rest.endswith(".hcl") and "/" not in rest and top.endswith("roles"):
             role_files.append(name)
-        else:
+        elif not (rest.endswith(".hcl") and "/" not in rest and top == "tests"):  # policy tests: cases.py
             compiler.warnings.append(f"{name}: ignored (not a *.hcl file directly in policies/ or in a *roles folder)")
     total = sum(len(files[name]) for name in policy_files + role_files)
     if total > MAX_TOTAL_BYTES:
@@ -368,16 +368,9 @@ def compile_tree(
     return result
 
 
-def compile_directory(
-    path: Path,
-    *,
-    api: str,
-    actx: str,
-    issuer: str | None = None,
-    trusted_issuers: Sequence[str] | None = None,
-    owner_claims: Mapping[str, Sequence[str]] | None = None,
-) -> dict[str, Any]:
-    """compile_tree over a checkout; hidden directories (.git, .venv) and symlinks are skipped."""
+def read_directory(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """A checkout's files (repo-relative path -> content) and warnings for what was skipped: hidden
+    directories (.git, .venv), symlinks and other non-regular files."""
     root = Path(path)
     if not root.is_dir():
         raise CompileError([f"{path}: not a directory"])
@@ -393,7 +386,12 @@ def compile_directory(
                 continue
             with full.open("rb") as handle:
                 files[relative] = handle.read(MAX_FILE_BYTES + 1)
-    result = compile_tree(files, api=api, actx=actx, issuer=issuer, trusted_issuers=trusted_issuers,
-                          owner_claims=owner_claims)
-    result["warnings"] = sorted(skipped) + result["warnings"]
+    return files, sorted(skipped)
+
+
+def compile_directory(path: Path, **options: Any) -> dict[str, Any]:
+    """compile_tree over a checkout (read_directory); what was skipped comes first among the warnings."""
+    files, skipped = read_directory(path)
+    result = compile_tree(files, **options)
+    result["warnings"] = skipped + result["warnings"]
     return result

@@ -395,15 +395,16 @@ class _Push:
             h.say(f"wid: main was not updated: {exc}\n")
             self.refuse(MAIN, old, new, str(exc))
             return str(exc)
-        from wid.core.rbac import compiler as rbac_compile  # the HCL parser: only when a push is compiled
+        from wid.core.rbac import cases  # the HCL parser: only when a push is compiled
+        from wid.core.rbac import compiler as rbac_compile
 
         settings = config.settings()
         started = time.perf_counter()
         try:
-            compiled = rbac_compile.compile_tree(files, api=self.repo.api, actx=self.repo.actx,
-                                                 issuer=settings.this_endpoint,
-                                                 trusted_issuers=list(settings.trusted_issuers),
-                                                 owner_claims=settings.issuer_owner_claims)
+            compiled, tested = cases.compile_and_test(files, api=self.repo.api, actx=self.repo.actx,
+                                                      issuer=settings.this_endpoint,
+                                                      trusted_issuers=list(settings.trusted_issuers),
+                                                      owner_claims=settings.issuer_owner_claims)
         except rbac_compile.CompileError as exc:
             count = len(exc.errors)
             h.say(f"wid: main was not updated: the configuration has {count} error(s):\n"
@@ -413,7 +414,7 @@ class _Push:
             return reason
         compiled["warnings"] = [*skipped, *compiled.get("warnings", [])]
         summary = {"files": len(files), "roles": len(compiled["roles"]), "policies": len(compiled["policies"]),
-                   "warnings": len(compiled["warnings"]),
+                   "warnings": len(compiled["warnings"]), "tests": tested,
                    "compile_ms": round((time.perf_counter() - started) * 1000, 1)}
         result = rbac_repo.apply_push(self.repo, old=old, new=new, objects=objects, compiled=compiled,
                                       pusher=self.pusher, limits=self.limits, summary=summary,
@@ -425,7 +426,8 @@ class _Push:
             h.say(f"wid: warning: {warning}\n")
         roles, policies = summary["roles"], summary["policies"]
         h.say(f"wid: main is now {new[:12]}: {roles} role{'s' if roles != 1 else ''} and {policies} "
-              f"polic{'ies' if policies != 1 else 'y'} in force for {self.repo.audience}\n"
+              f"polic{'ies' if policies != 1 else 'y'} in force for {self.repo.audience}"
+              + (f"; {tested} policy test{'s' if tested != 1 else ''} passed" if tested else "") + "\n"
               f"wid: compiled rbac.json committed to schema as {str(result.schema_commit)[:12]}\n")
         return None
 
