@@ -15,7 +15,7 @@ from wid import config
 from wid.core.errors import MethodNotAllowed, Misconfigured, NotFound, Unavailable, WidError
 from wid.log import log, request_id
 from wid.web.errors import error_response
-from wid.web.request import Request
+from wid.web.request import METHODS, Request
 from wid.web.response import Response, status_phrase
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -85,6 +85,9 @@ def _respond(handler: Handler, request: Request) -> Response:
     from wid.store import storage  # local import: storage is only needed when a handler touched the database
 
     try:
+        if request.method not in METHODS:
+            raise MethodNotAllowed(f"{request.method[:40]!r} is not a method this proxy serves (methods are "
+                                   f"case-sensitive); use {', '.join(METHODS)}", allowed=METHODS)
         return handler(request)
     except WidError as err:
         return error_response(err)

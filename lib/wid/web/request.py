@@ -13,6 +13,9 @@ from wid import config
 from wid.core import strictjson
 from wid.core.errors import InvalidRequest, TooLarge, UnsupportedMediaType
 
+# The methods this proxy serves, exactly as written (methods are case-sensitive, RFC 9110 9.1). The
+# Caddyfile refuses every other method before any route; `wid.web.app.wsgi` refuses them again.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # Encoded '/', '.', '%' (and NUL) would let a path that passed the policy check reach a different upstream path.
 _ENCODED_TRICKS = re.compile(r"%(2f|2e|25|00|5c)", re.IGNORECASE)
 
@@ -20,7 +23,7 @@ _ENCODED_TRICKS = re.compile(r"%(2f|2e|25|00|5c)", re.IGNORECASE)
 class Request:
     def __init__(self, environ: dict[str, Any]):
         self.environ = environ
-        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        self.method: str = environ.get("REQUEST_METHOD", "")  # as sent: never case-folded
         raw_uri: str = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
         raw_path, _, self.query_string = raw_uri.partition("?")
         self.raw_path = raw_path or "/"
