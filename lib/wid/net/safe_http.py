@@ -3,18 +3,22 @@
 - https only; `http://` only for loopback hosts (`localhost`, 127.0.0.0/8, ::1) and only when the
   caller allows insecure targets (WID_ALLOW_INSECURE_ISSUERS: tests and demos);
 - the host is resolved once and every address must be public (no private, link-local, loopback,
-  multicast or reserved address, unless it is the allowed loopback case above); the connection goes
-  to the checked address (no second lookup an attacker's DNS could answer differently), and TLS is
-  verified against the host name;
+  multicast or reserved address, unless it is the allowed loopback case above); an IPv6 address that
+  carries an IPv4 address (IPv4-mapped, -translated and -compatible, NAT64, 6to4, Teredo) is judged by
+  the IPv4 address it reaches, and the local-use NAT64 prefix is refused outright (see
+  `address_refusal`); the connection goes to the checked address (no second lookup an attacker's DNS
+  could answer differently), and TLS is verified against the host name;
 - one deadline for the whole exchange (resolve, connect, headers, body: a server that trickles is cut
   off), a size cap, no redirects followed, no proxies from the environment.
 
 Errors are `FetchError` (an upstream failure: a refused target or a bad answer) and `FetchTimeout` (too slow).
-Importing this module is cheap: sockets, threads, `http.client` and `ssl` are loaded only to fetch.
+Importing this module is cheap: sockets, threads, `http.client` and `ssl` are loaded only to fetch
+(`ipaddress` is loaded by `urllib.parse` anyway).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
@@ -95,7 +99,6 @@ def check_url(url: str, what: str, *, allow_insecure: bool) -> tuple[str, str, i
 
 def _addresses(host: str, port: int, what: str, insecure: bool, deadline: float) -> list[tuple[Any, Any]]:
     """The addresses to connect to: all public, or loopback when insecure targets are allowed."""
-    import ipaddress
     import socket
 
     literal: Any = None
@@ -112,21 +115,99 @@ def _addresses(host: str, port: int, what: str, insecure: bool, deadline: float)
     allowed: list[tuple[Any, Any]] = []
     for family, sockaddr in infos:
         ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_global and not ip.is_multicast:
-            allowed.append((family, sockaddr))
-        elif loopback_ok and ip.is_loopback:
+        refusal = address_refusal(ip)
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        if refusal is None or (loopback_ok and (ip.is_loopback or (mapped is not None and mapped.is_loopback))):
             allowed.append((family, sockaddr))
         else:
-            raise FetchError(f"{what}: {host} resolves to {ip}, which is not a public "
-                             "address; the proxy does not fetch from private, loopback or reserved networks",
+            raise FetchError(f"{what}: {host} resolves to {ip}, which is not a public address ({refusal}); the "
+                             "proxy does not fetch from private, loopback, link-local or reserved networks",
                              code="address_refused")
     if not allowed:
         raise FetchError(f"{what}: {host} has no address")
     # IPv4 first: loopback services in tests listen on 127.0.0.1, and it is the common case elsewhere.
     allowed.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
     return allowed
+
+
+# Where the proxy may connect. IPv6 forms that carry an IPv4 address are judged by that address: the
+# packets end up there (NAT64, mapped, translated, compatible) or travel through it (6to4, Teredo), and
+# `is_global` alone calls NAT64, 6to4 and IPv4-compatible addresses public.
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: the IPv4 address may sit anywhere in it
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056: the IPv4 address is bits 16-48
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380: server bits 32-64, client the last 32 bits inverted
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated; :: and ::1 are IPv6's own
+_RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+_IPV4_BITS = 0xFFFFFFFF
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, list[ipaddress.IPv4Address]] | None:
+    """The IPv4 addresses an IPv6 address carries, with the name of its form; None when it carries none."""
+    n = int(ip)
+    v4 = ipaddress.IPv4Address
+    if ip in _MAPPED:
+        return "IPv4-mapped ::ffff:0:0/96", [v4(n & _IPV4_BITS)]
+    if ip in _TRANSLATED:
+        return "IPv4-translated ::ffff:0:0:0/96", [v4(n & _IPV4_BITS)]
+    if ip in _NAT64:
+        return "NAT64 64:ff9b::/96", [v4(n & _IPV4_BITS)]
+    if ip in _SIX_TO_FOUR:
+        return "6to4 2002::/16", [v4((n >> 80) & _IPV4_BITS)]
+    if ip in _TEREDO:
+        return "Teredo 2001::/32", [v4((n >> 64) & _IPV4_BITS), v4(~n & _IPV4_BITS)]
+    if ip in _COMPATIBLE and n > 1:
+        return "IPv4-compatible ::/96", [v4(n & _IPV4_BITS)]
+    return None
+
+
+def _ipv4_class(ip: ipaddress.IPv4Address) -> str | None:
+    """The class of a non-public IPv4 address; None for a public one."""
+    if ip.is_global and not ip.is_multicast:
+        return None
+    for name, test in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                       ("private, RFC 1918", any(ip in n for n in _RFC1918)),
+                       ("shared, RFC 6598 carrier-grade NAT", ip in _SHARED), ("reserved", ip.is_reserved)):
+        if test:
+            return name
+    return "special-purpose"
+
+
+def _ipv6_class(ip: ipaddress.IPv6Address) -> str | None:
+    """The class of a non-public IPv6 address that carries no IPv4 address; None for a public one."""
+    if ip in _IPV6_GLOBAL_UNICAST and ip.is_global:
+        return None
+    for name, test in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                       ("unique local, fc00::/7", ip in _UNIQUE_LOCAL), ("site-local, fec0::/10", ip.is_site_local),
+                       ("reserved", ip.is_reserved)):
+        if test:
+            return name
+    return "special-purpose"
+
+
+def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The class of `ip` that the proxy may not connect to (e.g. "loopback", "NAT64 64:ff9b::/96 carrying
+    IPv4 169.254.169.254, link-local"); None for a public address."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _ipv4_class(ip)
+    if ip in _NAT64_LOCAL:
+        return "local-use NAT64 64:ff9b:1::/48, whose embedded IPv4 address has no fixed place"
+    embedded = embedded_ipv4(ip)
+    if embedded is None:
+        return _ipv6_class(ip)
+    form, addresses = embedded
+    for address in addresses:
+        v4_class = _ipv4_class(address)
+        if v4_class is not None:
+            return f"{form} carrying IPv4 {address}, {v4_class}"
+    return None
 
 
 def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple[Any, Any]]:
