@@ -109,10 +109,13 @@ def test_ipv4_classes_are_refused_by_name(address: str, cls: str) -> None:
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("address", PUBLIC_V4)
-def test_each_form_carrying_a_public_ipv4_is_allowed(form: str, address: str) -> None:
-    build, _ = FORMS[form]
+def test_each_form_carrying_a_public_ipv4_is_allowed_but_teredo(form: str, address: str) -> None:
+    build, name = FORMS[form]
     ip = build(int(V4(address)))
-    assert address_refusal(ip) is None, ip
+    if form.startswith("teredo"):  # refused as before: a tunnel, whatever it carries
+        assert address_refusal(ip) == f"{name}, a tunnel refused whatever it carries", ip
+    else:
+        assert address_refusal(ip) is None, ip
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -158,9 +161,9 @@ def test_6to4_decoding_agrees_with_the_standard_library(address: str) -> None:
     assert embedded_ipv4(ip) == ("6to4 2002::/16", [ip.sixtofour])
 
 
-def test_teredo_needs_both_its_server_and_its_client_public() -> None:
+def test_teredo_is_refused_naming_a_private_server_or_client() -> None:
     public, private = int(V4("8.8.8.8")), int(V4("10.0.0.1"))
-    assert address_refusal(teredo(public, public)) is None
+    assert address_refusal(teredo(public, public)) == "Teredo 2001::/32, a tunnel refused whatever it carries"
     assert address_refusal(teredo(private, public)) == "Teredo 2001::/32 carrying IPv4 10.0.0.1, private, RFC 1918"
     assert address_refusal(teredo(public, private)) == "Teredo 2001::/32 carrying IPv4 10.0.0.1, private, RFC 1918"
 

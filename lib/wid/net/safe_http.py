@@ -207,6 +207,8 @@ def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         v4_class = _ipv4_class(address)
         if v4_class is not None:
             return f"{form} carrying IPv4 {address}, {v4_class}"
+    if ip in _TEREDO:  # refused before these classes were decoded; a tunnel's relay is not ours to trust
+        return f"{form}, a tunnel refused whatever it carries"
     return None
 
 
