@@ -362,6 +362,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--fault", action="append", default=[], metavar="'METHOD PATH STATUS'",
                         help="make the DigitalOcean stand-in answer STATUS to the next METHOD request under PATH, "
                              "to see how a step that misbehaves is reported (repeatable)")
-    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                        help="colour the output: auto (a terminal without NO_COLOR), always or never")
     parser.set_defaults(func=run)
 

@@ -18,10 +18,6 @@ from wid.store import storage
 _PLUGINS = ("wid.cli.audit", "wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
 
 
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
 def cmd_setup(args: argparse.Namespace) -> int:
     from wid.store import encryption, keys, wellknown
 
@@ -64,7 +60,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = keys.listing()
         if args.json:
-            _print_json([{k: v for k, v in r._asdict().items() if k != "jwk"} for r in rows])
+            for r in rows:
+                print(json.dumps({k: v for k, v in r._asdict().items() if k != "jwk"}, sort_keys=True))
         for r in rows if not args.json else []:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.verify_until)) if r.verify_until else "-"
             print(f"{r.kid}  {r.state:8}  created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(r.created_at))}"
@@ -90,9 +87,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     from wid.core import tokens
     from wid.store import audit
 
-    extra = json.loads(args.claims) if args.claims else {}
+    try:
+        extra = json.loads(args.claims) if args.claims else {}
+    except ValueError as exc:
+        return _usage("token", f"--claims is not JSON ({exc}); write a JSON object such as '{{\"env\": \"prod\"}}'")
     if not isinstance(extra, dict) or tokens.RESERVED_CLAIMS.intersection(extra):
-        raise config.ConfigError(f"--claims must be a JSON object without {sorted(tokens.RESERVED_CLAIMS)}")
+        return _usage("token", f"--claims must be a JSON object without {', '.join(sorted(tokens.RESERVED_CLAIMS))}")
+    try:
+        tokens.parse_audience(args.aud)
+        tokens.sub_context(args.sub)
+    except tokens.TokenError as exc:
+        return _usage("token", f"--aud/--sub: {exc}")
+    if not 0 < args.ttl <= tokens.max_token_ttl():
+        return _usage("token", f"--ttl must be 1 to {tokens.max_token_ttl()} seconds (WID_MAX_TOKEN_TTL), "
+                               f"got {args.ttl}")
     token, claims = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
     # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
     audience = tokens.parse_audience(claims["aud"])
@@ -102,25 +110,45 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(command: str, message: str) -> int:
+    """A usage error: one line naming what is wrong, exit status 2 (as argparse does)."""
+    print(f"wid {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def version() -> str:
+    from importlib import metadata  # only for --version
+
+    try:
+        return metadata.version("wid")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wid", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wid {version()}",
+                        help="the release of wid (and of its policy engine)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     setup = sub.add_parser("setup", help="migrate the database, create the signing key, publish issuer metadata")
     setup.add_argument("--render-cgi", metavar="DIR", help="also render cgi-bin/ into DIR with absolute shebangs")
-    setup.add_argument("--cgi-source", default="cgi-bin", metavar="DIR")
+    setup.add_argument("--cgi-source", default="cgi-bin", metavar="DIR",
+                       help="the cgi-bin/ to render (default: ./cgi-bin)")
     setup.set_defaults(func=cmd_setup)
 
     keys = sub.add_parser("keys", help="signing keys: list, rotate, prune, publish")
-    keys.add_argument("action", choices=["list", "rotate", "prune", "publish"])
-    keys.add_argument("--json", action="store_true")
+    keys.add_argument("action", choices=["list", "rotate", "prune", "publish"],
+                      help="list them; rotate to a new key; prune retired keys no token can need; publish the JWKS")
+    keys.add_argument("--json", action="store_true", help="list: one JSON object per line")
     keys.set_defaults(func=cmd_keys)
 
     token = sub.add_parser("token", help="sign a token with the active key (operators and tests)")
     token.add_argument("--aud", required=True, help="api://{API}?actx={actx}")
     token.add_argument("--sub", required=True, help="actx:{actx}:...")
-    token.add_argument("--kind", default="exchanged", choices=["workload", "exchanged", "rbac"])
-    token.add_argument("--ttl", type=int, default=300)
+    token.add_argument("--kind", default="exchanged", choices=["workload", "exchanged", "rbac"],
+                       help="what the token is for (default: exchanged, a role token)")
+    token.add_argument("--ttl", type=int, default=300, help="lifetime in seconds (default 300)")
     token.add_argument("--claims", help="extra claims as a JSON object")
     token.set_defaults(func=cmd_token)
 

@@ -225,9 +225,12 @@ def cmd_client_keys(args: argparse.Namespace) -> int:
         old, new = atproto_oauth.rotate_client_key()
         print(f"new sign-ins use client key {new}" + (f"; {old} stays published for its sessions" if old else ""))
         return 0
-    atproto_oauth.client_key()
-    for row in atproto_oauth.client_keys():
+    rows = atproto_oauth.client_keys()  # listing creates nothing: the first key comes with the first sign-in
+    for row in rows:
         print(json.dumps(row, sort_keys=True))
+    if not rows:
+        print("wid atproto client-keys: none yet (the first is created at the first ATProto sign-in, or by rotate)",
+              file=sys.stderr)
     return 0
 
 
@@ -244,7 +247,7 @@ def register(subparsers: Any) -> None:
     listing = commands.add_parser("sessions", help="DIDs signed in to this proxy (JSON lines, never a token)")
     listing.set_defaults(func=cmd_sessions)
     keys = commands.add_parser("client-keys", help="the OAuth client's ES256 keys: list, rotate")
-    keys.add_argument("action", choices=["list", "rotate"])
+    keys.add_argument("action", choices=["list", "rotate"], help="list them (JSON lines), or rotate to a new one")
     keys.set_defaults(func=cmd_client_keys)
 
 
