@@ -15,7 +15,7 @@ from wid.cli.audit import operator
 from wid.store import storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
-_PLUGINS = ("wid.cli.audit", "wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
+_PLUGINS = ("wid.cli.audit", "wid.cli.doctor", "wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
 
 
 def cmd_setup(args: argparse.Namespace) -> int:

@@ -183,6 +183,10 @@ class Database:
         self._migrated = True
         return applied
 
+    def pending_migrations(self) -> list[str]:
+        """The migrations this release has that the database has not run (a read, nothing applied)."""
+        return sorted(set(migration_names()) - self._applied_migrations())
+
     def _applied_migrations(self) -> set[str]:
         exists = ("SELECT to_regclass('schema_migrations') IS NOT NULL" if self.dialect == "postgresql"
                   else "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
