@@ -409,11 +409,15 @@ def test_wid_atproto_commands(app_env: Path, capsys: pytest.CaptureFixture[str])
     row = json.loads(out)
     assert row["did"] == DID and row["status"] == "active" and row["handle"] == "alice.test"
     assert "secret" not in out
-    args = parser.parse_args(["atproto", "client-keys", "list"])
-    assert args.func(args) == 0
+    listing = parser.parse_args(["atproto", "client-keys", "list"])
+    assert listing.func(listing) == 0  # listing creates nothing
+    empty = capsys.readouterr()
+    assert empty.out == "" and "none yet" in empty.err
+    rotate = parser.parse_args(["atproto", "client-keys", "rotate"])
+    assert rotate.func(rotate) == 0 and "new sign-ins use client key" in capsys.readouterr().out
+    assert listing.func(listing) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "active"
-    args = parser.parse_args(["atproto", "client-keys", "rotate"])
-    assert args.func(args) == 0
+    assert rotate.func(rotate) == 0
     assert "stays published" in capsys.readouterr().out
     bad = parser.parse_args(["atproto", "tail", "did:example:nope"])
     assert bad.func(bad) == 1
