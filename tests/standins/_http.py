@@ -161,6 +161,7 @@ class Fault:
     headers: list[tuple[str, str]] = field(default_factory=list)
     drop_connection: bool = False
     times: int = 1  # how many matching requests it applies to; <= 0 means until cleared
+    gate: threading.Event | None = None  # hold matching requests (before anything else) until it is set
 
     def matches(self, request: RecordedRequest) -> bool:
         if self.method is not None and self.method.upper() != request.method:
@@ -481,6 +482,7 @@ class StandInServer:
         headers: Iterable[tuple[str, str]] = (),
         drop_connection: bool = False,
         times: int = 1,
+        gate: threading.Event | None = None,
     ) -> Fault:
         """Make the next ``times`` requests under ``path_prefix`` misbehave.
 
@@ -489,7 +491,9 @@ class StandInServer:
         which is how a test makes the upstream hang past a client's timeout. ``body``: the body to
         send with ``status`` (bytes/str verbatim, a mapping as JSON; default: the API's JSON error
         shape for that status). ``drop_connection``: close the socket without any response.
-        ``times <= 0`` keeps the fault until :meth:`clear_faults`.
+        ``times <= 0`` keeps the fault until :meth:`clear_faults`. ``gate``: hold the request (already
+        recorded) until the test sets the event (released early by ``stop()``), then apply the rest;
+        with ``status=None`` that is an upstream that answers exactly when the test says.
         """
         if isinstance(body, str):
             body = body.encode("utf-8")
@@ -504,6 +508,7 @@ class StandInServer:
             headers=list(headers),
             drop_connection=drop_connection,
             times=times,
+            gate=gate,
         )
         with self.lock:
             self._faults.append(fault)
@@ -542,6 +547,9 @@ class StandInServer:
                 self.requests.append(request)
         fault = self._take_fault(request)
         if fault is not None:
+            while fault.gate is not None and not fault.gate.wait(0.05):
+                if self._stopping.is_set():
+                    raise _DropConnection()
             if fault.delay_seconds > 0 and self._stopping.wait(fault.delay_seconds):
                 raise _DropConnection()
             if fault.drop_connection:

@@ -1,7 +1,9 @@
 """Credentials the proxy holds for an upstream context (a team's OAuth tokens, a DID's DPoP session).
 
-Stored encrypted with WID_SECRET_KEY, one row per (API, context). `locked()` serialises refreshes of
-one context across processes and replicas, so a rotated refresh token is stored before anyone uses it.
+Stored encrypted with WID_SECRET_KEY, one row per (API, context). `locked()` serialises writers of one
+context across processes and replicas (a sign-in storing tokens, a refresh claiming its lease or
+storing its result); it is a write transaction, so never hold it across a network call (refreshes:
+wid.upstreams.credential_refresh).
 """
 
 from __future__ import annotations

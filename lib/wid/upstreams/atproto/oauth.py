@@ -12,8 +12,9 @@
   `atproto`; the DID's document must still name the same PDS and that PDS the same issuer. Only then
   is anything stored: access + refresh token + DPoP key, encrypted, per DID (wid.credentials).
 - Use: `access_token(did)` refreshes when the token is about to expire (or the PDS refused it).
-  Refreshes of one DID are serialised across processes and replicas (credentials.locked), and the
-  rotated refresh token is committed before the new access token is used: presenting a spent
+  One process of any replica refreshes a DID at a time, under a lease and with no database lock held
+  across the call (wid.upstreams.credential_refresh), and the rotated refresh token is committed before the
+  new access token is used: presenting a spent
   refresh token revokes the whole session at the PDS. `invalid_grant` marks the session revoked
   (workloads get 502 telling the admin to sign in again); any other failure leaves it as it was.
 - DPoP nonces: a `use_dpop_nonce` answer (400 JSON from the authorization server, 401 with
@@ -51,8 +52,6 @@ BINDING = browser_state.Binding("atproto", "wid_atproto_oauth", COOKIE_PATH, ttl
 # Refresh when less than this is left (access tokens live about an hour), or half the token's life.
 REFRESH_BEFORE_SECONDS = 300
 TOKEN_RESPONSE_LIMIT = 64 * 1024
-# A refresh holds the DID's lock; each of its (at most two) token requests gets this long.
-LOCKED_ATTEMPT_SECONDS = 4.0
 CLIENT_NAME = "Workload identity proxy"
 
 
@@ -192,23 +191,16 @@ def _client_auth(key: ClientKey, issuer: str) -> dict[str, str]:
 
 
 class Nonces:
-    """The last DPoP nonce per origin: read from the database once per origin, written when it changes.
-
-    Inside a credential lock (a write transaction already open on this connection) pass `tx`.
-    """
+    """The last DPoP nonce per origin: read from the database once per origin, written when it changes."""
 
     def __init__(self) -> None:
         self._known: dict[str, str | None] = {}
         self._dirty: dict[str, str] = {}
 
-    def load(self, origin: str, tx: storage.Transaction | None = None) -> str | None:
+    def load(self, origin: str) -> str | None:
         if origin not in self._known:
-            sql = "SELECT nonce FROM atproto_dpop_nonces WHERE origin = ?"
-            if tx is not None:
-                row = tx.one(sql, (origin,))
-            else:
-                with storage.database().transaction(write=False) as own:
-                    row = own.one(sql, (origin,))
+            with storage.database().transaction(write=False) as tx:
+                row = tx.one("SELECT nonce FROM atproto_dpop_nonces WHERE origin = ?", (origin,))
             self._known[origin] = row[0] if row else None
         return self._known[origin]
 
@@ -217,7 +209,7 @@ class Nonces:
             self._known[origin] = nonce
             self._dirty[origin] = nonce
 
-    def flush(self, tx: storage.Transaction | None = None) -> None:
+    def flush(self) -> None:
         if not self._dirty:
             return
         rows = list(self._dirty.items())
@@ -225,13 +217,9 @@ class Nonces:
         sql = ("INSERT INTO atproto_dpop_nonces (origin, nonce, updated_at) VALUES (?, ?, ?) ON CONFLICT (origin) "
                "DO UPDATE SET nonce = excluded.nonce, updated_at = excluded.updated_at")
         try:
-            if tx is not None:
+            with storage.database().transaction() as tx:
                 for origin, nonce in rows:
                     tx.execute(sql, (origin, nonce[:512], int(time.time())))
-            else:
-                with storage.database().transaction() as own:
-                    for origin, nonce in rows:
-                        own.execute(sql, (origin, nonce[:512], int(time.time())))
         except storage.DatabaseUnavailable as exc:  # only an optimisation: the next request retries once
             log("dpop_nonce_not_saved", level="warning", message=str(exc))
 
@@ -249,21 +237,19 @@ def wants_nonce(result: identity.HttpResult) -> bool:
 
 def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, what: str, nonces: Nonces,
                  body: Callable[[], bytes | None] | None = None, headers: dict[str, str] | None = None,
-                 access_token: str | None = None, limit: int = TOKEN_RESPONSE_LIMIT,
-                 tx: storage.Transaction | None = None, timeout: float | None = None) -> identity.HttpResult:
+                 access_token: str | None = None, limit: int = TOKEN_RESPONSE_LIMIT) -> identity.HttpResult:
     """Send with a fresh DPoP proof; on `use_dpop_nonce` send once more with the server's nonce.
 
     `body` is called per attempt (a client assertion must not be sent twice).
     """
     origin = dpop.origin(url)
-    nonce = nonces.load(origin, tx)
+    nonce = nonces.load(origin)
     for attempt in (1, 2):
         sent = dict(headers or {})
         sent["DPoP"] = dpop.proof(key, method, url, nonce=nonce, access_token=access_token)
         if access_token:
             sent["Authorization"] = f"DPoP {access_token}"
-        result = identity.request(method, url, what=what, headers=sent, body=body() if body else None, limit=limit,
-                                  timeout=timeout)
+        result = identity.request(method, url, what=what, headers=sent, body=body() if body else None, limit=limit)
         fresh = result.header("DPoP-Nonce")
         if fresh:
             nonces.seen(origin, fresh.strip())
@@ -443,20 +429,16 @@ class Grant:
     sub: str
 
 
-def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces,
-                  tx: storage.Transaction | None = None, key: ClientKey | None = None) -> Grant:
+def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces) -> Grant:
     """POST the token endpoint for a session (`data` has issuer, token_endpoint, dpop_key, client_kid).
 
-    Inside a credential lock pass `tx` and the client `key` (loaded before the lock was taken).
+    Never inside a transaction: the authorization server may take its whole timeout to answer.
     """
-    key = key or client_key(data.get("client_kid"))
+    key = client_key(data.get("client_kid"))
     dpop_key = dpop.key_from_pem(data["dpop_key"])
     issuer = str(data["issuer"])
-    # Inside a credential lock (on SQLite: the database's write lock) each attempt is kept short, so
-    # two attempts stay within the time other writers wait for the lock.
-    timeout = min(identity.atproto_config().timeout, LOCKED_ATTEMPT_SECONDS) if tx is not None else None
-    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key, timeout=timeout,
-                          what=f"the authorization server {issuer} (token endpoint)", nonces=nonces, tx=tx,
+    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key,
+                          what=f"the authorization server {issuer} (token endpoint)", nonces=nonces,
                           headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
                           body=lambda: urlencode({**form, **_client_auth(key, issuer)}).encode())
     if result.status >= 500:

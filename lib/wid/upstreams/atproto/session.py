@@ -1,6 +1,7 @@
 """A DID's ATProto session as workloads use it: the access token, refreshed when due.
 
-Refreshes are serialised per DID (`credentials.locked`) and the rotated refresh token is stored before
+One process of any replica refreshes a DID at a time, under a lease, with no database lock held while
+the authorization server answers (wid.upstreams.credential_refresh); the rotated refresh token is stored before
 anything uses it, because reusing a spent one revokes the whole session at the authorization server.
 The sign-in that creates a session is `atproto_oauth`.
 """
@@ -14,17 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid.core import dpop
 from wid.core.errors import Forbidden, UpstreamFailed, WidError
-from wid.log import log
-from wid.store import audit, credentials
+from wid.store import credentials
+from wid.upstreams import credential_refresh
 from wid.upstreams.atproto import identity
 from wid.upstreams.atproto.oauth import (
     API,
     REFRESH_BEFORE_SECONDS,
     SIGNIN_PATH,
-    Grant,
     Nonces,
     TokenEndpointError,
-    client_key,
     endpoint,
     public_view,
     session_data,
@@ -96,61 +95,56 @@ def session(did: str, *, rejected: str | None = None, data: dict[str, Any] | Non
     return _session(refresh(did, rejected=rejected))
 
 
-def refresh(did: str, *, rejected: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Refresh under the DID's lock; returns the session data to use. See the module docstring."""
-    data = stored_session(did)
-    # Before spending the refresh token: is the DID still on that PDS, with that authorization server?
-    # (Fetched fresh, outside the lock: a slow directory must not hold the database's write lock.)
-    _check_still_hosted(did, data)
-    nonces = Nonces()
-    nonces.load(dpop.origin(str(data["token_endpoint"])))
-    key = client_key(data.get("client_kid"))
-    outcome: Grant | WidError | str
-    with credentials.locked(API, did) as (tx, cred):
-        data = _usable(did, cred)
-        current = str(data["access_token"])
-        if rejected is not None and current != rejected:
-            return data  # another process refreshed while we waited for the lock
-        if rejected is None and not force and not _due(data, time.time()):
-            return data  # likewise
-        expires_at = data.get("expires_at")
-        left = float(expires_at) - time.time() if isinstance(expires_at, int | float) else None
-        refresh_token = data.get("refresh_token")
-        if not isinstance(refresh_token, str) or not refresh_token:
-            if rejected is None and left is not None and left > 0:
-                return data  # nothing to refresh with: use it while it lasts
-            outcome = "the access token expired or was refused, and the authorization server issued no refresh token"
-        else:
-            try:
-                grant = token_request(data, {"grant_type": "refresh_token", "refresh_token": refresh_token},
-                                      nonces=nonces, tx=tx, key=key)
-                outcome = grant if grant.sub == did else UpstreamFailed(
-                    f"the authorization server refreshed {did}'s session with tokens for {grant.sub[:80]}; the "
-                    f"session was left as it was. {sign_in_again(did)}", code="wrong_account")
-            except TokenEndpointError as exc:
-                if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client", "access_denied"}:
-                    outcome = f"the authorization server refused the refresh token ({exc})"
-                else:
-                    outcome = UpstreamFailed(f"the authorization server refused to refresh "
-                                             f"{did}'s session ({exc}); the session was left as it was",
-                                             code="atproto_refresh_failed")
-            except WidError as exc:  # 502/504: nothing happened, or we cannot know; keep the session
-                outcome = exc
-        nonces.flush(tx)
-        if isinstance(outcome, Grant):
-            fresh = session_data(data, outcome, previous=data)
-            credentials.put(tx, API, did, fresh)
-            audit.record("oauth_refresh", "allow", api=API, actx=did, tx=tx, expires_at=fresh["expires_at"])
-            return fresh
-        if isinstance(outcome, str):
-            credentials.put(tx, API, did, public_view(data), status=credentials.REVOKED, reason=outcome)
-            audit.record("oauth_refresh", "deny", api=API, actx=did, tx=tx, reason=outcome)
-    if isinstance(outcome, str):
-        raise revoked(did, outcome)
-    if rejected is None and not force and (left is None or left > 0):
-        log("atproto_refresh_failed", level="warning", did=did, message=outcome.message)
-        return data  # the current token still works: try again on a later request
-    raise outcome
+class _SessionRefresh:
+    """How a DID's session is refreshed (wid.upstreams.credential_refresh does the rest)."""
+
+    api = API
+    issued_by = "the authorization server"
+
+    def call_seconds(self) -> float:
+        return 3 * identity.atproto_config().timeout  # the DID document, then up to two token requests
+
+    def usable(self, actx: str, cred: credentials.Credential | None) -> dict[str, Any]:
+        return _usable(actx, cred)
+
+    def due(self, data: dict[str, Any], now: float) -> bool:
+        return _due(data, now)
+
+    def refresh(self, actx: str, data: dict[str, Any]) -> dict[str, Any] | str | WidError:
+        # Before spending the refresh token: is the DID still on that PDS? (Raises: nothing is sent.)
+        _check_still_hosted(actx, data)
+        nonces = Nonces()
+        try:
+            grant = token_request(data, {"grant_type": "refresh_token", "refresh_token": str(data["refresh_token"])},
+                                  nonces=nonces)
+        except TokenEndpointError as exc:
+            if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client", "access_denied"}:
+                return f"the authorization server refused the refresh token ({exc})"
+            return UpstreamFailed(f"the authorization server refused to refresh {actx}'s session ({exc}); the "
+                                  "session was left as it was", code="atproto_refresh_failed")
+        except WidError as exc:  # 502/504: nothing happened, or we cannot know; keep the session
+            return exc
+        finally:
+            nonces.flush()
+        if grant.sub != actx:
+            return UpstreamFailed(f"the authorization server refreshed {actx}'s session with tokens for "
+                                  f"{grant.sub[:80]}; the session was left as it was. {sign_in_again(actx)}",
+                                  code="wrong_account")
+        return session_data(data, grant, previous=data)
+
+    def public_view(self, data: dict[str, Any]) -> dict[str, Any]:
+        return public_view(data)
+
+    def revoked(self, actx: str, reason: str | None) -> WidError:
+        return revoked(actx, reason)
+
+
+_SESSION_REFRESH = _SessionRefresh()
+
+
+def refresh(did: str, *, rejected: str | None = None) -> dict[str, Any]:
+    """The session data to use after a refresh (or someone else's); see wid.upstreams.credential_refresh."""
+    return credential_refresh.current(_SESSION_REFRESH, did, rejected=rejected)
 
 
 def _check_still_hosted(did: str, data: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The DigitalOcean upstream: a context is a team UUID; the credential is the team's OAuth token.
 
-`team_token()` hands out the team's access token, refreshing it with the stored refresh token before
-it expires; refreshes of one team are serialised across processes and replicas by
-`credentials.locked`, so a rotated refresh token is stored before anyone else could use the old one.
-A refresh that DigitalOcean answers with `invalid_grant` marks the authorization revoked: workloads
-get a clear 403 and the landing page shows it, until an admin authorizes again.
+`team_token()` hands out the team's access token, refreshing it with the stored refresh token well
+before it expires. One process of any replica refreshes a team at a time, under a lease, with no
+database lock held while DigitalOcean's token endpoint answers; the others keep using the current
+token meanwhile (wid.upstreams.credential_refresh). A refresh that DigitalOcean answers with `invalid_grant`
+marks the authorization revoked (unless a lost race explains it): workloads get a clear 403 and the
+landing page shows it, until an admin authorizes again.
 
 `forward()` sends a request that policy allowed to the API with the team token: method, the checked
 path, the query string and the body exactly as checked, the content type; never the client's
@@ -22,9 +23,9 @@ from urllib.parse import quote
 
 from wid import config
 from wid.core.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated, UpstreamFailed, WidError
-from wid.log import log
 from wid.net import upstream
-from wid.store import audit, credentials
+from wid.store import credentials
+from wid.upstreams import credential_refresh
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -129,66 +130,56 @@ def _due(data: dict[str, Any], now: float) -> bool:
     return left < margin
 
 
+class _TeamToken:
+    """How a team's OAuth token is refreshed (wid.upstreams.credential_refresh does the rest)."""
+
+    api = API
+    issued_by = "DigitalOcean"
+
+    def call_seconds(self) -> float:
+        return config.settings().upstream_timeout
+
+    def usable(self, actx: str, cred: credentials.Credential | None) -> dict[str, Any]:
+        return _usable(actx, cred)
+
+    def due(self, data: dict[str, Any], now: float) -> bool:
+        return _due(data, now)
+
+    def refresh(self, actx: str, data: dict[str, Any]) -> dict[str, Any] | str | WidError:
+        from wid.upstreams.digitalocean import oauth as do_oauth  # only when a refresh is due
+
+        try:
+            grant = do_oauth.refresh_grant(str(data["refresh_token"]))
+        except do_oauth.TokenEndpointError as exc:
+            if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client"}:
+                return f"DigitalOcean refused the refresh token: {exc}"
+            return UpstreamFailed(f"DigitalOcean's token endpoint refused to refresh team {actx}'s token ({exc})",
+                                  code="oauth_refresh_failed")
+        except WidError as exc:  # 502/504 from the HTTP client, 503 when the OAuth client is not configured
+            return exc
+        return do_oauth.credential_data(grant, team_name=None, previous=data)
+
+    def public_view(self, data: dict[str, Any]) -> dict[str, Any]:
+        from wid.upstreams.digitalocean import oauth as do_oauth
+
+        return do_oauth.public_view(data)
+
+    def revoked(self, actx: str, reason: str | None) -> WidError:
+        return revoked(actx, reason)
+
+
+_TEAM_TOKEN = _TeamToken()
+
+
 def team_token(team_uuid: str, *, rejected: str | None = None) -> str:
-    """The team's OAuth access token, refreshed first when it is about to expire.
+    """The team's OAuth access token, refreshed first when it is due (wid.upstreams.credential_refresh).
 
     `rejected`: DigitalOcean just answered 401 to this token, so refresh now whatever its expiry says.
     """
     data = _usable(team_uuid, credentials.get(API, team_uuid))
     if rejected is None and not _due(data, time.time()):
         return str(data["access_token"])
-    return _refresh(team_uuid, rejected)
-
-
-def _refresh(team_uuid: str, rejected: str | None) -> str:
-    from wid.upstreams.digitalocean import oauth as do_oauth  # only when a refresh is due
-
-    with credentials.locked(API, team_uuid) as (tx, cred):
-        data = _usable(team_uuid, cred)
-        current = str(data["access_token"])
-        if rejected is not None and current != rejected:
-            return current  # another process refreshed while we waited for the lock
-        if rejected is None and not _due(data, time.time()):
-            return current  # likewise
-        left = _expires_in(data, time.time())
-        refresh_token = data.get("refresh_token")
-        outcome: do_oauth.Grant | WidError | str
-        if isinstance(refresh_token, str) and refresh_token:
-            outcome = _ask_for_refresh(do_oauth, team_uuid, refresh_token)
-        elif rejected is None and left is not None and left > 0:
-            return current  # nothing to refresh with: use it while it lasts
-        else:
-            outcome = "the access token expired or was refused, and DigitalOcean issued no refresh token"
-        if isinstance(outcome, do_oauth.Grant):
-            fresh = do_oauth.credential_data(outcome, team_name=None, previous=data)
-            credentials.put(tx, API, team_uuid, fresh)
-            audit.record("oauth_refresh", "allow", api=API, actx=team_uuid, tx=tx, expires_at=fresh["expires_at"])
-            return str(fresh["access_token"])
-        if isinstance(outcome, str):
-            # Keep what the landing page shows; drop the tokens, which are worthless now.
-            credentials.put(tx, API, team_uuid, do_oauth.public_view(data), status=credentials.REVOKED,
-                            reason=outcome)
-            audit.record("oauth_refresh", "deny", api=API, actx=team_uuid, tx=tx, reason=outcome)
-    if isinstance(outcome, str):
-        raise revoked(team_uuid, outcome)
-    if rejected is None and (left is None or left > 0):
-        # The current token still works: use it, and try the refresh again on a later request.
-        log("oauth_refresh_failed", level="warning", actx=team_uuid, message=outcome.message)
-        return current
-    raise outcome
-
-
-def _ask_for_refresh(do_oauth: Any, team_uuid: str, refresh_token: str) -> Any:
-    """A Grant; a str saying why the authorization is revoked; or an ApiError to try again later."""
-    try:
-        return do_oauth.refresh_grant(refresh_token)
-    except do_oauth.TokenEndpointError as exc:
-        if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client"}:
-            return f"DigitalOcean refused the refresh token: {exc}"
-        return UpstreamFailed(f"DigitalOcean's token endpoint refused to refresh team {team_uuid}'s token ({exc})",
-                              code="oauth_refresh_failed")
-    except WidError as exc:  # 502/504 from the HTTP client, 503 when the OAuth client is not configured
-        return exc
+    return str(credential_refresh.current(_TEAM_TOKEN, team_uuid, rejected=rejected)["access_token"])
 
 
 # --------------------------------------------------------------------------------------------------
