@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,17 +41,20 @@ def render_cgi(source: Path, target: Path) -> None:
     site-packages and .pth files) costs every request; the module path `site` built for this
     process (venv, .pth entries such as an editable install) is written into each script instead.
     """
+    import tempfile
+
     launcher = Path(sys.argv[0]).resolve().parent
     paths = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != launcher]
     prologue = f"import sys\nsys.path[:] = {paths!r}\n"
     target.mkdir(parents=True, exist_ok=True)
     for script in sorted(source.glob("*.py")):
         body = script.read_text().split("\n", 1)[1]
-        out = target / script.name
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(f"#!{sys.executable} -IS\n{prologue}{body}")
-        tmp.chmod(0o755)
-        tmp.replace(out)
+        # A temporary name of its own, then an atomic rename: processes rendering at once never clash.
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{script.name}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"#!{sys.executable} -IS\n{prologue}{body}")
+        os.chmod(tmp, 0o755)  # noqa: S103 - executables that fcgiwrap (another user) runs
+        os.replace(tmp, target / script.name)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

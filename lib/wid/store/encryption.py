@@ -33,14 +33,21 @@ def _validate(key: str, source: str) -> bytes:
 
 
 def _development_key(data_dir: Path) -> bytes:
+    """The data dir's key, created on first use. Processes starting at once agree on one key: each
+    writes a complete candidate file and links it into place, and only one link can succeed."""
     path = data_dir / "secret.key"
     storage.ensure_data_dir(data_dir)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _validate(path.read_text().strip(), f"{path}")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(Fernet.generate_key().decode() + "\n")
+    if not path.exists():
+        candidate = data_dir / f".secret.key.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(Fernet.generate_key().decode() + "\n")
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process's key won
+        finally:
+            candidate.unlink()
     return _validate(path.read_text().strip(), f"{path}")
 
 
@@ -61,12 +68,19 @@ def fernet() -> Fernet:
 
 
 def check_key(tx: storage.Transaction) -> None:
-    """Record a check value on first use; afterwards refuse a key that cannot read it."""
+    """Record a check value on first use; afterwards refuse a key that cannot read it.
+
+    Idempotent when several processes start at once: the first insert wins, and every process then
+    checks its key against the stored value (so two replicas started with different keys cannot both
+    come up).
+    """
     box = fernet()
     row = tx.one("SELECT token FROM key_check WHERE id = 1")
     if row is None:
-        tx.execute("INSERT INTO key_check (id, token) VALUES (1, ?)", (box.encrypt(_CHECK_PLAINTEXT),))
-        return
+        tx.execute("INSERT INTO key_check (id, token) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                   (box.encrypt(_CHECK_PLAINTEXT),))
+        row = tx.one("SELECT token FROM key_check WHERE id = 1")
+        assert row is not None  # inserted, or another process's committed row
     try:
         box.decrypt(bytes(row[0]))
     except InvalidToken:
