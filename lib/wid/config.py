@@ -33,6 +33,8 @@ class Settings(NamedTuple):
     upstream_timeout: float
     # issuer -> claims naming the owner of its workloads (lib/wid/core/rbac/owner.py; GitHub's are built in)
     issuer_owner_claims: dict[str, tuple[str, ...]]
+    publish_interval: int  # seconds between a replica's re-publications of its JWKS file
+    jwks_max_age: int  # Cache-Control max-age of the issuer metadata and JWKS responses
 
     @property
     def public_dir(self) -> Path:
@@ -52,6 +54,13 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _positive(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+    return value
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -118,4 +127,6 @@ def settings() -> Settings:
         max_exchange_ttl=_int("WID_MAX_EXCHANGE_TTL", 3600),
         upstream_timeout=float(_int("WID_UPSTREAM_TIMEOUT", 30)),
         issuer_owner_claims=_issuer_owner_claims(os.environ.get("WID_ISSUER_OWNER_CLAIMS", "")),
+        publish_interval=_positive("WID_PUBLISH_INTERVAL", 60),
+        jwks_max_age=_positive("WID_JWKS_MAX_AGE", 300),
     )

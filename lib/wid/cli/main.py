@@ -57,8 +57,11 @@ def render_cgi(source: Path, target: Path) -> None:
         os.replace(tmp, target / script.name)
 
 
+def _stamp(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
-    from wid.core import tokens
     from wid.store import audit, keys, wellknown
 
     if args.action == "list":
@@ -67,16 +70,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for r in rows:
                 print(json.dumps({k: v for k, v in r._asdict().items() if k != "jwk"}, sort_keys=True))
         for r in rows if not args.json else []:
-            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.verify_until)) if r.verify_until else "-"
-            print(f"{r.kid}  {r.state:8}  created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(r.created_at))}"
-                  f"  verifies until {until}")
+            until = _stamp(r.verify_until) if r.verify_until and r.state != "next" else "-"
+            since = f"  signs from {_stamp(r.activate_at)}" if r.state == "next" and r.activate_at else ""
+            print(f"{r.kid}  {r.state:8}  created {_stamp(r.created_at)}  verifies until {until}{since}")
         return 0
     if args.action == "rotate":
-        old, new = keys.rotate(tokens.max_token_ttl())
-        audit.record("operator_keys_rotate", "info", operator=operator(), retired=old, active=new)
-        wellknown.publish()
-        print(f"active key is now {new}" + (f"; {old} retired, still published until its tokens expire" if old else ""))
-        return 0
+        return _rotate(args.emergency)
+    if args.emergency:
+        raise config.ConfigError("--emergency goes with `wid keys rotate` only")
     if args.action == "prune":
         pruned = keys.prune()
         audit.record("operator_keys_prune", "info", operator=operator(), pruned=pruned)
@@ -84,6 +85,38 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"pruned {len(pruned)} key(s)" + (": " + ", ".join(pruned) if pruned else ""))
         return 0
     wellknown.publish()
+    return 0
+
+
+def _rotate(emergency: bool) -> int:
+    from wid.core import tokens
+    from wid.store import audit, keys, wellknown
+
+    if emergency:
+        rotation = keys.rotate_emergency()
+        audit.record("operator_keys_rotate", "info", operator=operator(), emergency=True, revoked=rotation.previous,
+                     active=rotation.kid)
+        wellknown.publish()
+        dropped = (f"key {rotation.previous} is dropped: it no longer verifies, so every token it signed is refused "
+                   "from now on; ") if rotation.previous else ""
+        print(f"{dropped}key {rotation.kid} signs from now on. This replica's JWKS is re-published; the others "
+              f"re-publish within {config.settings().publish_interval}s. Verifiers that cached the old key set "
+              f"keep trusting the dropped key for up to {config.settings().jwks_max_age}s")
+        return 0
+    try:
+        rotation = keys.rotate(tokens.max_token_ttl())
+    except keys.RotationError as exc:
+        print(f"wid: {exc}", file=sys.stderr)
+        return 1
+    audit.record("operator_keys_rotate", "info", operator=operator(), active=rotation.previous, next=rotation.kid,
+                 activate_at=rotation.activate_at)
+    wellknown.publish()
+    if rotation.previous is None:
+        print(f"key {rotation.kid} signs from now on (the first key)")
+        return 0
+    print(f"key {rotation.kid} is published now and signs from {_stamp(rotation.activate_at)} (in "
+          f"{keys.activation_delay()}s, once every replica's JWKS and every cached copy lists it); "
+          f"{rotation.previous} signs until then, then retires and keeps verifying its tokens until they expire")
     return 0
 
 
@@ -141,10 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the cgi-bin/ to render (default: ./cgi-bin)")
     setup.set_defaults(func=cmd_setup)
 
-    keys = sub.add_parser("keys", help="signing keys: list, rotate, prune, publish")
+    keys = sub.add_parser("keys", help="signing keys: list, rotate (publish the next key, which signs once every "
+                                       "replica and cache can know it), prune, publish")
     keys.add_argument("action", choices=["list", "rotate", "prune", "publish"],
-                      help="list them; rotate to a new key; prune retired keys no token can need; publish the JWKS")
+                      help="list them; rotate: publish a next key that signs once every replica and cache can know "
+                           "it; prune retired keys no token can need; publish the JWKS")
     keys.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    keys.add_argument("--emergency", action="store_true",
+                      help="rotate: drop the active key at once (compromised); tokens it signed stop verifying")
     keys.set_defaults(func=cmd_keys)
 
     token = sub.add_parser("token", help="sign a token with the active key (operators and tests)")

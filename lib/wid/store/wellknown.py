@@ -31,6 +31,11 @@ def openid_configuration(endpoint: str) -> dict[str, Any]:
     }
 
 
+def cache_control() -> str:
+    """What Caddy sends with the static files too (Caddyfile: the same WID_JWKS_MAX_AGE)."""
+    return f"public, max-age={config.settings().jwks_max_age}"
+
+
 def _folder() -> Path:
     return config.settings().public_dir / ".well-known"
 

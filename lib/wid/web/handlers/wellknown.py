@@ -10,14 +10,12 @@ from wid.web.app import Router
 from wid.web.request import Request
 from wid.web.response import Response
 
-CACHE_CONTROL = "public, max-age=300"
-
 
 def _serve(name: str) -> Response:
     wellknown.publish()
     data = (config.settings().public_dir / ".well-known" / name).read_bytes()
     json.loads(data)  # what we hand out must be JSON, even if the file was tampered with
-    return Response(200, data, [("Content-Type", "application/json"), ("Cache-Control", CACHE_CONTROL)])
+    return Response(200, data, [("Content-Type", "application/json"), ("Cache-Control", wellknown.cache_control())])
 
 
 def openid_configuration(request: Request) -> Response:
