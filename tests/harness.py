@@ -93,9 +93,14 @@ class PostgresServer:
 
 
 class ProxyServer:
-    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir."""
+    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir.
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+    `root`: the source tree to run (with its own `.venv`), by default this one; tests of rolling
+    deploys run the previous release beside it.
+    """
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *, root: Path = ROOT):
+        self.root = root
         self.port = free_port()
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,7 +121,7 @@ class ProxyServer:
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # the server writes here until stop()
-        self.process = subprocess.Popen([str(ROOT / "scripts" / "run.sh")], env=self.env, stdout=log,
+        self.process = subprocess.Popen([str(self.root / "scripts" / "run.sh")], env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for(f"{self.url}/health", timeout, process=self.process)
@@ -129,7 +134,7 @@ class ProxyServer:
 
     def wid(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the `wid` admin command against this server's database."""
-        return subprocess.run([str(ROOT / ".venv" / "bin" / "wid"), *args], env=self.env, text=True,
+        return subprocess.run([str(self.root / ".venv" / "bin" / "wid"), *args], env=self.env, text=True,
                               capture_output=True, check=check, timeout=60)
 
     @contextmanager

@@ -2,7 +2,9 @@
 
 SQL is written once with `?` placeholders; migrations are the .sql files in `migrations/`, applied in
 name order under a lock so two processes starting at once cannot apply one twice. `{blob}` and
-`{autoid}` in migration files are replaced per dialect.
+`{autoid}` in migration files are replaced per dialect. A new migration only expands the schema (the
+previous release keeps serving on it during a rolling deploy; docs/operator.md, "Rolling deploys"),
+and a released migration file is never edited or renamed.
 """
 
 from __future__ import annotations
