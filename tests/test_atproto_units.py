@@ -232,13 +232,19 @@ def test_sign_in_needs_a_public_https_endpoint(app_env: Path, monkeypatch: pytes
 @pytest.mark.parametrize("name,value", [("ATPROTO_TIMEOUT", "soon"), ("ATPROTO_OAUTH_SCOPE", "transition:generic"),
                                         ("ATPROTO_PLC_URL", "plc.directory"), ("ATPROTO_RBAC_TOKEN_TTL", "10")])
 def test_bad_settings_are_named(app_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    from wid import config
+
     monkeypatch.setenv(name, value)
+    config.settings.cache_clear()
     with pytest.raises(ConfigError, match=name):
-        identity.atproto_config()
+        config.settings()
 
 
 def test_rbac_token_lifetime_is_the_operators(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wid import config
+
     monkeypatch.setenv("ATPROTO_RBAC_TOKEN_TTL", "600")
+    config.settings.cache_clear()
     token, expires_at = atproto_oauth.rbac_token(DID, "alice.test")
     claims = tokens.verify(token, kinds={tokens.RBAC}, audience=f"api://ATProto?actx={DID}")
     assert claims["exp"] - claims["iat"] == 600 == expires_at - claims["iat"]

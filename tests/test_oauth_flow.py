@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -440,12 +441,13 @@ def test_flow_and_refresh_on_postgresql(postgres: PostgresServer, tmp_path_facto
 # ------------------------------------------------------------------------------------------------
 
 
-def test_scopes_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(do_oauth.SCOPES_ENV, raising=False)
+def test_scopes_are_configurable(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert do_oauth.scopes() == do_oauth.DEFAULT_SCOPES
     assert "write" not in do_oauth.DEFAULT_SCOPES and "read" not in do_oauth.DEFAULT_SCOPES
-    monkeypatch.setenv(do_oauth.SCOPES_ENV, "read, database:read  droplet:read read")
+    monkeypatch.setenv("DIGITALOCEAN_OAUTH_SCOPES", "read, database:read  droplet:read read")
+    config.settings.cache_clear()
     assert do_oauth.scopes() == ("read", "database:read", "droplet:read")
-    monkeypatch.setenv(do_oauth.SCOPES_ENV, "database:read drop;table")
+    monkeypatch.setenv("DIGITALOCEAN_OAUTH_SCOPES", "database:read drop;table")
+    config.settings.cache_clear()
     with pytest.raises(config.ConfigError, match="DIGITALOCEAN_OAUTH_SCOPES"):
         do_oauth.scopes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -53,8 +54,9 @@ def test_sqlite_uses_wal(app_env: Path) -> None:
 
 def test_unreachable_postgresql_is_unavailable(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URI", f"postgresql://wid@127.0.0.1:{free_port()}/none")
+    monkeypatch.setenv("WID_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
     config.settings.cache_clear()
-    with pytest.raises(storage.DatabaseUnavailable, match="cannot connect to PostgreSQL"):
+    with pytest.raises(storage.DatabaseUnavailable, match=r"cannot connect to PostgreSQL \(DATABASE_URI\)"):
         storage.database().migrate()
 
 

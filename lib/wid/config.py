@@ -1,15 +1,37 @@
-"""Settings from the environment (DESIGN.md, "The contract": these names are public)."""
+"""Every setting, read from the environment here and nowhere else, parsed, bounded and validated once.
+
+`settings()` reads them all on first use and caches them for the process; a bad value stops whatever
+asked (the CLI before any command runs, every CGI request with a 500) with a message naming the
+variable, the value found (never a secret's) and what is allowed (README.md, "Configuration", lists
+the bounds; `wid config check` shows values and sources). Modules receive values, never variable
+names. Standard library only, nothing heavy at import time: this runs on every request path.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
+T = TypeVar("T")
+
 DEFAULT_TRUSTED_ISSUERS = ("https://token.actions.githubusercontent.com",)
+KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
+DAY = 24 * 3600
+# The Droplet provisioning and workload tokens live 15 minutes (wid.service.provisioning), so no bound
+# on token lifetimes may be lower.
+FIXED_TOKEN_LIFETIME = 15 * 60
+# fcgiwrap's socket lives at $WID_RUN_DIR/fcgiwrap.sock; a Unix socket path holds at most 107 bytes.
+MAX_SOCKET_PATH = 107
+CADDY_LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+# Read by scripts/run.sh, install.sh or the Caddyfile only; known, so they are not reported as unknown.
+OTHER_VARIABLES = frozenset({"WID_INSTALL_FLAGS"})
 
 
 class ConfigError(Exception):
@@ -17,43 +39,367 @@ class ConfigError(Exception):
 
 
 class Settings(NamedTuple):
-    this_endpoint: str
+    """Every setting, in the order of README.md's table; each attribute's variable is in _read below."""
+
     port: int
+    this_endpoint: str
     data_dir: Path
+    run_dir: Path
     database_uri: str | None
     secret_key: str | None
     do_oauth_client_id: str | None
     do_oauth_client_secret: str | None
+    do_oauth_scopes: tuple[str, ...] | None  # None: the upstream's least-privilege defaults
     do_api_url: str
     do_oauth_url: str
-    trusted_issuers: tuple[str, ...]
-    allow_insecure_issuers: bool
-    max_body_bytes: int
-    max_exchange_ttl: int
     upstream_timeout: float
+    trusted_issuers: tuple[str, ...]
     # issuer -> claims naming the owner of its workloads (lib/wid/core/rbac/owner.py; GitHub's are built in)
     issuer_owner_claims: dict[str, tuple[str, ...]]
+    allow_insecure_issuers: bool
+    issuer_fetch_timeout: float
+    max_token_ttl: int
+    max_exchange_ttl: int
+    max_body_bytes: int
+    droplet_ssh_port: int
+    droplet_ssh_timeout: float
+    refresh_ttl: int
+    git_max_push_bytes: int
+    git_max_repo_bytes: int
+    git_max_body_size: str
+    cgi_workers: int
     publish_interval: int  # seconds between a replica's re-publications of its JWKS file
     jwks_max_age: int  # Cache-Control max-age of the issuer metadata and JWKS responses
+    caddy_log_level: str
+    atproto_plc_url: str
+    atproto_handle_resolver: str | None
+    atproto_oauth_scope: str
+    atproto_rbac_token_ttl: int
+    atproto_timeout: float
+    atproto_did_cache_seconds: int
+    atproto_max_response_bytes: int
 
     @property
     def public_dir(self) -> Path:
         """Files Caddy serves directly (issuer metadata, JWKS)."""
         return self.data_dir / "public"
 
+    @property
+    def fcgi_socket(self) -> Path:
+        return self.run_dir / "fcgiwrap.sock"
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+class Source(NamedTuple):
+    """One setting as `wid config check` shows it: never a secret's value."""
+
+    name: str
+    shown: str
+    source: str  # "default" or "environment"
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
+# -- parsers: each returns the value or raises ValueError("must be ...") ----------------------------
+
+
+def whole(low: int, high: int, unit: str) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+            raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
         return int(raw)
+    return parse
+
+
+def decimal(low: float, high: float, unit: str) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw) or not low <= float(raw) <= high:
+            raise ValueError(f"must be a number of {unit} from {low:g} to {high:g}")
+        return float(raw)
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+    return parse
+
+
+def flag(raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise ValueError("must be 1, true, yes or on (or 0, false, no, off)")
+    return value in {"1", "true", "yes", "on"}
+
+
+def _is_url(value: str) -> bool:
+    """An absolute http(s) URL with a host and no credentials, query or fragment."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        return False
+    return (parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.username is None
+            and parts.password is None and not parts.fragment and not parts.query)
+
+
+def base_url(raw: str) -> str:
+    if not _is_url(raw):
+        raise ValueError("must be an absolute http(s) URL without credentials, query or fragment")
+    return raw.rstrip("/")
+
+
+def endpoint(raw: str) -> str:
+    if not _is_url(raw) or raw.endswith("/"):
+        raise ValueError("must be an absolute http(s) URL without credentials, query, fragment or trailing slash")
+    return raw
+
+
+def issuers(raw: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(raw.split()))
+    bad = [v for v in values if not _is_url(v)]
+    if bad:
+        raise ValueError(f"must be issuer URLs separated by spaces (absolute http(s) URLs without credentials, "
+                         f"query or fragment); {bad[0]!r} is not one")
+    return values
+
+
+def owner_claims(raw: str) -> dict[str, tuple[str, ...]]:
+    declared: dict[str, tuple[str, ...]] = {}
+    for entry in raw.split():
+        issuer, sep, names = entry.rpartition("=")
+        claims = tuple(name for name in names.split(",") if name)
+        if not sep or not issuer.startswith(("https://", "http://")) or not claims or any(
+                not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name) for name in claims) or issuer in declared:
+            raise ValueError(f"must be space-separated ISSUER=claim[,claim...] entries (an issuer URL, '=', then "
+                             f"claim names separated by commas; each issuer once); {entry[:200]!r} is not one")
+        declared[issuer] = claims
+    return declared
+
+
+_DO_SCOPE = re.compile(r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$")
+
+
+def do_scopes(raw: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(s for s in re.split(r"[\s,]+", raw) if s))
+    bad = [s for s in values if not _DO_SCOPE.match(s)]
+    if bad:
+        raise ValueError(f"must be DigitalOcean scope names such as 'database:read', separated by spaces; "
+                         f"malformed: {bad}")
+    return values
+
+
+def atproto_scope(raw: str) -> str:
+    scope = " ".join(raw.split())
+    if "atproto" not in scope.split():
+        raise ValueError("must be space-separated scopes including 'atproto'")
+    return scope
+
+
+def database_uri(raw: str) -> str:
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]{0,19})://", raw)
+    if scheme is None or scheme[1].lower() not in {"postgresql", "postgres"}:
+        found = f"scheme {scheme[1]!r} is not supported" if scheme else "it has no scheme://"
+        raise ValueError(f"must start with postgresql:// (or be unset for SQLite in WID_DATA_DIR); {found}")
+    return raw
+
+
+def without_credentials(uri: str | None) -> str:
+    """A database URI as it may be shown: scheme, host, port and database; no user, password or query."""
+    parts = urlsplit(uri or "")
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def fernet_key(raw: str) -> str:
+    try:
+        key = base64.urlsafe_b64decode(raw.encode())
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ValueError("must be 32 random bytes in urlsafe base64 (Fernet key format); make one with: "
+                         "python3 -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'")
+    return raw
+
+
+def client_credential(raw: str) -> str:
+    if len(raw) > 512 or not raw.isprintable() or any(c.isspace() for c in raw):
+        raise ValueError("must be the OAuth application's value as DigitalOcean shows it (no spaces)")
+    return raw
+
+
+def directory(raw: str) -> Path:
+    if "\0" in raw:
+        raise ValueError("must be a directory path")
+    return Path(raw).resolve()
+
+
+_CADDY_SIZE = re.compile(r"^([0-9]+)(|B|K|KB|KI|KIB|M|MB|MI|MIB|G|GB|GI|GIB)$", re.IGNORECASE)
+
+
+def caddy_size(raw: str) -> str:
+    caddy_size_bytes(raw)
+    return raw
+
+
+def caddy_size_bytes(raw: str) -> int:
+    """Bytes of a size in the subset of Caddy's syntax we accept: 64MB (10^6), 64MiB (2^20), 67108864."""
+    match = _CADDY_SIZE.match(raw) if len(raw) <= 20 else None
+    if not match:
+        raise ValueError("must be a size such as 64MB, 64MiB or 67108864")
+    unit = match[2].upper().rstrip("B")
+    factor = {"": 1, "K": 10**3, "KI": KIB, "M": 10**6, "MI": MIB, "G": 10**9, "GI": GIB}[unit]
+    return int(match[1]) * factor
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str], record: bool):
+        self.env = env
+        self.record = record  # keep what `wid config check` shows (not on request paths)
+        self.sources: list[Source] = []
+        self.problems: list[str] = []
+        self.invalid: set[str] = set()
+
+    def read(self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False,
+             show: Callable[[T], str] | None = None, empty_is_value: bool = False) -> T:
+        raw = self.env.get(name)
+        if raw is None or (not raw.strip() and not empty_is_value):
+            if self.record:
+                self.sources.append(Source(name, _shown(default, secret), "default"))
+            return default
+        try:
+            value = parse(raw.strip())
+        except ValueError as exc:
+            self.fail(name, f"{name} {exc}" + ("" if secret else f", got {raw[:200]!r}"),
+                      "(hidden)" if secret else repr(raw[:200]))
+            return default
+        if self.record:
+            self.sources.append(Source(name, show(value) if show else _shown(value, secret), "environment"))
+        return value
+
+    def valid(self, *names: str) -> bool:
+        return not self.invalid.intersection(names)
+
+    def fail(self, name: str, message: str, shown: str) -> None:
+        self.invalid.add(name)
+        self.problems.append(message)
+        source = "environment" if name in self.env else "default"
+        self.sources = [s for s in self.sources if s.name != name] + [Source(name, f"{shown} (invalid)", source)]
+
+
+def _shown(value: Any, secret: bool) -> str:
+    if value is None:
+        return "(unset)"
+    if secret:
+        return "(set)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(value) if value else "(none)"
+    if isinstance(value, dict):
+        return " ".join(f"{key}={','.join(claims)}" for key, claims in value.items()) or "(none)"
+    return str(value)
+
+
+def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[Source], list[str]]:
+    r = _Reader(env, record)
+    port = r.read("PORT", whole(1, 65535, "port"), 8080)
+    this_endpoint = r.read("THIS_ENDPOINT", endpoint, f"http://localhost:{port}")
+    data_dir = r.read("WID_DATA_DIR", directory, Path("./data").resolve())
+    values = Settings(
+        port=port,
+        this_endpoint=this_endpoint,
+        data_dir=data_dir,
+        run_dir=r.read("WID_RUN_DIR", directory, data_dir / "run"),
+        database_uri=r.read("DATABASE_URI", database_uri, None, secret=True, show=without_credentials),
+        secret_key=r.read("WID_SECRET_KEY", fernet_key, None, secret=True),
+        do_oauth_client_id=r.read("DIGITALOCEAN_OAUTH_CLIENT_ID", client_credential, None),
+        do_oauth_client_secret=r.read("DIGITALOCEAN_OAUTH_CLIENT_SECRET", client_credential, None, secret=True),
+        do_oauth_scopes=r.read("DIGITALOCEAN_OAUTH_SCOPES", do_scopes, None),
+        do_api_url=r.read("DIGITALOCEAN_API_URL", base_url, "https://api.digitalocean.com"),
+        do_oauth_url=r.read("DIGITALOCEAN_OAUTH_URL", base_url, "https://cloud.digitalocean.com"),
+        upstream_timeout=float(r.read("WID_UPSTREAM_TIMEOUT", whole(1, 300, "seconds"), 30)),
+        trusted_issuers=r.read("WID_TRUSTED_ISSUERS", issuers, DEFAULT_TRUSTED_ISSUERS, empty_is_value=True),
+        issuer_owner_claims=r.read("WID_ISSUER_OWNER_CLAIMS", owner_claims, {}),
+        allow_insecure_issuers=r.read("WID_ALLOW_INSECURE_ISSUERS", flag, False),
+        issuer_fetch_timeout=r.read("WID_ISSUER_FETCH_TIMEOUT", decimal(0.1, 60, "seconds"), 5.0),
+        max_token_ttl=r.read("WID_MAX_TOKEN_TTL", whole(FIXED_TOKEN_LIFETIME, 7 * DAY, "seconds"), DAY),
+        max_exchange_ttl=r.read("WID_MAX_EXCHANGE_TTL", whole(60, 7 * DAY, "seconds"), 3600),
+        max_body_bytes=r.read("WID_MAX_BODY_BYTES", whole(KIB, 16 * MIB, "bytes"), MIB),
+        droplet_ssh_port=r.read("WID_DROPLET_SSH_PORT", whole(1, 65535, "port"), 22),
+        droplet_ssh_timeout=float(r.read("WID_DROPLET_SSH_TIMEOUT", whole(1, 120, "seconds"), 10)),
+        refresh_ttl=r.read("WID_REFRESH_TTL", whole(FIXED_TOKEN_LIFETIME, 366 * DAY, "seconds"), 7 * DAY),
+        git_max_push_bytes=r.read("WID_GIT_MAX_PUSH_BYTES", whole(64 * KIB, GIB, "bytes"), 8 * MIB),
+        git_max_repo_bytes=r.read("WID_GIT_MAX_REPO_BYTES", whole(64 * KIB, GIB, "bytes"), 64 * MIB),
+        git_max_body_size=r.read("WID_GIT_MAX_BODY_SIZE", caddy_size, "64MB"),
+        cgi_workers=r.read("WID_CGI_WORKERS", whole(1, 256, "processes"), 8),
+        publish_interval=r.read("WID_PUBLISH_INTERVAL", whole(5, 3600, "seconds"), 60),
+        jwks_max_age=r.read("WID_JWKS_MAX_AGE", whole(0, 86400, "seconds"), 300),
+        caddy_log_level=r.read("WID_CADDY_LOG_LEVEL", one_of(*CADDY_LOG_LEVELS), "WARN"),
+        atproto_plc_url=r.read("ATPROTO_PLC_URL", base_url, "https://plc.directory"),
+        atproto_handle_resolver=r.read("ATPROTO_HANDLE_RESOLVER", base_url, None),
+        atproto_oauth_scope=r.read("ATPROTO_OAUTH_SCOPE", atproto_scope, "atproto transition:generic"),
+        atproto_rbac_token_ttl=r.read("ATPROTO_RBAC_TOKEN_TTL", whole(60, 7 * DAY, "seconds"), 43200),
+        atproto_timeout=float(r.read("ATPROTO_TIMEOUT", whole(1, 120, "seconds"), 15)),
+        atproto_did_cache_seconds=r.read("ATPROTO_DID_CACHE_SECONDS", whole(0, DAY, "seconds"), 300),
+        atproto_max_response_bytes=r.read("ATPROTO_MAX_RESPONSE_BYTES", whole(KIB, 100 * MIB, "bytes"), 10 * MIB),
+    )
+    # Settings that must agree with each other (each checked once both are valid on their own).
+    if r.valid("DATABASE_URI", "WID_SECRET_KEY") and values.database_uri and not values.secret_key:
+        # Replicas share the database, so they share the key: one generated on one instance's disk would not do.
+        r.problems.append("WID_SECRET_KEY must be set when DATABASE_URI is set: every instance sharing the "
+                          "database needs the same key")
+    client = ("DIGITALOCEAN_OAUTH_CLIENT_ID", "DIGITALOCEAN_OAUTH_CLIENT_SECRET")
+    if r.valid(*client) and bool(values.do_oauth_client_id) != bool(values.do_oauth_client_secret):
+        missing = client[1] if values.do_oauth_client_id else client[0]
+        r.problems.append(f"{missing} is unset while its pair is set: set both (the OAuth application's client "
+                          "id and secret) or neither")
+    push, body = values.git_max_push_bytes, caddy_size_bytes(values.git_max_body_size)
+    if r.valid("WID_GIT_MAX_PUSH_BYTES", "WID_GIT_MAX_BODY_SIZE") and not push <= body <= 4 * GIB:
+        r.fail("WID_GIT_MAX_BODY_SIZE", f"WID_GIT_MAX_BODY_SIZE must be from WID_GIT_MAX_PUSH_BYTES ({push} bytes) "
+               f"to 4GiB, got {values.git_max_body_size!r} ({body} bytes)", repr(values.git_max_body_size))
+    return values, r.sources, r.problems
+
+
+def read(env: Mapping[str, str]) -> Settings:
+    """The settings in `env`, or ConfigError naming every variable that is wrong (one line)."""
+    values, _, problems = _read(env)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return values
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """Read once per process; tests that change the environment call settings.cache_clear()."""
+    return read(os.environ)
+
+
+def sources(env: Mapping[str, str] | None = None) -> tuple[list[Source], list[str]]:
+    """Every setting as shown to an operator, and what is wrong (empty when all is well)."""
+    _, shown, problems = _read(os.environ if env is None else env, record=True)
+    return shown, problems
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each WID_* variable that is no setting (a typo is otherwise silently ignored)."""
+    import difflib  # only for `wid setup` and `wid config check`
+
+    names = [s.name for s in sources({})[0]] + sorted(OTHER_VARIABLES)
+    found = sorted(n for n in (os.environ if env is None else env) if n.startswith("WID_") and n not in names)
+    return [f"{name} is not a setting of wid and is ignored"
+            + "".join(f"; did you mean {m}?" for m in difflib.get_close_matches(name, names, n=1)) for name in found]
+
+
+def check_socket_path(s: Settings) -> None:
+    """fcgiwrap refuses a socket path longer than a Unix socket holds: say which variable to shorten."""
+    length = len(str(s.fcgi_socket).encode())
+    if length > MAX_SOCKET_PATH:
+        name = "WID_DATA_DIR" if s.run_dir == s.data_dir / "run" else "WID_RUN_DIR"
+        raise ConfigError(f"{name} is too long for fcgiwrap's socket: {s.fcgi_socket} has {length} bytes, at most "
+                          f"{MAX_SOCKET_PATH} fit; set WID_RUN_DIR to a directory with a shorter path")
 
 
 def _positive(name: str, default: int) -> int:
@@ -74,59 +420,3 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _endpoint(raw: str | None, port: int) -> str:
-    value = (raw or f"http://localhost:{port}").strip()
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ConfigError(f"THIS_ENDPOINT must be an absolute http(s) URL, got {value!r}")
-    if value.endswith("/") or parts.query or parts.fragment:
-        raise ConfigError(f"THIS_ENDPOINT must have no trailing slash, query or fragment, got {value!r}")
-    return value
-
-
-def _issuer_owner_claims(raw: str) -> dict[str, tuple[str, ...]]:
-    """WID_ISSUER_OWNER_CLAIMS: space-separated ISSUER=claim[,claim...] entries."""
-    declared: dict[str, tuple[str, ...]] = {}
-    for entry in raw.split():
-        issuer, sep, names = entry.rpartition("=")
-        claims = tuple(name for name in names.split(",") if name)
-        if not sep or not issuer.startswith(("https://", "http://")) or not claims:
-            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: {entry!r} is not ISSUER=claim[,claim...] (an issuer URL, "
-                              "'=', then claim names separated by commas)")
-        bad = [name for name in claims if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name)]
-        if bad:
-            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: {entry!r} names claims that are not plain names: "
-                              f"{', '.join(bad)}")
-        if issuer in declared:
-            raise ConfigError(f"WID_ISSUER_OWNER_CLAIMS: issuer {issuer} is declared twice")
-        declared[issuer] = claims
-    return declared
-
-
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    """Read once per process; tests that change the environment call settings.cache_clear()."""
-    port = _int("PORT", 8080)
-    issuers = os.environ.get("WID_TRUSTED_ISSUERS")
-    trusted = tuple(issuers.split()) if issuers is not None else DEFAULT_TRUSTED_ISSUERS
-    return Settings(
-        this_endpoint=_endpoint(os.environ.get("THIS_ENDPOINT"), port),
-        port=port,
-        data_dir=Path(os.environ.get("WID_DATA_DIR") or "./data").resolve(),
-        database_uri=os.environ.get("DATABASE_URI") or None,
-        secret_key=os.environ.get("WID_SECRET_KEY") or None,
-        do_oauth_client_id=os.environ.get("DIGITALOCEAN_OAUTH_CLIENT_ID") or None,
-        do_oauth_client_secret=os.environ.get("DIGITALOCEAN_OAUTH_CLIENT_SECRET") or None,
-        do_api_url=(os.environ.get("DIGITALOCEAN_API_URL") or "https://api.digitalocean.com").rstrip("/"),
-        do_oauth_url=(os.environ.get("DIGITALOCEAN_OAUTH_URL") or "https://cloud.digitalocean.com").rstrip("/"),
-        trusted_issuers=trusted,
-        allow_insecure_issuers=_flag("WID_ALLOW_INSECURE_ISSUERS"),
-        max_body_bytes=_int("WID_MAX_BODY_BYTES", 1024 * 1024),
-        max_exchange_ttl=_int("WID_MAX_EXCHANGE_TTL", 3600),
-        upstream_timeout=float(_int("WID_UPSTREAM_TIMEOUT", 30)),
-        issuer_owner_claims=_issuer_owner_claims(os.environ.get("WID_ISSUER_OWNER_CLAIMS", "")),
-        publish_interval=_positive("WID_PUBLISH_INTERVAL", 60),
-        jwks_max_age=_positive("WID_JWKS_MAX_AGE", 300),
-    )

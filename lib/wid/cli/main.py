@@ -89,7 +89,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(emergency: bool) -> int:
-    from wid.core import tokens
     from wid.store import audit, keys, wellknown
 
     if emergency:
@@ -104,7 +103,7 @@ def _rotate(emergency: bool) -> int:
               f"keep trusting the dropped key for up to {config.settings().jwks_max_age}s")
         return 0
     try:
-        rotation = keys.rotate(tokens.max_token_ttl())
+        rotation = keys.rotate(config.settings().max_token_ttl)
     except keys.RotationError as exc:
         print(f"wid: {exc}", file=sys.stderr)
         return 1
@@ -135,9 +134,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         tokens.sub_context(args.sub)
     except tokens.TokenError as exc:
         return _usage("token", f"--aud/--sub: {exc}")
-    if not 0 < args.ttl <= tokens.max_token_ttl():
-        return _usage("token", f"--ttl must be 1 to {tokens.max_token_ttl()} seconds (WID_MAX_TOKEN_TTL), "
-                               f"got {args.ttl}")
+    max_ttl = config.settings().max_token_ttl
+    if not 0 < args.ttl <= max_ttl:
+        return _usage("token", f"--ttl must be 1 to {max_ttl} seconds (WID_MAX_TOKEN_TTL), got {args.ttl}")
     token, claims = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
     # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
     audience = tokens.parse_audience(claims["aud"])

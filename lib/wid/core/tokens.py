@@ -29,14 +29,6 @@ _ACTX = r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}"
 _AUDIENCE = re.compile(rf"^api://(?P<api>{_API})\?actx=(?P<actx>{_ACTX})$")
 
 
-def max_token_ttl() -> int:
-    """Upper bound on any token's lifetime; retired keys stay published this long."""
-    raw = os.environ.get("WID_MAX_TOKEN_TTL", "86400")
-    if not raw.isdigit() or int(raw) <= 0:
-        raise config.ConfigError(f"WID_MAX_TOKEN_TTL must be a positive number of seconds, got {raw!r}")
-    return int(raw)
-
-
 class TokenError(Exception):
     """Why a presented token is refused; safe to show to the caller (it never echoes the token)."""
 
@@ -76,14 +68,15 @@ def sub_context(sub: Any) -> str:
 
 def sign(claims: dict[str, Any], *, kind: str, lifetime: int, now: int | None = None) -> tuple[str, dict[str, Any]]:
     """Sign `claims` (aud, sub and extra claims) as a token of `kind` living `lifetime` seconds."""
-    if lifetime <= 0 or lifetime > max_token_ttl():
-        raise ValueError(f"token lifetime {lifetime}s is outside 1..{max_token_ttl()}s")
+    settings = config.settings()
+    if not 0 < lifetime <= settings.max_token_ttl:
+        raise ValueError(f"token lifetime {lifetime}s is outside 1..{settings.max_token_ttl}s (WID_MAX_TOKEN_TTL)")
     parse_audience(claims.get("aud"))
     sub_context(claims.get("sub"))
     issued = int(time.time()) if now is None else now
     full = {
         **claims,
-        "iss": config.settings().this_endpoint,
+        "iss": settings.this_endpoint,
         "iat": issued,
         "nbf": issued,
         "exp": issued + lifetime,

@@ -24,8 +24,6 @@ Standard library + `cryptography` only (this is on the exchange's request path);
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
 import time
 from typing import Any, NamedTuple
@@ -46,7 +44,6 @@ STALE_IF_ERROR_SECONDS = 3600
 MAX_DISCOVERY_BYTES = 64 * 1024
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64
-DEFAULT_FETCH_TIMEOUT = 5.0
 USER_AGENT = "wid-workload-identity-proxy (+OIDC discovery)"
 _PUBLIC_MEMBERS = ("kty", "kid", "alg", "use", "n", "e", "crv", "x", "y")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
@@ -57,20 +54,6 @@ class DiscoveryError(Exception):
     """Discovery or JWKS could not be fetched or is unusable; the message says which and why.
 
     Never shown as such: a caller sees a TokenError (a bad issuer URL) or an issuer_unavailable error."""
-
-
-def fetch_timeout() -> float:
-    """Total seconds allowed for one document (connect + TLS + headers + body): WID_ISSUER_FETCH_TIMEOUT."""
-    raw = os.environ.get("WID_ISSUER_FETCH_TIMEOUT", "")
-    if not raw:
-        return DEFAULT_FETCH_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0 < value <= 60:
-        raise config.ConfigError(f"WID_ISSUER_FETCH_TIMEOUT must be seconds in (0, 60], got {raw!r}")
-    return value
 
 
 def _unavailable(message: str, retry_after: int | None = None) -> WidError:
@@ -110,8 +93,9 @@ def verify_external(unverified: jose.Jws) -> dict[str, Any]:
     trusted_for(issuer, audience.api, audience.actx)
     # Cheap checks before any key lookup: an expired or subject-less token never causes a fetch.
     tokens.check_times(claims)
-    if claims["exp"] - time.time() > tokens.max_token_ttl():
-        raise tokens.TokenError(f"token lives longer than {tokens.max_token_ttl()}s, more than this proxy accepts")
+    max_ttl = config.settings().max_token_ttl
+    if claims["exp"] - time.time() > max_ttl:
+        raise tokens.TokenError(f"token lives longer than {max_ttl}s, more than this proxy accepts")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise tokens.TokenError("token has no sub")
@@ -305,7 +289,7 @@ def cache_seconds(cache_control: str | None) -> int:
 def fetch_json(url: str, limit: int) -> tuple[dict[str, Any], str | None]:
     """GET a JSON object through wid.safe_http (public addresses only, no redirects, at most `limit`
     bytes, one total deadline); status 200 only. Returns it with the response's Cache-Control."""
-    timeout = fetch_timeout()
+    timeout = config.settings().issuer_fetch_timeout  # connect + TLS + headers + body, for one document
     try:
         result = safe_http.request("GET", url, what=url, timeout=timeout, limit=limit,
                                    allow_insecure=config.settings().allow_insecure_issuers,

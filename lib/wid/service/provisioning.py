@@ -12,7 +12,6 @@ Standard library and `cryptography` only (through tokens): this module is on the
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import time
@@ -38,32 +37,6 @@ _NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 _SUB_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_DROPLET_ID = 2**53
-
-
-# -- settings (documented in docs/droplets.md) -------------------------------------------------------
-
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise config.ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
-    return int(raw)
-
-
-def ssh_port() -> int:
-    """WID_DROPLET_SSH_PORT: the port the proxy connects to on a Droplet's public IPv4 (default 22)."""
-    return _env_int("WID_DROPLET_SSH_PORT", 22, 1, 65535)
-
-
-def ssh_timeout() -> float:
-    """WID_DROPLET_SSH_TIMEOUT: seconds for connecting to a Droplet's sshd and its handshake (default 10)."""
-    return float(_env_int("WID_DROPLET_SSH_TIMEOUT", 10, 1, 120))
-
-
-def refresh_ttl() -> int:
-    """WID_REFRESH_TTL: lifetime of each refresh token, in seconds (default 7 days)."""
-    return _env_int("WID_REFRESH_TTL", 7 * 24 * 3600, 15 * 60, 366 * 24 * 3600)
 
 
 # -- the identity a Droplet's tags give it ----------------------------------------------------------

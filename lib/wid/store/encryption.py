@@ -57,13 +57,8 @@ def _fernet(key: bytes) -> Fernet:
 
 
 def fernet() -> Fernet:
-    s = config.settings()
-    if not s.secret_key and s.database_uri:
-        # Replicas share the database, so they must share the key; a key generated on one
-        # instance's disk would make the others unable to read what it wrote (and vanish with it).
-        raise config.ConfigError("WID_SECRET_KEY must be set when DATABASE_URI is set: every instance "
-                                 "sharing the database needs the same key")
-    key = _validate(s.secret_key, "WID_SECRET_KEY") if s.secret_key else _development_key(s.data_dir)
+    s = config.settings()  # with DATABASE_URI, WID_SECRET_KEY is set (wid.config requires it)
+    key = s.secret_key.encode() if s.secret_key else _development_key(s.data_dir)  # wid.config checked its format
     return _fernet(key)
 
 

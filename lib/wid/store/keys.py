@@ -3,7 +3,7 @@
 States: `next` (published in the JWKS, not signing yet), `active` (signs; exactly one, which a
 partial unique index enforces, so two concurrent first requests cannot both create one), `retired`
 (no longer signs, keeps verifying and stays published until every token it can have signed has
-expired: tokens.MAX_TOKEN_TTL bounds every token we sign), `revoked` (dropped at once by an
+expired: WID_MAX_TOKEN_TTL, config.Settings.max_token_ttl, bounds every token we sign), `revoked` (dropped at once by an
 emergency rotation: neither verifies nor is published).
 
 A scheduled rotation publishes the next key first and lets it sign only from `activate_at`, once

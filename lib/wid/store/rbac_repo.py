@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -44,28 +43,19 @@ _MAX_FILES = 10_000
 _IN_BATCH = 400
 
 
-def _env_bytes(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise config.ConfigError(f"{name} must be a positive number of bytes, got {raw!r}")
-    return int(raw)
-
-
 @dataclass(frozen=True)
 class Limits:
-    """Size limits of pushes and repos (environment: WID_GIT_MAX_PUSH_BYTES, WID_GIT_MAX_REPO_BYTES)."""
+    """Size limits of pushes and repos (settings WID_GIT_MAX_PUSH_BYTES, WID_GIT_MAX_REPO_BYTES)."""
 
     push_bytes: int  # one push's pack as sent (compressed)
     repo_bytes: int  # all of a repo's objects, inflated; also bounds one push once inflated
     object_bytes: int  # one object, inflated
 
     @classmethod
-    def from_env(cls) -> Limits:
-        push = _env_bytes("WID_GIT_MAX_PUSH_BYTES", 8 * 1024 * 1024)
-        repo = _env_bytes("WID_GIT_MAX_REPO_BYTES", 64 * 1024 * 1024)
-        return cls(push_bytes=push, repo_bytes=repo, object_bytes=min(repo, 16 * 1024 * 1024))
+    def configured(cls) -> Limits:
+        s = config.settings()
+        return cls(push_bytes=s.git_max_push_bytes, repo_bytes=s.git_max_repo_bytes,
+                   object_bytes=min(s.git_max_repo_bytes, 16 * 1024 * 1024))
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,7 @@ def _translate(exc: Exception) -> Exception:
 class Database:
     def __init__(self, uri: str | None, data_dir: Path):
         self.uri = uri
-        self.dialect = "postgresql" if uri and uri.startswith(("postgres://", "postgresql://")) else "sqlite"
-        if uri and self.dialect == "sqlite" and not uri.startswith("sqlite:"):
-            raise config.ConfigError(f"DATABASE_URI must start with postgresql:// (or be unset for SQLite), "
-                                     f"got {uri.split(':', 1)[0]}://...")
+        self.dialect = "postgresql" if uri else "sqlite"  # wid.config accepts only postgresql:// URIs
         self.data_dir = data_dir
         self._local = threading.local()
         self._migrated = False
@@ -104,7 +101,8 @@ class Database:
             try:
                 return psycopg.connect(str(self.uri), connect_timeout=5, autocommit=True)
             except psycopg.Error as exc:
-                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {str(exc).splitlines()[0]}") from exc
+                raise DatabaseUnavailable(f"cannot connect to PostgreSQL (DATABASE_URI): "
+                                          f"{str(exc).splitlines()[0]}") from exc
         ensure_data_dir(self.data_dir)
         try:
             conn = sqlite3.connect(self.sqlite_path, timeout=10, isolation_level=None, check_same_thread=False)

@@ -88,6 +88,7 @@ def _respond(handler: Handler, request: Request) -> Response:
         if request.method not in METHODS:
             raise MethodNotAllowed(f"{request.method[:40]!r} is not a method this proxy serves (methods are "
                                    f"case-sensitive); use {', '.join(METHODS)}", allowed=METHODS)
+        config.settings()  # every setting valid, or no route runs (each names the variable to fix)
         return handler(request)
     except WidError as err:
         return error_response(err)

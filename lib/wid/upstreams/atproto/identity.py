@@ -19,7 +19,6 @@ Standard library only (plus wid's own modules): this runs on request paths.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import re
@@ -39,7 +38,6 @@ from wid.net.safe_http import FetchError, HttpResult
 from wid.upstreams.atproto.xrpc import DID_PLC, DID_WEB, is_did_context
 
 API = "ATProto"
-DEFAULT_PLC_URL = "https://plc.directory"
 # DID contexts (DID_PLC, DID_WEB, is_did_context) are defined with the upstream, which validates them.
 _HANDLE = re.compile(r"^(?=.{3,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # The ATProto handle spec's disallowed top-level domains (".test" is allowed, for testing).
@@ -53,58 +51,6 @@ STALE_DID_MAX_SECONDS = 86400
 
 
 # --------------------------------------------------------------------------------------------------
-# Settings (environment; read on each use so tests and `wid` see changes without a restart)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AtprotoSettings:
-    plc_url: str
-    handle_resolver: str | None
-    timeout: float
-    rbac_token_ttl: int
-    did_cache_seconds: int
-    scope: str
-    max_response_bytes: int
-    allow_insecure: bool
-
-
-def _env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < minimum:
-        raise config.ConfigError(f"{name} must be a whole number >= {minimum}, got {raw!r}")
-    return int(raw)
-
-
-def _env_url(name: str, default: str | None) -> str | None:
-    raw = (os.environ.get(name) or "").strip() or default
-    if raw is None:
-        return None
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
-        raise config.ConfigError(f"{name} must be an absolute https URL without query, got {raw!r}")
-    return raw.rstrip("/")
-
-
-def atproto_config() -> AtprotoSettings:
-    scope = " ".join((os.environ.get("ATPROTO_OAUTH_SCOPE") or "atproto transition:generic").split())
-    if "atproto" not in scope.split():
-        raise config.ConfigError(f"ATPROTO_OAUTH_SCOPE must include 'atproto', got {scope!r}")
-    return AtprotoSettings(
-        plc_url=_env_url("ATPROTO_PLC_URL", DEFAULT_PLC_URL) or DEFAULT_PLC_URL,
-        handle_resolver=_env_url("ATPROTO_HANDLE_RESOLVER", None),
-        timeout=float(_env_int("ATPROTO_TIMEOUT", 15, minimum=1)),
-        rbac_token_ttl=_env_int("ATPROTO_RBAC_TOKEN_TTL", 43200, minimum=60),
-        did_cache_seconds=_env_int("ATPROTO_DID_CACHE_SECONDS", 300),
-        scope=scope,
-        max_response_bytes=_env_int("ATPROTO_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, minimum=1024),
-        allow_insecure=config.settings().allow_insecure_issuers,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
 # SSRF-safe HTTP (wid.safe_http, with the settings above)
 # --------------------------------------------------------------------------------------------------
 
@@ -114,7 +60,7 @@ USER_AGENT = "wid-proxy (ATProto upstream)"
 
 def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tuple[str, str, int]:
     """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise (see wid.safe_http)."""
-    insecure = atproto_config().allow_insecure if allow_insecure is None else allow_insecure
+    insecure = config.settings().allow_insecure_issuers if allow_insecure is None else allow_insecure
     return safe_http.check_url(url, what, allow_insecure=insecure)
 
 
@@ -122,17 +68,19 @@ def request(method: str, url: str, *, what: str, headers: dict[str, str] | None 
             body: bytes | None = None, limit: int = JSON_LIMIT, timeout: float | None = None,
             allow_insecure: bool | None = None) -> HttpResult:
     """One HTTP exchange by the rules of wid.safe_http, with the ATProto settings as defaults."""
-    settings = atproto_config()
+    settings = config.settings()
+    insecure = settings.allow_insecure_issuers if allow_insecure is None else allow_insecure
     return safe_http.request(method, url, what=what, headers={"User-Agent": USER_AGENT, **(headers or {})},
-                             body=body, limit=limit, timeout=settings.timeout if timeout is None else timeout,
-                             allow_insecure=settings.allow_insecure if allow_insecure is None else allow_insecure)
+                             body=body, limit=limit, timeout=settings.atproto_timeout if timeout is None else timeout,
+                             allow_insecure=insecure)
 
 
 def get_json(url: str, what: str, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
     """GET a JSON object; any status but 200 is a 502 naming it."""
-    settings = atproto_config()
-    return safe_http.get_json(url, what, timeout=settings.timeout, allow_insecure=settings.allow_insecure,
-                              limit=limit, headers={"User-Agent": USER_AGENT})
+    settings = config.settings()
+    return safe_http.get_json(url, what, timeout=settings.atproto_timeout,
+                              allow_insecure=settings.allow_insecure_issuers, limit=limit,
+                              headers={"User-Agent": USER_AGENT})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,7 +230,7 @@ def _by_dns(handle: str) -> str:
 def _by_well_known(handle: str) -> str:
     url = f"https://{handle}/.well-known/atproto-did"
     result = request("GET", url, what=url, limit=WELL_KNOWN_DID_LIMIT, allow_insecure=False,
-                     timeout=min(5.0, atproto_config().timeout))
+                     timeout=min(5.0, config.settings().atproto_timeout))
     if result.status != 200:
         raise ValueError(f"HTTP {result.status}")
     did = result.body.decode("utf-8", "replace").strip()
@@ -312,11 +260,11 @@ def resolve_handle(handle: str) -> str:
 
     The methods run at once; the first DID wins, each failure is reported when none succeeds.
     """
-    settings = atproto_config()
+    settings = config.settings()
     methods: list[tuple[str, Any]] = [("DNS TXT _atproto." + handle, lambda: _by_dns(handle)),
                                       (f"https://{handle}/.well-known/atproto-did", lambda: _by_well_known(handle))]
-    if settings.handle_resolver:
-        resolver = settings.handle_resolver
+    if settings.atproto_handle_resolver:
+        resolver = settings.atproto_handle_resolver
         methods.append((f"resolveHandle at {resolver}", lambda: _by_resolver(handle, resolver)))
     box: queue.Queue[tuple[str, str | None, str | None]] = queue.Queue()
 
@@ -330,7 +278,7 @@ def resolve_handle(handle: str) -> str:
 
     for name, method in methods:
         threading.Thread(target=run, args=(name, method), daemon=True).start()
-    deadline = time.monotonic() + settings.timeout
+    deadline = time.monotonic() + settings.atproto_timeout
     failures: list[str] = []
     for _ in methods:
         try:
@@ -363,10 +311,10 @@ class DidDocument:
 
 def did_document_url(did: str) -> str:
     if DID_PLC.match(did):
-        return f"{atproto_config().plc_url}/{did}"
+        return f"{config.settings().atproto_plc_url}/{did}"
     if DID_WEB.match(did):
         host = did[len("did:web:"):]
-        scheme = "http" if atproto_config().allow_insecure and config.is_loopback_host(host) else "https"
+        scheme = "http" if config.settings().allow_insecure_issuers and config.is_loopback_host(host) else "https"
         return f"{scheme}://{host}/.well-known/did.json"
     raise InvalidRequest(f"{did[:80]!r} is not a did:plc or did:web this proxy serves", code="bad_context")
 
@@ -428,7 +376,7 @@ def resolve_did(did: str, *, max_age: int | None = None) -> DidDocument:
     falls back to a cached document less than a day old."""
     from wid.store import storage
 
-    max_age = atproto_config().did_cache_seconds if max_age is None else max_age
+    max_age = config.settings().atproto_did_cache_seconds if max_age is None else max_age
     now = int(time.time())
     db = storage.database()
     with db.transaction(write=False) as tx:

@@ -90,7 +90,7 @@ def client_metadata() -> dict[str, Any]:
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "redirect_uris": [redirect_uri()],
-        "scope": identity.atproto_config().scope,
+        "scope": config.settings().atproto_oauth_scope,
         "token_endpoint_auth_method": "private_key_jwt",
         "token_endpoint_auth_signing_alg": "ES256",
         "jwks_uri": f"{endpoint()}{JWKS_PATH}",
@@ -359,14 +359,14 @@ def start(identifier: str) -> FlowStart:
     dpop_key = dpop.generate_key()
     verifier, challenge = dpop.pkce_pair()
     key = client_key()
-    settings = identity.atproto_config()
+    scope = config.settings().atproto_oauth_scope
     # Remembered (sealed) until the callback; a state whose pushed request then fails simply expires.
     flow = {"did": who.did, "handle": who.handle, "pds": who.document.pds, "issuer": server.issuer,
             "token_endpoint": server.token_endpoint, "revocation_endpoint": server.revocation_endpoint,
             "verifier": verifier, "dpop_key": dpop.key_to_pem(dpop_key), "client_kid": key.kid,
-            "scope": settings.scope}
+            "scope": scope}
     state, set_cookie = browser_state.issue(BINDING, flow)
-    form = {"response_type": "code", "redirect_uri": redirect_uri(), "scope": settings.scope, "state": state,
+    form = {"response_type": "code", "redirect_uri": redirect_uri(), "scope": scope, "state": state,
             "code_challenge": challenge, "code_challenge_method": "S256", "login_hint": who.handle or who.did}
     nonces = Nonces()
     result = dpop_request("POST", server.par_endpoint, dpop_key, what=f"the authorization server {server.issuer} "
@@ -609,7 +609,8 @@ def rbac_token(did: str, handle: str | None) -> tuple[str, int]:
     """The admin's token for git on this DID's RBAC repo (`did_plc` carries the DID, as the articles read it)."""
     from wid.core import tokens
 
-    lifetime = min(identity.atproto_config().rbac_token_ttl, tokens.max_token_ttl())
+    settings = config.settings()
+    lifetime = min(settings.atproto_rbac_token_ttl, settings.max_token_ttl)
     claims: dict[str, Any] = {"aud": f"api://{API}?actx={did}", "sub": f"actx:{did}:admin", "did": did,
                               "did_plc": did}
     if handle:

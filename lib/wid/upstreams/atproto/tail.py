@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 from urllib.parse import urlencode, urlsplit
 
+from wid import config
 from wid.core.errors import InvalidRequest, UpstreamFailed, WidError
 
 STREAM_NSID = "com.atproto.sync.subscribeRepos"
@@ -165,7 +166,7 @@ def tail(did: str, *, pds: str | None = None, cursor: int | None = None, collect
         pds = identity.fetch_document(did).pds
     identity.check_url(pds, "PDS")
     url = stream_url(pds, cursor)
-    connection = websocket.create_connection(url, timeout=identity.atproto_config().timeout)
+    connection = websocket.create_connection(url, timeout=config.settings().atproto_timeout)
     connection.settimeout(None)  # the stream may be quiet for a long time
     if ready is not None:
         ready(url)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from wid import config
 from wid.core.errors import (
     Forbidden,
     InvalidRequest,
@@ -152,7 +153,7 @@ class AtprotoUpstream:
         headers.setdefault("Accept", "application/json")
         if method == "POST":
             headers["Content-Type"] = content_type or "application/json"
-        limit = identity.atproto_config().max_response_bytes
+        limit = config.settings().atproto_max_response_bytes
         nonces = oauth.Nonces()
         for attempt in (1, 2):
             result = oauth.dpop_request(method, url, session.dpop_key, what=f"the PDS {data['pds']} ({nsid})",

@@ -13,7 +13,6 @@ Standard library only (plus the shared HTTP client): refreshes run on the API re
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ START_PATH = "/auth/digitalocean/v1/authorize"
 CALLBACK_PATH = "/auth/digitalocean/v1/callback"
 COOKIE_PATH = "/auth/digitalocean/v1/"
 BINDING = browser_state.Binding("digitalocean", "wid_do_oauth", COOKIE_PATH, ttl_seconds=600)
-SCOPES_ENV = "DIGITALOCEAN_OAUTH_SCOPES"
 # Least privilege for what the proxy does with a team's token: resolve the team (account:read); the
 # wrapped routes (database:read + database:view_credentials for connection strings, tag:read for
 # ?tag_name=, spaces_key:create_credentials/delete with spaces_key:read, which DigitalOcean requires
@@ -56,21 +54,12 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "tag:create",
     "tag:read",
 )
-_SCOPE = re.compile(r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$")
 _TOKEN_RESPONSE_LIMIT = 64 * 1024
 
 
 def scopes() -> tuple[str, ...]:
-    """The scopes requested: DIGITALOCEAN_OAUTH_SCOPES (space or comma separated) or the defaults."""
-    raw = os.environ.get(SCOPES_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_SCOPES
-    values = tuple(dict.fromkeys(s for s in re.split(r"[\s,]+", raw) if s))
-    bad = [s for s in values if not _SCOPE.match(s)]
-    if bad:
-        raise config.ConfigError(f"{SCOPES_ENV} has malformed scopes {bad}; use DigitalOcean scope names such as "
-                                 f"'database:read', separated by spaces")
-    return values
+    """The scopes requested: the operator's (DIGITALOCEAN_OAUTH_SCOPES, checked by wid.config) or the defaults."""
+    return config.settings().do_oauth_scopes or DEFAULT_SCOPES
 
 
 def is_configured() -> bool:

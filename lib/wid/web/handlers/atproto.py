@@ -143,7 +143,7 @@ The proxy keeps the DID's OAuth session, encrypted, and shows you a token for th
   <button type="submit">Sign in with ATProto</button>
 </form>
 <p class="muted">You will be sent to your PDS's authorization page to approve access
-(scope <code>{_esc(oauth.identity.atproto_config().scope)}</code>).</p>"""
+(scope <code>{_esc(config.settings().atproto_oauth_scope)}</code>).</p>"""
     return Response.html(_page("Sign in with ATProto", body), 200, _headers())
 
 

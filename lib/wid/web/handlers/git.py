@@ -272,7 +272,7 @@ def _upload_pack(request: Request, repo: RepoId) -> Response:
 
 
 def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess) -> Response:
-    limits = Limits.from_env()
+    limits = Limits.configured()
     body, truncated = _read_body(request, limits.push_bytes)
     if not truncated and (request.header("Content-Encoding") or "").lower() in {"gzip", "x-gzip"}:
         body = _gunzip(body, limits.push_bytes)

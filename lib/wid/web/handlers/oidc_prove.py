@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.fernet import InvalidToken
 
+from wid import config
 from wid.core.errors import (
     Forbidden,
     InvalidRequest,
@@ -77,9 +78,10 @@ def _tokens(token: str, claims: dict[str, Any], refresh_token: str) -> Response:
 
 
 def _fetch_host_key(droplet: provisioning.Droplet, ipv4: str, key_type: str) -> bytes:
-    port = provisioning.ssh_port()
+    settings = config.settings()
+    port = settings.droplet_ssh_port
     try:
-        return attestation.fetch_host_key(ipv4, port, key_type, provisioning.ssh_timeout())
+        return attestation.fetch_host_key(ipv4, port, key_type, settings.droplet_ssh_timeout)
     except attestation.HostKeyError as exc:
         message = f"cannot attest Droplet {droplet.id}: {exc}"
         if exc.kind == "timeout":
@@ -165,7 +167,7 @@ def _prove(request: Request, context: dict[str, Any]) -> Response:
         if claimed:
             provisioning.register_identity(tx, team, droplet_id, sig.key_type, sig.public_key, sig.fingerprint,
                                            ipv4, now)
-            family, refresh_token = refresh.start_family(tx, team, droplet_id, now, provisioning.refresh_ttl())
+            family, refresh_token = refresh.start_family(tx, team, droplet_id, now, config.settings().refresh_ttl)
             audit.record("prove", "allow", api=API, actx=team, sub=workload_claims["sub"], jti=workload_claims["jti"],
                          tx=tx, droplet_id=droplet_id, provisioning_jti=claims["jti"], fingerprint=sig.fingerprint,
                          ipv4=ipv4, family=family)
@@ -217,7 +219,7 @@ def _refresh(request: Request, context: dict[str, Any]) -> Response:
     with storage.database().transaction() as tx:
         tx.lock(f"refresh:{record.family_id}")
         try:
-            new_token, _ = refresh.rotate(tx, record, now, provisioning.refresh_ttl())
+            new_token, _ = refresh.rotate(tx, record, now, config.settings().refresh_ttl)
         except refresh.Reused:
             outcome = "reused"
             refresh.revoke_family(tx, record.family_id, "refresh token reused", now)
@@ -317,7 +319,7 @@ def _recover(request: Request, context: dict[str, Any]) -> Response:
                            (digest, team, droplet_id, now, now + RECOVERY_CHALLENGE_TTL + 60))
         if fresh:
             revoked = refresh.revoke_droplet_families(tx, team, droplet_id, "recovered with the host key", now)
-            family, refresh_token = refresh.start_family(tx, team, droplet_id, now, provisioning.refresh_ttl())
+            family, refresh_token = refresh.start_family(tx, team, droplet_id, now, config.settings().refresh_ttl)
             provisioning.touch_identity(tx, team, droplet_id, ipv4, now)
             audit.record("recover", "allow", api=API, actx=team, sub=workload_claims["sub"], jti=workload_claims["jti"],
                          tx=tx, droplet_id=droplet_id, fingerprint=sig.fingerprint, ipv4=ipv4, family=family,
