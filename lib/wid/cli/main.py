@@ -1,4 +1,4 @@
-"""`wid`: the admin command (setup, keys, audit, policy, tokens, demo)."""
+"""`wid`: the admin command (setup, config, keys, audit, policy, tokens, demo)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,25 @@ from wid.store import storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
 _PLUGINS = ("wid.cli.audit", "wid.cli.doctor", "wid.cli.policy", "wid.upstreams.atproto.tail", "wid.cli.demo")
+# Commands that report on the settings themselves (`wid config check`, `wid doctor`) or run with an
+# environment of their own (`wid demo` sets up its own proxy): every other command refuses to start
+# while a setting is invalid.
+_OWN_SETTINGS = frozenset({"config", "doctor", "demo"})
+
+
+def _warn_unknown_variables() -> None:
+    for warning in config.unknown_variables():
+        print(f"wid: warning: {warning}", file=sys.stderr)
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from wid.store import encryption, keys, wellknown
 
+    _warn_unknown_variables()
+    s = config.settings()
+    if args.render_cgi:
+        config.check_socket_path(s)
+    storage.ensure_data_dir(s.data_dir)
     db = storage.database()
     applied = db.migrate()
     with db.transaction() as tx:
@@ -59,6 +73,20 @@ def render_cgi(source: Path, target: Path) -> None:
 
 def _stamp(timestamp: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Each setting, its value (never a secret's) and where it came from; what is wrong, one line each."""
+    shown, problems = config.sources()
+    for entry in shown:
+        if args.json:
+            print(json.dumps(entry._asdict(), sort_keys=True))
+        else:
+            print(f"{entry.name:34} {entry.source:11} {entry.shown}")
+    _warn_unknown_variables()
+    for problem in problems:
+        print(f"wid: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -173,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the cgi-bin/ to render (default: ./cgi-bin)")
     setup.set_defaults(func=cmd_setup)
 
+    settings = sub.add_parser("config", help="check the settings: each one's value and source (default or "
+                              "environment), secrets hidden; exit 2 if any is invalid")
+    settings.add_argument("action", choices=["check"], help="check: validate and list every setting")
+    settings.add_argument("--json", action="store_true", help="one JSON object per line: name, source, shown")
+    settings.set_defaults(func=cmd_config)
+
     keys = sub.add_parser("keys", help="signing keys: list, rotate (publish the next key, which signs once every "
                                        "replica and cache can know it), prune, publish")
     keys.add_argument("action", choices=["list", "rotate", "prune", "publish"],
@@ -200,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in _OWN_SETTINGS:
+            config.settings()
         result: int = args.func(args)
         return result
     except (config.ConfigError, storage.DatabaseUnavailable) as exc:
