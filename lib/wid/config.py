@@ -230,7 +230,7 @@ def client_credential(raw: str) -> str:
 def directory(raw: str) -> Path:
     if "\0" in raw:
         raise ValueError("must be a directory path")
-    return Path(raw).resolve()
+    return Path(os.path.abspath(raw))  # lexically: no system call on every request
 
 
 _CADDY_SIZE = re.compile(r"^([0-9]+)(|B|K|KB|KI|KIB|M|MB|MI|MIB|G|GB|GI|GIB)$", re.IGNORECASE)
@@ -307,7 +307,7 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
     r = _Reader(env, record)
     port = r.read("PORT", whole(1, 65535, "port"), 8080)
     this_endpoint = r.read("THIS_ENDPOINT", endpoint, f"http://localhost:{port}")
-    data_dir = r.read("WID_DATA_DIR", directory, Path("./data").resolve())
+    data_dir = r.read("WID_DATA_DIR", directory, Path(os.path.abspath("data")))
     values = Settings(
         port=port,
         this_endpoint=this_endpoint,
