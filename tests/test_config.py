@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ROOT, free_port
-from wid import config
+from wid import config, config_parsers
 
 GOOD_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 SECRET_LOOKING = "s3cr3t-value-that-must-not-leak"
@@ -39,6 +39,9 @@ BAD_VALUES = [
     ("WID_UPSTREAM_TIMEOUT", "0", "from 1 to 300"),
     ("WID_UPSTREAM_TIMEOUT", "2.5", "from 1 to 300"),
     ("WID_TRUSTED_ISSUERS", "https://token.actions.githubusercontent.com not-a-url", "issuer URLs"),
+    ("WID_ISSUER_OWNER_CLAIMS", "gitlab=namespace_id", "ISSUER=claim[,claim...] entries"),
+    ("WID_ISSUER_OWNER_CLAIMS", "https://gitlab.example=a https://gitlab.example=b", "each issuer once"),
+    ("WID_ISSUER_OWNER_CLAIMS", "https://gitlab.example=na$me", "claim names"),
     ("WID_ALLOW_INSECURE_ISSUERS", "maybe", "1, true, yes or on"),
     ("WID_ISSUER_FETCH_TIMEOUT", "0", "from 0.1 to 60"),
     ("WID_ISSUER_FETCH_TIMEOUT", "nan", "from 0.1 to 60"),
@@ -117,7 +120,8 @@ def test_defaults_and_parsed_values() -> None:
     env = {"PORT": "9000", "WID_TRUSTED_ISSUERS": "", "DIGITALOCEAN_OAUTH_SCOPES": "read, database:read  read",
            "WID_ALLOW_INSECURE_ISSUERS": "Yes", "WID_ISSUER_FETCH_TIMEOUT": "0.5",
            "DIGITALOCEAN_API_URL": "http://127.0.0.1:1234/", "ATPROTO_OAUTH_SCOPE": "  atproto   transition:generic ",
-           "WID_GIT_MAX_BODY_SIZE": "8MiB", "WID_MAX_TOKEN_TTL": ""}
+           "WID_GIT_MAX_BODY_SIZE": "8MiB", "WID_MAX_TOKEN_TTL": "",
+           "WID_ISSUER_OWNER_CLAIMS": "https://gitlab.example=namespace_id,project_id https://ci.example=github"}
     values = config.read(env)
     shown, found = config.sources(env)
     assert found == []
@@ -128,6 +132,8 @@ def test_defaults_and_parsed_values() -> None:
     assert values.do_api_url == "http://127.0.0.1:1234"
     assert values.atproto_oauth_scope == "atproto transition:generic"
     assert values.max_token_ttl == 86400  # empty is unset
+    assert values.issuer_owner_claims == {"https://gitlab.example": ("namespace_id", "project_id"),
+                                          "https://ci.example": ("github",)}
     assert values.run_dir == values.data_dir / "run"
     sources = {s.name: s.source for s in shown}
     assert sources["PORT"] == "environment" and sources["WID_MAX_TOKEN_TTL"] == "default"
@@ -177,7 +183,7 @@ def test_git_body_size_must_hold_the_largest_push() -> None:
 def test_caddy_sizes_mean_what_caddy_makes_of_them(size: str, expected: int) -> None:
     # As `caddy adapt` reads `max_size` (10^n for KB/MB/GB, 2^n for KiB/MiB/GiB); checked against Caddy
     # itself in test_git_body_limit_reaches_caddy below.
-    assert config.caddy_size_bytes(size) == expected
+    assert config_parsers.caddy_size_bytes(size) == expected
 
 
 def test_config_check_shows_sources_and_never_a_secret(tmp_path: Path) -> None:
@@ -287,4 +293,4 @@ def test_git_body_limit_reaches_caddy(tmp_path: Path) -> None:
     adapted = subprocess.run(["caddy", "adapt", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
                              env=env, capture_output=True, text=True, timeout=60, check=True)
     sizes = sorted(int(n) for n in re.findall(r'"max_size":(\d+)', adapted.stdout))
-    assert sizes == sorted([2097152, config.caddy_size_bytes("64mi")])
+    assert sizes == sorted([2097152, config_parsers.caddy_size_bytes("64mi")])

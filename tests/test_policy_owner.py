@@ -134,4 +134,5 @@ def test_wid_policy_compile_refuses_and_reads_declared_claims(tmp_path: Path) ->
     assert json.loads(ok.stdout)["roles"]["gha"]["claims"] == {"namespace_id": "77"}
     bad = subprocess.run(args, env={**env, "WID_ISSUER_OWNER_CLAIMS": "gitlab=namespace_id"}, capture_output=True,
                          text=True, timeout=60)
-    assert bad.returncode == 2 and "WID_ISSUER_OWNER_CLAIMS: 'gitlab=namespace_id' is not ISSUER=claim" in bad.stderr
+    assert bad.returncode == 2 and "WID_ISSUER_OWNER_CLAIMS must be space-separated ISSUER=claim" in bad.stderr
+    assert "'gitlab=namespace_id' is not one" in bad.stderr

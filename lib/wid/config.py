@@ -9,20 +9,38 @@ names. Standard library only, nothing heavy at import time: this runs on every r
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit
+
+from wid.config_parsers import (
+    GIB,
+    KIB,
+    MIB,
+    atproto_scope,
+    base_url,
+    caddy_size,
+    caddy_size_bytes,
+    client_credential,
+    database_uri,
+    decimal,
+    directory,
+    do_scopes,
+    endpoint,
+    fernet_key,
+    flag,
+    issuers,
+    one_of,
+    owner_claims,
+    whole,
+    without_credentials,
+)
 
 T = TypeVar("T")
 
 DEFAULT_TRUSTED_ISSUERS = ("https://token.actions.githubusercontent.com",)
-KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 DAY = 24 * 3600
 # The Droplet provisioning and workload tokens live 15 minutes (wid.service.provisioning), so no bound
 # on token lifetimes may be lower.
@@ -95,160 +113,6 @@ class Source(NamedTuple):
     name: str
     shown: str
     source: str  # "default" or "environment"
-
-
-# -- parsers: each returns the value or raises ValueError("must be ...") ----------------------------
-
-
-def whole(low: int, high: int, unit: str) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
-            raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
-        return int(raw)
-    return parse
-
-
-def decimal(low: float, high: float, unit: str) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw) or not low <= float(raw) <= high:
-            raise ValueError(f"must be a number of {unit} from {low:g} to {high:g}")
-        return float(raw)
-    return parse
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return raw
-    return parse
-
-
-def flag(raw: str) -> bool:
-    value = raw.lower()
-    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        raise ValueError("must be 1, true, yes or on (or 0, false, no, off)")
-    return value in {"1", "true", "yes", "on"}
-
-
-def _is_url(value: str) -> bool:
-    """An absolute http(s) URL with a host and no credentials, query or fragment."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    return (parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.username is None
-            and parts.password is None and not parts.fragment and not parts.query)
-
-
-def base_url(raw: str) -> str:
-    if not _is_url(raw):
-        raise ValueError("must be an absolute http(s) URL without credentials, query or fragment")
-    return raw.rstrip("/")
-
-
-def endpoint(raw: str) -> str:
-    if not _is_url(raw) or raw.endswith("/"):
-        raise ValueError("must be an absolute http(s) URL without credentials, query, fragment or trailing slash")
-    return raw
-
-
-def issuers(raw: str) -> tuple[str, ...]:
-    values = tuple(dict.fromkeys(raw.split()))
-    bad = [v for v in values if not _is_url(v)]
-    if bad:
-        raise ValueError(f"must be issuer URLs separated by spaces (absolute http(s) URLs without credentials, "
-                         f"query or fragment); {bad[0]!r} is not one")
-    return values
-
-
-def owner_claims(raw: str) -> dict[str, tuple[str, ...]]:
-    declared: dict[str, tuple[str, ...]] = {}
-    for entry in raw.split():
-        issuer, sep, names = entry.rpartition("=")
-        claims = tuple(name for name in names.split(",") if name)
-        if not sep or not issuer.startswith(("https://", "http://")) or not claims or any(
-                not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name) for name in claims) or issuer in declared:
-            raise ValueError(f"must be space-separated ISSUER=claim[,claim...] entries (an issuer URL, '=', then "
-                             f"claim names separated by commas; each issuer once); {entry[:200]!r} is not one")
-        declared[issuer] = claims
-    return declared
-
-
-_DO_SCOPE = re.compile(r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$")
-
-
-def do_scopes(raw: str) -> tuple[str, ...]:
-    values = tuple(dict.fromkeys(s for s in re.split(r"[\s,]+", raw) if s))
-    bad = [s for s in values if not _DO_SCOPE.match(s)]
-    if bad:
-        raise ValueError(f"must be DigitalOcean scope names such as 'database:read', separated by spaces; "
-                         f"malformed: {bad}")
-    return values
-
-
-def atproto_scope(raw: str) -> str:
-    scope = " ".join(raw.split())
-    if "atproto" not in scope.split():
-        raise ValueError("must be space-separated scopes including 'atproto'")
-    return scope
-
-
-def database_uri(raw: str) -> str:
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]{0,19})://", raw)
-    if scheme is None or scheme[1].lower() not in {"postgresql", "postgres"}:
-        found = f"scheme {scheme[1]!r} is not supported" if scheme else "it has no scheme://"
-        raise ValueError(f"must start with postgresql:// (or be unset for SQLite in WID_DATA_DIR); {found}")
-    return raw
-
-
-def without_credentials(uri: str | None) -> str:
-    """A database URI as it may be shown: scheme, host, port and database; no user, password or query."""
-    parts = urlsplit(uri or "")
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def fernet_key(raw: str) -> str:
-    try:
-        key = base64.urlsafe_b64decode(raw.encode())
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise ValueError("must be 32 random bytes in urlsafe base64 (Fernet key format); make one with: "
-                         "python3 -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'")
-    return raw
-
-
-def client_credential(raw: str) -> str:
-    if len(raw) > 512 or not raw.isprintable() or any(c.isspace() for c in raw):
-        raise ValueError("must be the OAuth application's value as DigitalOcean shows it (no spaces)")
-    return raw
-
-
-def directory(raw: str) -> Path:
-    if "\0" in raw:
-        raise ValueError("must be a directory path")
-    return Path(os.path.abspath(raw))  # lexically: no system call on every request
-
-
-_CADDY_SIZE = re.compile(r"^([0-9]+)(|B|K|KB|KI|KIB|M|MB|MI|MIB|G|GB|GI|GIB)$", re.IGNORECASE)
-
-
-def caddy_size(raw: str) -> str:
-    caddy_size_bytes(raw)
-    return raw
-
-
-def caddy_size_bytes(raw: str) -> int:
-    """Bytes of a size in the subset of Caddy's syntax we accept: 64MB (10^6), 64MiB (2^20), 67108864."""
-    match = _CADDY_SIZE.match(raw) if len(raw) <= 20 else None
-    if not match:
-        raise ValueError("must be a size such as 64MB, 64MiB or 67108864")
-    unit = match[2].upper().rstrip("B")
-    factor = {"": 1, "K": 10**3, "KI": KIB, "M": 10**6, "MI": MIB, "G": 10**9, "GI": GIB}[unit]
-    return int(match[1]) * factor
 
 
 # -- reading --------------------------------------------------------------------------------------
