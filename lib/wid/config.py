@@ -266,13 +266,6 @@ def check_socket_path(s: Settings) -> None:
                           f"{MAX_SOCKET_PATH} fit; set WID_RUN_DIR to a directory with a shorter path")
 
 
-def _positive(name: str, default: int) -> int:
-    value = _int(name, default)
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
-    return value
-
-
 def is_loopback_host(host: str | None) -> bool:
     if not host:
         return False

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from wid import config
 from wid.core import dpop
 from wid.core.errors import Forbidden, UpstreamFailed, WidError
 from wid.store import credentials
@@ -102,7 +103,7 @@ class _SessionRefresh:
     issued_by = "the authorization server"
 
     def call_seconds(self) -> float:
-        return 3 * identity.atproto_config().timeout  # the DID document, then up to two token requests
+        return 3 * config.settings().atproto_timeout  # the DID document, then up to two token requests
 
     def usable(self, actx: str, cred: credentials.Credential | None) -> dict[str, Any]:
         return _usable(actx, cred)
