@@ -62,6 +62,7 @@ BAD_VALUES = [
     ("WID_CGI_WORKERS", "abc", "from 1 to 256"),
     ("WID_CGI_WORKERS", "257", "from 1 to 256"),
     ("WID_PUBLISH_INTERVAL", "4", "from 5 to 3600"),
+    ("WID_JWKS_MAX_AGE", "0", "from 1 to 86400"),
     ("WID_CADDY_LOG_LEVEL", "verbose", "one of DEBUG, INFO, WARN, ERROR"),
     ("ATPROTO_PLC_URL", "plc.directory", "absolute http(s) URL"),
     ("ATPROTO_HANDLE_RESOLVER", "https://pds.example#x", "fragment"),

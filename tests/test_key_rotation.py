@@ -71,7 +71,7 @@ def test_the_activation_delay_covers_republishing_and_caching(app_env: Path, mon
     assert wellknown.cache_control() == "public, max-age=600"
     monkeypatch.setenv("WID_JWKS_MAX_AGE", "0")
     config.settings.cache_clear()
-    with pytest.raises(config.ConfigError, match="WID_JWKS_MAX_AGE must be a positive number of seconds"):
+    with pytest.raises(config.ConfigError, match="WID_JWKS_MAX_AGE must be a whole number of seconds from 1 to 86400"):
         config.settings()
 
 
