@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from wid.core import tokens
+from wid.core.errors import InvalidRequest
 from wid.core.policy.engine import CompiledRbac
 from wid.core.rbac.compiler import MAX_FILE_BYTES, MAX_TOTAL_BYTES, CompileError, compile_directory, compile_tree
 
@@ -88,6 +90,50 @@ def test_context_must_not_inject_patterns(actx: str) -> None:
 
 def test_api_name_is_checked() -> None:
     assert "api" in errors({"policies/p.hcl": POLICY}, api="Digital Ocean")[0]
+
+
+@pytest.mark.parametrize("actx", ["a" * 129, "did:web:" + "a" * 200 + ".example", "x" * 255])
+def test_compile_refuses_a_context_no_token_can_name(actx: str) -> None:
+    """The compiler once accepted 255 characters where a token's aud carries 128: a repo nobody could use."""
+    found = errors({"policies/p.hcl": POLICY, "roles/r.hcl": ROLE}, actx=actx)
+    assert found == [f"actx {actx[:40]!r}... is {len(actx)} characters; a token's audience carries at most 128"]
+    with pytest.raises(tokens.TokenError):
+        tokens.parse_audience(f"api://DigitalOcean?actx={actx}")
+
+
+def test_compile_refuses_an_api_name_no_token_can_name() -> None:
+    api = "A" * 33  # the compiler once took 64
+    assert errors({"policies/p.hcl": POLICY}, api=api) == [
+        f"api {api[:40]!r}... is 33 characters; a token's audience carries at most 32"]
+    with pytest.raises(tokens.TokenError):
+        tokens.parse_audience(f"api://{api}?actx=team")
+
+
+LONGEST_DID_WEB = "did:web:" + "a" * 59 + "." + "b" * 60
+
+
+def test_the_longest_did_web_the_atproto_upstream_takes_is_a_context_tokens_carry() -> None:
+    from wid.upstreams.atproto import xrpc
+
+    assert len(LONGEST_DID_WEB) == 128
+    xrpc.UPSTREAM.validate_context(LONGEST_DID_WEB)
+    with pytest.raises(InvalidRequest):
+        xrpc.UPSTREAM.validate_context(LONGEST_DID_WEB.replace("did:web:", "did:web:c"))
+
+
+@pytest.mark.parametrize(("api", "actx"), [
+    ("DigitalOcean", "0f8c2a3e-9b1d-4c6e-8a7f-1234567890ab"),
+    ("ATProto", "did:plc:ewvi7nxzyoun6zhxrhs64oiz"),
+    ("ATProto", LONGEST_DID_WEB),
+    ("A" * 32, "a" * 128),
+])
+def test_every_context_the_compiler_accepts_a_token_can_name(api: str, actx: str) -> None:
+    assert len(actx) <= 128
+    role = ROLE.replace("api://DigitalOcean", f"api://{api}")
+    result = build({"policies/p.hcl": POLICY, "roles/r.hcl": role}, api=api, actx=actx)
+    audience = tokens.parse_audience(result["roles"]["r"]["aud"])
+    assert (audience.api, audience.actx) == (api, actx)
+    assert tokens.sub_context(result["roles"]["r"]["sub"]) == actx
 
 
 def test_issuer_fills_roles_without_iss_and_trust_is_enforced() -> None:

@@ -12,7 +12,7 @@ import time
 from typing import Any, NamedTuple
 
 from wid import config
-from wid.core import jose
+from wid.core import jose, names
 from wid.store import keys, wellknown
 
 # Kinds of JWT we sign. Refresh tokens are opaque secrets, not JWTs (see the refresh handler).
@@ -24,9 +24,7 @@ KIND_CLAIM = "wid_kind"
 # Claims the signer sets; a caller can never choose them.
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti", "act", KIND_CLAIM, "droplet_id"})
 LEEWAY_SECONDS = 30
-_API = r"[A-Za-z][A-Za-z0-9]{0,31}"
-_ACTX = r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}"
-_AUDIENCE = re.compile(rf"^api://(?P<api>{_API})\?actx=(?P<actx>{_ACTX})$")
+_AUDIENCE = re.compile(rf"api://(?P<api>{names.API.pattern})\?actx=(?P<actx>{names.ACTX.pattern})")
 
 
 class TokenError(Exception):
@@ -45,7 +43,7 @@ def parse_audience(aud: Any) -> Audience:
     """`api://{API}?actx={actx}` with exactly one actx and nothing else; anything else is refused."""
     if not isinstance(aud, str):
         raise TokenError("aud must be one string of the form api://{API}?actx={actx}")
-    match = _AUDIENCE.match(aud)
+    match = _AUDIENCE.fullmatch(aud)
     if not match:
         raise TokenError(f"aud {aud!r} is not of the form api://{{API}}?actx={{actx}} with exactly one actx")
     return Audience(match["api"], match["actx"])
@@ -61,7 +59,7 @@ def sub_context(sub: Any) -> str:
         actx, sep, rest = ":".join(parts[:3]), ":" if len(parts) == 4 else "", parts[3] if len(parts) == 4 else ""
     else:
         actx, sep, rest = body.partition(":")
-    if not sep or not re.fullmatch(_ACTX, actx) or not rest:
+    if not sep or not names.ACTX.fullmatch(actx) or not rest:
         raise TokenError(f"sub {sub!r} must be actx:{{context}}:{{name}}")
     return actx
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wid import config
-from wid.core import tokens
+from wid.core import names, tokens
 from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, Unavailable, UpstreamFailed
 from wid.store import storage
 from wid.upstreams.digitalocean import api as upstream_digitalocean
@@ -35,7 +35,6 @@ OIDC_SUB_TAG = "oidc-sub:"
 PENDING, BOUND, FAILED = "pending", "bound", "failed"
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 _SUB_PART = re.compile(r"^[A-Za-z0-9_-]+$")
-TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_DROPLET_ID = 2**53
 
 
@@ -214,7 +213,7 @@ def verify_provisioning_token(token: str | None) -> tuple[dict[str, Any], str, s
         audience = tokens.parse_audience(claims["aud"])
     except tokens.TokenError as exc:
         raise Unauthenticated(f"provisioning token refused: {exc}") from None
-    if audience.api != API or not TEAM_UUID.match(audience.actx):
+    if audience.api != API or not names.is_team_uuid(audience.actx):
         raise Unauthenticated("provisioning token is not for a DigitalOcean team")
     prefix = f"actx:{audience.actx}:role:provisioning:nonce:"
     sub = claims.get("sub", "")

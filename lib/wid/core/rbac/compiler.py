@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wid.core import names
 from wid.core.policy.engine import CAPABILITIES, FORMAT_VERSION, CompiledRbac, parse_path_pattern
 from wid.core.policy.params import ConstraintError, build_allowed, build_denied
 from wid.core.rbac import owner
@@ -23,8 +24,6 @@ from wid.core.rbac.hcl import Attribute, Block, HclError, HclList, HclObject, re
 MAX_FILE_BYTES = 1 << 20
 MAX_TOTAL_BYTES = 4 << 20  # parsing costs about 10 s per MiB; bound the work one push can cause
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
-_ACTX = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,254}\Z")
-_API = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}\Z")
 _ROLE_FIELDS = ("iss", "aud", "sub", "policies", owner.OPT_IN)
 _RULE_FIELDS = ("capabilities", "allowed_parameters", "denied_parameters")
 _CAPABILITY_HINTS = {
@@ -330,10 +329,9 @@ def compile_tree(
     tokens it accepts (lib/wid/core/rbac/owner.py; owner_claims: the operator's declared owner claims
     per issuer, GitHub's are built in). Raises CompileError.
     """
-    if not _API.match(api):
-        raise CompileError([f"api {api!r} must match {_API.pattern}"])
-    if not _ACTX.match(actx):
-        raise CompileError([f"actx {actx!r} must match {_ACTX.pattern}"])
+    problem = names.api_problem(api) or names.actx_problem(actx)
+    if problem:
+        raise CompileError([problem])
     compiler = _Compiler(api, actx, issuer, trusted_issuers, owner_claims or {})
     policy_files: list[str] = []
     role_files: list[str] = []

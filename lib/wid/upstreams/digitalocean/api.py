@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from wid import config
+from wid.core import names
 from wid.core.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated, UpstreamFailed, WidError
 from wid.net import upstream
 from wid.store import credentials
@@ -30,7 +31,6 @@ from wid.web.request import Request
 from wid.web.response import Response
 
 API = "DigitalOcean"
-_TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Refresh when less than this is left of the access token's life (DigitalOcean's live 30 days), or
 # half its life for tokens that live less than two hours.
 REFRESH_BEFORE_SECONDS = 3600
@@ -80,7 +80,7 @@ def account_for_token(token: str) -> Account:
     account = payload.get("account") or {}
     team = account.get("team") or {}
     team_uuid = team.get("uuid")
-    if not isinstance(team_uuid, str) or not _TEAM_UUID.match(team_uuid):
+    if not names.is_team_uuid(team_uuid):
         raise Forbidden("the token's account has no team; the proxy works with team contexts only")
     return Account(team_uuid, team.get("name"), account.get("email"))
 
@@ -220,7 +220,7 @@ class DigitalOceanUpstream:
     name = API
 
     def validate_context(self, actx: str) -> None:
-        if not _TEAM_UUID.match(actx):
+        if not names.is_team_uuid(actx):
             raise InvalidRequest(f"DigitalOcean contexts are team UUIDs, got {actx!r}", code="bad_context")
 
     def forward(self, actx: str, request: Request, path: str) -> Response:

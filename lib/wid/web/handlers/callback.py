@@ -18,6 +18,7 @@ from pathlib import Path
 from string import Template
 
 from wid import config
+from wid.core import names
 from wid.core.errors import Forbidden, InvalidRequest, WidError
 from wid.log import request_id
 from wid.store import browser_state, credentials
@@ -28,7 +29,6 @@ from wid.web.request import Request
 from wid.web.response import Response
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-_TEAM_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OAUTH_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TITLES = {
     "invalid_state": "This sign-in link is not valid here",
@@ -114,7 +114,7 @@ def _teams_html() -> str:
 
 def _notice(request: Request) -> str:
     connected = dict(request.query()).get("connected", "")
-    if not _TEAM_UUID.match(connected):
+    if not names.is_team_uuid(connected):
         return ""
     cred = credentials.get(do_oauth.API, connected)
     if cred is None or cred.status != credentials.ACTIVE:

@@ -38,7 +38,7 @@ from dulwich.repo import MemoryRepo
 from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler
 
 from wid import config
-from wid.core import git_pack
+from wid.core import git_pack, names
 from wid.core.errors import (
     Forbidden,
     InvalidRequest,
@@ -60,7 +60,6 @@ from wid.web.response import Response
 
 SERVICES = ("git-upload-pack", "git-receive-pack")
 _PATH = re.compile(r"^(?:/_rbac/(?P<api>[^/]+)/(?P<actx>[^/]+))?(?:/(?P<rest>.*))?$")
-_ACTX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
 _GIT_AGENT = re.compile(r"^(git|JGit|dulwich|go-git)/", re.IGNORECASE)
 _NO_CACHE = [("Cache-Control", "no-cache, max-age=0, must-revalidate"), ("Pragma", "no-cache"),
              ("Expires", "Fri, 01 Jan 1980 00:00:00 GMT")]
@@ -108,12 +107,10 @@ def _target(match: re.Match[str]) -> tuple[str, str] | None:
     if api not in upstream.known_apis():
         raise NotFound(f"no API named {api!r}; RBAC repos live at /_rbac/{{API}}/{{actx}}/ with API one of "
                        f"{', '.join(upstream.known_apis())}")
-    if not _ACTX.match(actx):
-        raise InvalidRequest(f"{actx!r} is not a valid context id")
-    try:
-        upstream.get(api).validate_context(actx)
-    except ImportError:
-        pass  # that upstream is not installed in this build; the generic check above applies
+    problem = names.actx_problem(actx)
+    if problem:
+        raise InvalidRequest(f"not a valid context id: {problem}")
+    upstream.get(api).validate_context(actx)
     return api, actx
 
 

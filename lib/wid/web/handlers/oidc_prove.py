@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.fernet import InvalidToken
 
 from wid import config
+from wid.core import names
 from wid.core.errors import (
     Forbidden,
     InvalidRequest,
@@ -251,7 +252,7 @@ def _revoke_for_reuse(record: refresh.RefreshRecord, now: int) -> None:
 def recover_challenge(request: Request) -> Response:
     body = _fields(request, {"team_uuid": str, "droplet_id": (int, str)})
     team = body["team_uuid"]
-    if not provisioning.TEAM_UUID.match(team):
+    if not names.is_team_uuid(team):
         raise InvalidRequest("team_uuid must be a DigitalOcean team UUID")
     droplet_id = provisioning.parse_droplet_id(body["droplet_id"])
     now = int(time.time())
