@@ -1,6 +1,6 @@
 """`wid demo`: the articles' whole walkthrough on this machine, against the stand-ins, step by step.
 
-The steps themselves are in `wid.demo_steps`; this module holds the command line, the checks for what
+The steps themselves are in `wid.cli.demo_steps`; this module holds the command line, the checks for what
 the demo needs, the progress display, a bash "session" for the articles' commands, and the clean-up.
 It runs from a source checkout only: the stand-ins (`tests/standins/`), the sshd "Droplets"
 (`tests/sshd.py`) and the proxy's `scripts/run.sh` come from the checkout this package lives in.
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-# lib/wid/demo.py -> the checkout's root.
+# lib/wid/cli/demo.py -> the checkout's root.
 ROOT = Path(__file__).resolve().parents[3]
 
 HELP = f"""\

@@ -86,10 +86,6 @@ class UpstreamTimeout(WidError):
     code = "gateway_timeout"
 
 
-class NotImplementedHere(WidError):
-    code = "not_implemented"
-
-
 class Misconfigured(WidError):
     """The server's own configuration is wrong; the message names the setting."""
 

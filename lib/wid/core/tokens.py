@@ -1,4 +1,5 @@
-"""The tokens this proxy signs, and the strict verifier for them (DESIGN.md, "Tokens").
+"""The tokens this proxy signs, and the strict verifier for them (docs/security.md, "Tokens and where each
+is accepted").
 
 Every token: RS256, header `kid` (RFC 7638 thumbprint), claims iss, aud, sub, iat, nbf, exp, jti,
 and `wid_kind` naming what it is for, so a token of one kind is never accepted where another is due.

@@ -112,7 +112,8 @@ def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | Non
 
 
 def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> WidError:
-    """An upstream 5xx as our 502 (DESIGN.md): it names the service, its status and its own message."""
+    """An upstream 5xx as our 502 (docs/digitalocean.md, "Errors a workload can meet"): it names the service,
+    its status and its own message."""
     detail = ""
     try:
         payload = json.loads(body)

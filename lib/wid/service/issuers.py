@@ -5,7 +5,7 @@ An external token is verified only when its issuer is BOTH on the operator's all
 before anything is fetched, so keys are never discovered from an issuer that a token merely claims.
 
 Keys come from the issuer's discovery document (`{iss}/.well-known/openid-configuration`, whose
-`issuer` must equal `iss` exactly) and its `jwks_uri`, fetched by `wid.safe_http`: over HTTPS (plain
+`issuer` must equal `iss` exactly) and its `jwks_uri`, fetched by `wid.net.safe_http`: over HTTPS (plain
 HTTP only for a loopback host with `WID_ALLOW_INSECURE_ISSUERS`), from public addresses only (a
 loopback one only with `WID_ALLOW_INSECURE_ISSUERS`, never a private one), without redirects, with a
 total deadline per document and a size cap. The key set is cached in the database (table
@@ -18,7 +18,7 @@ while the issuer cannot be reached. Without usable keys the answer is 503 (never
 issuer does not publish is 401.
 
 Standard library + `cryptography` only (this is on the exchange's request path); `http.client`,
-`ssl` and sockets are imported (by wid.safe_http) only when a fetch actually happens.
+`ssl` and sockets are imported (by wid.net.safe_http) only when a fetch actually happens.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def cache_seconds(cache_control: str | None) -> int:
 
 
 def fetch_json(url: str, limit: int) -> tuple[dict[str, Any], str | None]:
-    """GET a JSON object through wid.safe_http (public addresses only, no redirects, at most `limit`
+    """GET a JSON object through wid.net.safe_http (public addresses only, no redirects, at most `limit`
     bytes, one total deadline); status 200 only. Returns it with the response's Cache-Control."""
     timeout = config.settings().issuer_fetch_timeout  # connect + TLS + headers + body, for one document
     try:

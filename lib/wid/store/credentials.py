@@ -57,12 +57,6 @@ def store(api: str, actx: str, data: dict[str, Any]) -> None:
         put(tx, api, actx, data)
 
 
-def mark_revoked(api: str, actx: str, reason: str) -> None:
-    with storage.database().transaction() as tx:
-        tx.execute("UPDATE upstream_credentials SET status = ?, status_reason = ?, updated_at = ? "
-                   "WHERE api = ? AND actx = ?", (REVOKED, reason, int(time.time()), api, actx))
-
-
 def contexts(api: str) -> list[tuple[str, str, str | None, int]]:
     """(actx, status, reason, updated_at) for every context of `api` that has a credential."""
     with storage.database().transaction(write=False) as tx:

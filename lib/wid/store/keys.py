@@ -3,8 +3,8 @@
 States: `next` (published in the JWKS, not signing yet), `active` (signs; exactly one, which a
 partial unique index enforces, so two concurrent first requests cannot both create one), `retired`
 (no longer signs, keeps verifying and stays published until every token it can have signed has
-expired: WID_MAX_TOKEN_TTL, config.Settings.max_token_ttl, bounds every token we sign), `revoked` (dropped at once by an
-emergency rotation: neither verifies nor is published).
+expired: WID_MAX_TOKEN_TTL, config.Settings.max_token_ttl, bounds every token we sign),
+`revoked` (dropped at once by an emergency rotation: neither verifies nor is published).
 
 A scheduled rotation publishes the next key first and lets it sign only from `activate_at`, once
 every replica has re-published its JWKS file and every cached copy of the old file has expired
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 

@@ -9,7 +9,7 @@ Invariants:
   `main` commit, after checking that everything they reference is either in the push or already
   stored. So any stored commit can be cloned in full, and a rejected push stores nothing.
 - `refs/heads/main`, `refs/heads/schema` (the compiled rbac.json, committed by the server) and the
-  configuration used for authorization (wid.rbac_store) change together in one transaction, after a
+  configuration used for authorization (wid.store.rbac) change together in one transaction, after a
   compare-and-swap on `main` under the repo's lock. Concurrent pushes therefore end with one winner
   per value of `main`; the others are told that `main` moved. A crash before the commit leaves all
   three as they were.

@@ -25,24 +25,20 @@ Handler = Callable[[Request], Response]
 
 
 class Router:
-    """Method + path-template dispatch inside one route family; {name} matches one segment."""
+    """Method + exact path dispatch inside one route family (one trailing slash is tolerated)."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], str, Handler]] = []
+        self._routes: list[tuple[str, str, Handler]] = []
 
-    def add(self, method: str, template: str, handler: Handler) -> None:
-        pattern = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
-        self._routes.append((re.compile(f"^{pattern}/?$"), method.upper(), handler))
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self._routes.append((path, method.upper(), handler))
 
     def __call__(self, request: Request) -> Response:
         allowed: list[str] = []
-        for pattern, method, handler in self._routes:
-            match = pattern.match(request.path)
-            if not match:
+        for path, method, handler in self._routes:
+            if request.path not in (path, f"{path}/"):
                 continue
             if method == request.method or (method == "GET" and request.method == "HEAD"):
-                request.environ["wid.route_args"] = match.groupdict()
                 return handler(request)
             allowed.append(method)
         if allowed:
@@ -50,11 +46,6 @@ class Router:
                                    f"use {', '.join(sorted(set(allowed)))}",
                                    allowed=sorted(set(allowed)))
         raise NotFound(f"no route for {request.method} {request.path}")
-
-
-def route_arg(request: Request, name: str) -> str:
-    value: str = request.environ["wid.route_args"][name]
-    return value
 
 
 def wsgi(handler: Handler) -> WsgiApp:

@@ -3,7 +3,7 @@
 Roles live in *.hcl files directly inside top-level folders whose name ends in "roles" (roles/,
 droplet-roles/, gha-roles/), policies in *.hcl files directly inside policies/ (policy name = file
 stem). Every other file is ignored and named in the result's "warnings". The result is valid
-against rbac-schema/rbac.schema.json and loads with wid.policy.CompiledRbac.from_dict.
+against rbac-schema/rbac.schema.json and loads with wid.core.policy.CompiledRbac.from_dict.
 """
 
 from __future__ import annotations
@@ -374,9 +374,9 @@ def read_directory(path: Path) -> tuple[dict[str, bytes], list[str]]:
         raise CompileError([f"{path}: not a directory"])
     files: dict[str, bytes] = {}
     skipped: list[str] = []
-    for directory, subdirectories, names in os.walk(root):
+    for directory, subdirectories, filenames in os.walk(root):
         subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
-        for filename in names:
+        for filename in filenames:
             full = Path(directory, filename)
             relative = full.relative_to(root).as_posix()
             if full.is_symlink() or not full.is_file():

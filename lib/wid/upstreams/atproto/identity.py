@@ -1,6 +1,6 @@
 """ATProto identity: settings, the SSRF-safe HTTP client with them, and handle -> DID -> DID document -> PDS.
 
-Everything the ATProto upstream fetches goes through `request()`, which is `wid.safe_http.request`
+Everything the ATProto upstream fetches goes through `request()`, which is `wid.net.safe_http.request`
 (https only, http only to loopback with WID_ALLOW_INSECURE_ISSUERS, public addresses only, pinned to
 the checked address, one deadline, a size cap per kind of answer, no redirects) with ATPROTO_TIMEOUT
 and WID_ALLOW_INSECURE_ISSUERS as defaults.
@@ -51,7 +51,7 @@ STALE_DID_MAX_SECONDS = 86400
 
 
 # --------------------------------------------------------------------------------------------------
-# SSRF-safe HTTP (wid.safe_http, with the settings above)
+# SSRF-safe HTTP (lib/wid/net/safe_http.py, with the settings above)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -59,7 +59,7 @@ USER_AGENT = "wid-proxy (ATProto upstream)"
 
 
 def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tuple[str, str, int]:
-    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise (see wid.safe_http)."""
+    """(scheme, host, port) of a URL the proxy may fetch; FetchError 502 otherwise (see lib/wid/net/safe_http.py)."""
     insecure = config.settings().allow_insecure_issuers if allow_insecure is None else allow_insecure
     return safe_http.check_url(url, what, allow_insecure=insecure)
 
@@ -67,7 +67,7 @@ def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tup
 def request(method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
             body: bytes | None = None, limit: int = JSON_LIMIT, timeout: float | None = None,
             allow_insecure: bool | None = None) -> HttpResult:
-    """One HTTP exchange by the rules of wid.safe_http, with the ATProto settings as defaults."""
+    """One HTTP exchange by the rules of lib/wid/net/safe_http.py, with the ATProto settings as defaults."""
     settings = config.settings()
     insecure = settings.allow_insecure_issuers if allow_insecure is None else allow_insecure
     return safe_http.request(method, url, what=what, headers={"User-Agent": USER_AGENT, **(headers or {})},

@@ -10,7 +10,7 @@
 - Callback: `state` + cookie, then `iss` must be the issuer the sign-in started with, then the code
   is exchanged; the answer must be `token_type` DPoP, `sub` the DID that was asked for, scope with
   `atproto`; the DID's document must still name the same PDS and that PDS the same issuer. Only then
-  is anything stored: access + refresh token + DPoP key, encrypted, per DID (wid.credentials).
+  is anything stored: access + refresh token + DPoP key, encrypted, per DID (wid.store.credentials).
 - Use: `access_token(did)` refreshes when the token is about to expire (or the PDS refused it).
   One process of any replica refreshes a DID at a time, under a lease and with no database lock held
   across the call (wid.upstreams.credential_refresh), and the rotated refresh token is committed before the

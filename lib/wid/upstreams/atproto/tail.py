@@ -4,7 +4,7 @@
         One JSON object per line for each record the DID creates, updates or deletes, read from the
         event stream of its PDS (`com.atproto.sync.subscribeRepos`, a websocket of DAG-CBOR frames
         whose commits carry the records as a CAR file). Like the articles' firehose command:
-        `wid atproto tail "${DID_PLC}" | jq`. Also `python -m wid.atproto_tail DID`.
+        `wid atproto tail "${DID_PLC}" | jq`. Also `python -m wid.upstreams.atproto.tail DID`.
     wid atproto sessions            the DIDs that signed in, with their status (never a token)
     wid atproto client-keys list|rotate
 
@@ -253,7 +253,8 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wid.atproto_tail", description="print a DID's new records")
+    parser = argparse.ArgumentParser(prog="python -m wid.upstreams.atproto.tail",
+                                     description="print a DID's new records")
     sub = parser.add_subparsers(dest="command")
     register(sub)
     args = parser.parse_args(["atproto", "tail", *(sys.argv[1:] if argv is None else argv)])

@@ -1,7 +1,7 @@
 """The ATProto upstream: a context is a DID; the credential is the DID's DPoP-bound OAuth session.
 
 A context id is a `did:plc:` (24 base32 characters) or a `did:web:` naming a host (no port, no path,
-so the id never holds a ':' after its method). Admins sign in through `wid.atproto_oauth`.
+so the id never holds a ':' after its method). Admins sign in through `wid.upstreams.atproto.oauth`.
 
 `forward()` sends a request that policy allowed to the PDS of the DID in the token's audience, and
 nowhere else: the PDS URL stored at sign-in, which the DID document (cached for

@@ -268,11 +268,6 @@ def connect(code: str) -> tuple[str, str | None]:
     return account.team_uuid, team_name
 
 
-def granted_scopes(data: dict[str, Any]) -> list[str]:
-    scope = data.get("scope")
-    return [s for s in re.split(r"[\s+]+", scope) if s] if isinstance(scope, str) else []
-
-
 def origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"

@@ -21,7 +21,7 @@ from wid.web import audited
 from wid.web.request import Request
 from wid.web.response import Response
 
-# The routes this proxy wraps by name (DESIGN.md); everything else under /v2/ is the generic proxy.
+# The routes this proxy wraps by name (docs/digitalocean.md, "Routes"); everything else under /v2/ is the generic proxy.
 WRAPPED = (
     ("GET", "/v2/databases"),
     ("GET", "/v2/databases/+"),

@@ -5,8 +5,8 @@ Routes (the smart HTTP protocol; the dumb one is refused):
   POST {repo}/git-upload-pack                                         clone, fetch
   POST {repo}/git-receive-pack                                        push
 
-Authentication and what each credential may open: wid.git_auth. Storage: wid.rbac_repo (database
-only). dulwich speaks the protocol; a push to `main` is compiled with wid.rbac_compile before it is
+Authentication and what each credential may open: wid.service.git_auth. Storage: wid.store.rbac_repo (database
+only). dulwich speaks the protocol; a push to `main` is compiled with wid.core.rbac.compiler before it is
 accepted, and the verdict reaches the user through git itself: compile errors and warnings travel on
 side-band channel 2, which git prints as `remote: ...` lines, and each ref's result travels in the
 report-status (`! [remote rejected] main -> main (reason)`). Errors before the protocol starts

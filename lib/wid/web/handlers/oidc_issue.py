@@ -1,6 +1,6 @@
 """POST /v1/oidc/issue (JSON, the articles' curl + jq) and POST /v1/oidc/token (RFC 8693 form).
 
-Both run the same exchange (wid.exchange) and the same policy check: `create` on /v1/oidc/issue.
+Both run the same exchange (wid.service.exchange) and the same policy check: `create` on /v1/oidc/issue.
 
 /v1/oidc/issue: `Authorization: Bearer <token>`, body {"aud", "sub", "ttl"?, ...extra claims} as
 application/json (or curl -d's default form content type) -> 200 {"token", "expires_at"};
