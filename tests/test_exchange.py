@@ -469,3 +469,73 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
     rows = audit.entries(actx=actx, event="exchange")
     assert [r.decision for r in rows] == ["allow", "deny"]
     assert rows[0].detail["issued_jti"] == issued.claims["jti"]
+
+
+EXTRA_CLAIM_FILES = {
+    "policies/with-env.hcl": (
+        b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n  allowed_parameters = {\n'
+        b'    "aud" = "api://DigitalOcean?actx={actx}"\n    "sub" = "actx:{actx}:role:deploy"\n'
+        b'    "ttl" = 300\n    "environment" = ["staging", "production"]\n  }\n}\n'),
+    "policies/anything.hcl": b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n}\n',
+    "roles/named.hcl": (b'role "named" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
+                        b'  sub = "actx:{actx}:role:named"\n  policies = ["with-env"]\n}\n'),
+    "roles/both.hcl": (b'role "both" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
+                       b'  sub = "actx:{actx}:role:both"\n  policies = ["with-env", "anything"]\n}\n'),
+}
+
+
+def test_an_exchange_reads_the_rbac_once_and_parses_the_token_once(backend: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deciding rule says whether it restricts parameters (no second policy question), the compiled
+    RBAC is read once per exchange and the presented token parsed once; the decisions are the same."""
+    from wid.core import jose, tokens
+    from wid.core.errors import WidError
+    from wid.core.rbac import compiler as rbac_compile
+    from wid.service import exchange as wid_exchange
+    from wid.store import rbac as rbac_store
+    from wid.store import storage
+
+    actx = new_team()
+    with storage.database().transaction() as tx:
+        compiled = rbac_compile.compile_tree(EXTRA_CLAIM_FILES, api="DigitalOcean", actx=actx)
+        rbac_store.install(tx, "DigitalOcean", actx, compiled, "0" * 40)
+    named, _ = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:named"}, kind=tokens.WORKLOAD,
+                           lifetime=200)
+    both, _ = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:both"}, kind=tokens.WORKLOAD,
+                          lifetime=200)
+    reads: list[tuple[str, str]] = []
+    parsed: list[str] = []
+    real_compiled, real_decode = rbac_store.compiled, jose.decode
+
+    def counted_compiled(api: str, actx: str) -> Any:
+        reads.append((api, actx))
+        return real_compiled(api, actx)
+
+    def counted_decode(token: str) -> Any:
+        parsed.append(token)
+        return real_decode(token)
+
+    monkeypatch.setattr(rbac_store, "compiled", counted_compiled)
+    monkeypatch.setattr(jose, "decode", counted_decode)
+    body = {"aud": audience(actx), "sub": f"actx:{actx}:role:deploy", "ttl": 300, "environment": "production"}
+
+    issued = wid_exchange.issue_json(named, lambda: body, status_of)
+    assert issued.claims["environment"] == "production"
+    assert reads == [("DigitalOcean", actx)]
+    assert parsed == [named]
+
+    # A rule allowing any parameters applies too: the extra claim is refused, naming that rule (as before).
+    reads.clear()
+    parsed.clear()
+    with pytest.raises(WidError) as refused:
+        wid_exchange.issue_json(both, lambda: body, status_of)
+    assert status_of(refused.value) == 403
+    assert refused.value.message == (
+        "extra claims (environment) must be named in allowed_parameters of the rule that allows the exchange; "
+        "policy 'anything' allows any parameters for create on /v1/oidc/issue (rule \"/v1/oidc/issue\", "
+        "role 'both')")
+    assert reads == [("DigitalOcean", actx)]
+    assert parsed == [both]
+    # Without the extra claim the same token is allowed.
+    plain = {key: value for key, value in body.items() if key != "environment"}
+    assert "environment" not in wid_exchange.issue_json(both, lambda: plain, status_of).claims

@@ -584,3 +584,30 @@ def test_fast_path_agrees_with_the_explanation() -> None:
         matcher = build_denied(spec)
         for params in corpus:
             assert matcher.ok(params) is (matcher.check(params, "") is None), (spec, params)
+
+
+# --- does the allowing rule restrict parameters (the exchange's extra claims depend on it) ----------
+
+
+@pytest.mark.parametrize(("allowed", "restricts"), [
+    ("", False),  # no allowed_parameters: any parameter
+    ('  allowed_parameters = {\n    "a" = "x"\n    "*" = []\n  }\n', False),  # "*": any other parameter
+    ('  allowed_parameters = {\n    "a" = "x"\n  }\n', True),
+])
+def test_decision_says_whether_the_allowing_rule_restricts_parameters(allowed: str, restricts: bool) -> None:
+    decision = decide(rbac_of(rule("/v2/x", '"create"', allowed)), "POST", "/v2/x", {"a": "x"})
+    assert decision.allowed
+    assert decision.restricts_parameters is restricts
+    if not restricts:
+        assert decision.unrestricted_by == ("policy 'p0' allows any parameters for create on /v2/x "
+                                            "(rule \"/v2/x\", role 'r')")
+
+
+def test_a_second_rule_allowing_any_parameter_makes_the_decision_unrestricted() -> None:
+    named = rule("/v2/x", '"create"', '  allowed_parameters = {\n    "a" = "x"\n  }\n')
+    decision = decide(rbac_of(named, rule("/v2/x", '"create"')), "POST", "/v2/x", {"a": "x"})
+    assert decision.allowed and decision.policy == "p0"
+    assert not decision.restricts_parameters
+    assert decision.unrestricted_by is not None and "policy 'p1'" in decision.unrestricted_by
+    # A refusal restricts nothing: it allows nothing.
+    assert not decide(rbac_of(named), "POST", "/v2/x", {"a": "y"}).restricts_parameters

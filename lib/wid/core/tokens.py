@@ -109,6 +109,11 @@ def verify(token: str, *, kinds: frozenset[str] | set[str], audience: str | None
         jws = jose.decode(token)
     except jose.JoseError as exc:
         raise TokenError(f"malformed token: {exc}") from None
+    return verify_decoded(jws, kinds=kinds, audience=audience)
+
+
+def verify_decoded(jws: jose.Jws, *, kinds: frozenset[str] | set[str], audience: str | None = None) -> dict[str, Any]:
+    """verify() for a token already split and parsed by jose.decode (nothing of it is trusted yet)."""
     if jws.alg != "RS256":
         raise TokenError(f"algorithm {jws.alg} is not used by this issuer")
     kid = jws.kid

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from wid import config
 from wid.core import jose, tokens
 from wid.core.errors import Forbidden, Unauthenticated
-from wid.core.policy.engine import Decision
+from wid.core.policy.engine import CompiledRbac, Decision
 from wid.store import audit
 from wid.store import rbac as rbac_store
 
@@ -27,14 +27,11 @@ class Principal(NamedTuple):
     issuer: str
     api: str
     actx: str
+    rbac: CompiledRbac | None  # the context's configuration in force, read once when authenticated
 
     @property
     def audience(self) -> str:
         return f"api://{self.api}?actx={self.actx}"
-
-    @property
-    def is_ours(self) -> bool:
-        return self.issuer == config.settings().this_endpoint
 
 
 def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Principal:
@@ -47,20 +44,22 @@ def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Pri
     issuer = unverified.claims.get("iss")
     try:
         if issuer == config.settings().this_endpoint:
-            claims = tokens.verify(token, kinds=kinds)
+            claims = tokens.verify_decoded(unverified, kinds=kinds)
+            audience = tokens.parse_audience(claims.get("aud"))
+            rbac = rbac_store.compiled(audience.api, audience.actx)
         else:
             from wid.service import issuers  # external issuers: discovery, JWKS cache (only for such tokens)
 
-            claims = issuers.verify_external(unverified)
-        audience = tokens.parse_audience(claims.get("aud"))
+            claims, rbac = issuers.verify_external(unverified)
+            audience = tokens.parse_audience(claims.get("aud"))
     except tokens.TokenError as exc:
         raise Unauthenticated(f"token refused: {exc}") from None
-    return Principal(claims, str(issuer), audience.api, audience.actx)
+    return Principal(claims, str(issuer), audience.api, audience.actx, rbac)
 
 
 def authorize(principal: Principal, method: str, path: str, params: Mapping[str, Any]) -> Decision:
     """Allow or raise 403; the compiled RBAC of the token's audience context decides."""
-    rbac = rbac_store.compiled(principal.api, principal.actx)
+    rbac = principal.rbac
     if rbac is None:
         decision_reason = f"no RBAC configuration has been pushed for {principal.audience}"
         _deny(principal, method, path, decision_reason)

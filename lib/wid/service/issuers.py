@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from wid import config
 from wid.core import jose, tokens
 from wid.core.errors import Unavailable, WidError
+from wid.core.policy.engine import CompiledRbac
 from wid.net import safe_http
 from wid.store import rbac as rbac_store
 from wid.store import storage
@@ -74,23 +75,26 @@ def check_url(url: str, what: str) -> None:
         raise DiscoveryError(f"{what} {url!r} is not an absolute URL without credentials or fragment") from None
 
 
-def trusted_for(issuer: str, api: str, actx: str) -> None:
-    """Raise TokenError unless `issuer` is allowlisted and named by a role of the context api/actx."""
+def trusted_for(issuer: str, api: str, actx: str) -> CompiledRbac:
+    """The compiled RBAC of the context api/actx; raise TokenError unless `issuer` is allowlisted and
+    named by a role of it."""
     if issuer not in config.settings().trusted_issuers:
         raise tokens.TokenError(f"issuer {issuer!r} is not trusted by this proxy (WID_TRUSTED_ISSUERS)")
     rbac = rbac_store.compiled(api, actx)
     if rbac is None or issuer not in rbac.issuers():
         raise tokens.TokenError(f"no role of context api://{api}?actx={actx} names issuer {issuer!r}")
+    return rbac
 
 
-def verify_external(unverified: jose.Jws) -> dict[str, Any]:
-    """Verify a token whose `iss` is not this proxy; returns its claims or raises TokenError / 503."""
+def verify_external(unverified: jose.Jws) -> tuple[dict[str, Any], CompiledRbac]:
+    """Verify a token whose `iss` is not this proxy; returns its claims and the compiled RBAC of its
+    context (read once, to find the issuer there), or raises TokenError / 503."""
     claims = unverified.claims
     issuer = claims.get("iss")
     if not isinstance(issuer, str) or not issuer:
         raise tokens.TokenError("token has no iss")
     audience = tokens.parse_audience(claims.get("aud"))
-    trusted_for(issuer, audience.api, audience.actx)
+    rbac = trusted_for(issuer, audience.api, audience.actx)
     # Cheap checks before any key lookup: an expired or subject-less token never causes a fetch.
     tokens.check_times(claims)
     max_ttl = config.settings().max_token_ttl
@@ -111,7 +115,7 @@ def verify_external(unverified: jose.Jws) -> dict[str, Any]:
         jose.verify(unverified, jwk)
     except jose.JoseError as exc:
         raise tokens.TokenError(str(exc)) from None
-    return claims
+    return claims, rbac
 
 
 # -- the shared key cache ----------------------------------------------------------------------------

@@ -73,6 +73,14 @@ class Decision(NamedTuple):
     roles: tuple[str, ...]
     policy: str | None  # the deciding policy
     rule: str | None  # the deciding path pattern
+    # When allowed: the first rule that would allow this request with any other parameter too (no
+    # allowed_parameters, or a "*" key), as a sentence; None when every rule allowing it restricts them.
+    unrestricted_by: str | None = None
+
+    @property
+    def restricts_parameters(self) -> bool:
+        """Allowed, and only with parameters the allowing rules name: a parameter they do not name is refused."""
+        return self.allowed and self.unrestricted_by is None
 
 
 class PathPattern(NamedTuple):
@@ -134,6 +142,7 @@ class _Rule(NamedTuple):
     capabilities: frozenset[str]
     allowed: Matcher | None
     denied: Matcher | None
+    open: bool  # allows parameters it does not name: no allowed_parameters, or a "*" key in them
 
 
 class _Role(NamedTuple):
@@ -183,6 +192,7 @@ def _load_rule(policy: int, name: str, data: Mapping[str, Any], seen: set[str]) 
         capabilities,
         None if allowed is None else build_allowed(allowed),
         None if denied is None else build_denied(denied),
+        allowed is None or "*" in allowed,
     )
     return pattern, rule
 
@@ -308,13 +318,19 @@ class CompiledRbac:
         path: str,
         params: Mapping[str, Any],
     ) -> Decision:
+        def sentence(verb: str, role: _Role, rule: _Rule, detail: str) -> str:
+            where = f"(rule \"{rule.pattern}\", role '{role.name}')"
+            return f"policy '{rule.policy_name}' {verb} {capability} on {path}{detail} {where}"
+
         def verdict(allowed: bool, role: _Role, rule: _Rule, detail: str) -> Decision:
-            verb = "allows" if allowed else "denies"
-            reason = (
-                f"policy '{rule.policy_name}' {verb} {capability} on {path}{detail}"
-                f" (rule \"{rule.pattern}\", role '{role.name}')"
-            )
-            return Decision(allowed, reason, names, rule.policy_name, rule.pattern)
+            reason = sentence("allows" if allowed else "denies", role, rule, detail)
+            if not allowed:
+                return Decision(False, reason, names, rule.policy_name, rule.pattern)
+            # No deny applied to these parameters; none applies to one more (denials name their keys).
+            unrestricted = next((sentence("allows any parameters for", r, u, "") for r, u in ordered
+                                 if capability in u.capabilities and u.open
+                                 and (u.allowed is None or u.allowed.ok(params))), None)
+            return Decision(True, reason, names, rule.policy_name, rule.pattern, unrestricted)
 
         # An explicit deny anywhere wins, before any allow is considered.
         for role, rule in ordered:
