@@ -10,7 +10,7 @@ CREATE TABLE upstream_credentials (
     PRIMARY KEY (api, actx)
 );
 
--- The compiled RBAC configuration in force per context (rbac_store.py); version bumps on every push.
+-- The compiled RBAC configuration in force per context (lib/wid/store/rbac.py); version bumps on every push.
 CREATE TABLE rbac_configs (
     api TEXT NOT NULL,
     actx TEXT NOT NULL,

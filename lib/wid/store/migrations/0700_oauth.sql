@@ -1,4 +1,4 @@
--- OAuth web flow state for the DigitalOcean authorization (do_oauth.py). One row per flow started:
+-- OAuth web flow state for the DigitalOcean authorization (lib/wid/upstreams/digitalocean/oauth.py). One row per flow started:
 -- the state and the browser cookie are stored as SHA-256 hashes only. A row is used at most once
 -- (used_at) and is worthless after expires_at. Old rows are deleted when new flows start.
 CREATE TABLE do_oauth_states (

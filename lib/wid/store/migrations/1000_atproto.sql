@@ -1,4 +1,4 @@
--- The ATProto upstream (atproto_oauth.py, atproto_identity.py). DID sessions themselves (access and
+-- The ATProto upstream (lib/wid/upstreams/atproto/oauth.py, identity.py). DID sessions themselves (access and
 -- refresh tokens, DPoP key) live in upstream_credentials under api 'ATProto', encrypted.
 
 -- The confidential client's ES256 keys for private_key_jwt, published at /oauth/atproto/jwks.json.

@@ -3,7 +3,7 @@
 One process of any replica refreshes a DID at a time, under a lease, with no database lock held while
 the authorization server answers (wid.upstreams.credential_refresh); the rotated refresh token is stored before
 anything uses it, because reusing a spent one revokes the whole session at the authorization server.
-The sign-in that creates a session is `atproto_oauth`.
+The sign-in that creates a session is in lib/wid/upstreams/atproto/oauth.py.
 """
 
 from __future__ import annotations
