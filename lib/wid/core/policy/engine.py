@@ -327,10 +327,12 @@ class CompiledRbac:
             if not allowed:
                 return Decision(False, reason, names, rule.policy_name, rule.pattern)
             # No deny applied to these parameters; none applies to one more (denials name their keys).
-            unrestricted = next((sentence("allows any parameters for", r, u, "") for r, u in ordered
-                                 if capability in u.capabilities and u.open
-                                 and (u.allowed is None or u.allowed.ok(params))), None)
-            return Decision(True, reason, names, rule.policy_name, rule.pattern, unrestricted)
+            for other_role, other in ordered:
+                if other.open and capability in other.capabilities and (other.allowed is None or
+                                                                        other.allowed.ok(params)):
+                    unrestricted = sentence("allows any parameters for", other_role, other, "")
+                    return Decision(True, reason, names, rule.policy_name, rule.pattern, unrestricted)
+            return Decision(True, reason, names, rule.policy_name, rule.pattern)
 
         # An explicit deny anywhere wins, before any allow is considered.
         for role, rule in ordered:
