@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 

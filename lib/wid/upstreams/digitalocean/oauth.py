@@ -13,7 +13,6 @@ Standard library only (plus the shared HTTP client): refreshes run on the API re
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
