@@ -87,6 +87,14 @@ def test_oversized_body_is_413_json(proxy: ProxyServer) -> None:
     assert response.json()["id"] == "request_too_large"
 
 
+def test_a_body_the_handler_did_not_read_keeps_its_answer(proxy: ProxyServer) -> None:
+    """Refused before its body is read (no token): the refusal, not fcgiwrap's text 502 about an unread body."""
+    for body in (b"{" + b" " * 500_000 + b"}", iter([b"{", b" " * 500_000, b"}"])):
+        response = requests.post(f"{proxy.url}/v1/oidc/prove", data=body, timeout=30,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 401 and response.json()["id"] == "unauthorized", response.text
+
+
 def test_concurrent_requests(proxy: ProxyServer) -> None:
     with ThreadPoolExecutor(max_workers=12) as pool:
         statuses = list(pool.map(lambda _: requests.get(f"{proxy.url}/health/ready", timeout=30).status_code,

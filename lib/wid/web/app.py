@@ -58,6 +58,7 @@ def wsgi(handler: Handler) -> WsgiApp:
             started = time.perf_counter()
             request = Request(environ)
             response = _respond(handler, request)
+            request.drain()
             start_response(f"{response.status} {status_phrase(response.status)}",
                            [*response.headers, ("X-Request-Id", request_id.get())])
             log("request", method=request.method, path=request.raw_path, status=response.status,

@@ -83,6 +83,26 @@ class Request:
             self._body = data
         return self._body
 
+    def drain(self) -> None:
+        """Read and drop what the handler left of the body (up to WID_MAX_BODY_BYTES; Caddy cuts larger ones).
+
+        fcgiwrap answers 502 "An error occurred while reading the request" in place of the handler's response
+        when a body of more than its pipe's worth (64 KiB) was left unread: a 401 must stay a 401."""
+        if self._body is not None or self.environ.get("wid.git.body_read"):
+            return
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or "0")
+            budget = config.settings().max_body_bytes
+        except (ValueError, config.ConfigError):
+            return
+        remaining = budget if length < 0 else min(length, budget)
+        stream = self.environ.get("wsgi.input")
+        while remaining > 0 and stream is not None:
+            chunk = stream.read(min(remaining, 65536))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object; duplicate keys are refused so no check sees a different value."""
         if self.content_type not in {"application/json", "application/x-www-form-urlencoded", ""}:
