@@ -21,11 +21,14 @@ COPY cgi-bin/ cgi-bin/
 COPY rbac-schema/ rbac-schema/
 
 # As root: install.sh installs the Debian packages (Caddy, fcgiwrap, git, python3-venv, ...) and the pinned
-# Python packages into /app/.venv. Byte-code is compiled now because the service user cannot write it later
-# (CGI starts Python per request). The service user owns only its data dir; the code stays root's.
+# run-time Python packages (requirements.lock only: no test or lint tools) into /app/.venv. Byte-code is
+# compiled now because the service user cannot write it later (CGI starts Python per request). Apt's package
+# lists and caches go, whatever the base image's apt settings. The service user owns only its data dir; the
+# code stays root's. docs/operator.md states the resulting image size.
 RUN scripts/install.sh \
  && .venv/bin/python -m compileall -q lib \
- && rm -rf /var/lib/apt/lists/* /root/.cache \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /root/.cache \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /var/lib/wid --shell /usr/sbin/nologin wid \
  && install -d -o wid -g wid -m 0700 /var/lib/wid
 

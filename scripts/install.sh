@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the proxy needs, skipping whatever is already there:
-#   Debian packages (scripts/debian-packages*.txt) and Python packages into .venv (requirements.lock).
-# Usage: scripts/install.sh [--test]     (--test adds what the test suite and the demo need)
+#   Debian packages (scripts/debian-packages*.txt) and Python packages into .venv (requirements.lock;
+#   with --test also requirements-dev.lock).
+# Usage: scripts/install.sh [--test]     (--test adds what the test suite, lint and the demo need)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -27,12 +28,18 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python packages: one pinned lock for runtime and tests; re-installed only when the lock changes.
-stamp=".venv/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
-if [[ ! -f "$stamp" ]]; then
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+# Python packages: the service's pinned lock, and the development one with --test; each is (re)installed
+# only when it changed (a stamp per lock, so `make run` after `make test` installs nothing).
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+install_lock() {  # install_lock NAME FILE [PIP ARGS]: pip install -r FILE unless this very FILE's stamp is there
+  local stamp
+  stamp=".venv/.installed-$1-$(sha256sum "$2" pyproject.toml | sha256sum | cut -c1-16)"
+  [[ -f "$stamp" ]] && return 0
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$2" "${@:3}"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-  rm -f .venv/.installed-*
+  rm -f ".venv/.installed-$1-"*
   touch "$stamp"
-fi
+}
+install_lock runtime requirements.lock
+[[ "${1:-}" == "--test" ]] && install_lock dev requirements-dev.lock -c requirements.lock
+exit 0

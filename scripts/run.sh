@@ -14,16 +14,24 @@ mkdir -p "$WID_RUN_DIR"
 
 "$ROOT/.venv/bin/wid" setup --render-cgi "$WID_RUN_DIR/cgi-bin" --cgi-source "$ROOT/cgi-bin"
 
+# Job control: each background job below is a process group of its own (its group id is $!), so stop() ends
+# a job with every process it started (fcgiwrap's workers, the publisher's `sleep` and `wid`) using kill
+# alone: the image has no pkill (procps). All of them stay in this script's session.
+set -m
 fcgi_pid="" caddy_pid="" publisher_pid=""
+stop_group() {  # stop_group SIGNAL PGID: signal a job's process group, if it is still there
+  [[ -n "$2" ]] && kill -0 -- "-$2" 2>/dev/null && kill "-$1" -- "-$2"
+}
 stop() {
   trap - INT TERM EXIT
+  set +e +m  # +m: no job status lines ("Terminated ...") for the jobs stopped below
   # Caddy first: it stops accepting and lets requests in flight finish.
-  set +e
-  [[ -n "$caddy_pid" ]] && kill "$caddy_pid" 2>/dev/null && wait "$caddy_pid" 2>/dev/null
-  [[ -n "$publisher_pid" ]] && { pkill -P "$publisher_pid"; kill "$publisher_pid"; } 2>/dev/null
+  stop_group TERM "$caddy_pid" && wait "$caddy_pid"
+  stop_group TERM "$publisher_pid"
   # fcgiwrap's workers ignore SIGTERM until their next request (libfcgi), and now none can come.
-  [[ -n "$fcgi_pid" ]] && { pkill -KILL -P "$fcgi_pid"; kill "$fcgi_pid"; } 2>/dev/null
-  wait 2>/dev/null
+  stop_group KILL "$fcgi_pid"
+  wait
+  rm -f "$WID_RUN_DIR/fcgiwrap.sock"
 }
 trap stop INT TERM EXIT
 

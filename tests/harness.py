@@ -30,6 +30,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def session_processes(sid: int) -> dict[int, str]:
+    """The processes of session `sid` (pid: command name): run.sh and every job it started, each job in a
+    process group of its own."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    found[int(entry.name)] = (entry / "comm").read_text().strip()
+            except (OSError, ProcessLookupError):
+                continue
+    return found
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (one this test process started with start_new_session)."""
+    for pid in session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+
+
 def wait_for(url: str, timeout: float = 30.0, status: int = 200,
              process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
@@ -166,9 +189,9 @@ class ProxyServer:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)  # run.sh's trap stops every job it started
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                kill_session(self.process.pid)
                 self.process.wait()

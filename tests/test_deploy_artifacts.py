@@ -17,8 +17,10 @@ that schema does not declare (OpenAPI objects are open by default, so a misspelt
 
 from __future__ import annotations
 
+import ast
 import base64
 import fnmatch
+import importlib.metadata
 import json
 import os
 import pwd
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,9 @@ import jsonschema
 import pytest
 import requests
 import yaml
+from packaging.requirements import Requirement
 
-from tests.harness import PostgresServer, free_port, wait_for
+from tests.harness import PostgresServer, free_port, kill_session, session_processes, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "tests" / "fixtures" / "appspec" / "app_spec.schema.json"
@@ -55,6 +59,16 @@ BUTTON = re.compile(r"\[!\[Deploy to DigitalOcean\]\((?P<image>[^)]+)\)\]\((?P<u
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
+
+def runtime_pins() -> dict[str, str]:
+    """requirements.lock: distribution name (normalised) -> pinned version."""
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+    return pins
+
 
 @dataclass(frozen=True)
 class Instruction:
@@ -253,6 +267,123 @@ def test_dockerfile_copies_what_the_service_runs() -> None:
         assert is_copied(path), f"the image lacks {path}"
 
 
+# ------------------------------------------------------------------ what the image carries: the service only
+
+# `wid demo`'s steps drive the proxy with development tools (requirements-dev.lock); only `wid demo` imports
+# them, from a source checkout, never the service.
+DEV_ONLY_MODULES = {"lib/wid/demo_steps.py"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imported_top_level_modules() -> set[str]:
+    """Every module lib/ and cgi-bin/ import, at any depth (function-level imports included)."""
+    names: set[str] = set()
+    sources = [*sorted((ROOT / "lib").rglob("*.py")), *sorted((ROOT / "cgi-bin").glob("*.py"))]
+    for path in sources:
+        if str(path.relative_to(ROOT)) in DEV_ONLY_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "wid"}
+
+
+def _requirements_closure(roots: set[str]) -> set[str]:
+    """`roots` and every distribution they require on this platform (with the extras pyproject.toml names)."""
+    extras = {_normalise(r.name): r.extras for r in map(Requirement, tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for requirement in map(Requirement, importlib.metadata.requires(name) or []):
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras.get(name, set()) or {""}):
+                todo.append(_normalise(requirement.name))
+    return seen
+
+
+def test_runtime_lock_is_what_lib_and_cgi_bin_import() -> None:
+    """requirements.lock pins exactly the distributions the service imports and what they require (and
+    setuptools, the build backend of the editable install): no test, lint or demo tool."""
+    by_module = importlib.metadata.packages_distributions()
+    imported = _imported_top_level_modules()
+    unknown = sorted(m for m in imported if m not in by_module)
+    assert not unknown, f"lib/ or cgi-bin/ import modules no installed distribution provides: {unknown}"
+    direct = {_normalise(d) for m in imported for d in by_module[m]}
+    pins = runtime_pins()
+    assert direct <= set(pins), f"imported but not in requirements.lock: {sorted(direct - set(pins))}"
+    needed = _requirements_closure(direct) | {"setuptools"}
+    assert set(pins) == needed, (f"requirements.lock holds what the service never loads: {sorted(set(pins) - needed)}"
+                                 f"; lacks: {sorted(needed - set(pins))}")
+    for name, version in pins.items():
+        assert importlib.metadata.version(name) == version, f"{name}: the venv is not what the lock pins"
+
+
+def test_development_packages_stay_out_of_the_image() -> None:
+    dev = {_normalise(line.split("==")[0]) for line in (ROOT / "requirements-dev.lock").read_text().splitlines()
+           if line.strip() and not line.startswith("#")}
+    assert {"pytest", "mypy", "ruff", "selenium", "pydo"} <= dev
+    assert not dev & set(runtime_pins()), "a package is pinned once, in one lock"
+    copied = {source for sources, _ in copies(dockerfile()) for source in sources}
+    assert "requirements.lock" in copied and "requirements-dev.lock" not in copied
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    dev_lines = [line for line in install.splitlines() if "requirements-dev.lock" in line and not line.startswith("#")]
+    assert dev_lines and all("--test" in line for line in dev_lines), "install.sh installs it with --test only"
+
+
+def _simulated_install(packages: list[str], tmp_path: Path) -> set[str]:
+    """What apt-get would install for `packages` on a system with nothing installed (a simulation: nothing is
+    installed, no root needed), with install.sh's --no-install-recommends."""
+    status = tmp_path / "empty-dpkg-status"
+    status.write_text("")
+    done = subprocess.run(["apt-get", "-s", "-o", f"Dir::State::status={status}", "-o", "Dir::Cache::pkgcache=",
+                           "-o", "Dir::Cache::srcpkgcache=", "-o", "Debug::NoLocking=1", "install",
+                           "--no-install-recommends", *packages], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.fail(f"apt-get cannot plan the installation (no package lists? run apt-get update):\n{done.stderr}")
+    return {line.split()[1] for line in done.stdout.splitlines() if line.startswith("Inst ")}
+
+
+def test_fcgiwrap_comes_without_systemd(tmp_path: Path) -> None:
+    """fcgiwrap depends on "systemd | spawn-fcgi": listed first, spawn-fcgi satisfies it (about 17 MB less)."""
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    assert "--no-install-recommends" in install
+    listed = [line.strip() for line in (ROOT / "scripts" / "debian-packages.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert listed.index("spawn-fcgi") < listed.index("fcgiwrap")
+    planned = _simulated_install(listed, tmp_path)
+    assert {"fcgiwrap", "spawn-fcgi", "caddy"} <= planned
+    assert not planned & {"systemd", "libsystemd-shared", "libcryptsetup12"}, sorted(planned)
+    without = _simulated_install([p for p in listed if p != "spawn-fcgi"], tmp_path)
+    assert "systemd" in without, "the check is not vacuous: without spawn-fcgi, apt picks systemd"
+
+
+def test_image_cleans_apt_and_states_its_size() -> None:
+    runs = " ".join(r.args for r in only(dockerfile(), "RUN"))
+    for step in ("apt-get clean", "rm -rf /var/lib/apt/lists/* /var/cache/apt/*"):
+        assert step in runs, f"the image's RUN step does `{step}` whatever the base image's apt settings"
+    operator = (ROOT / "docs" / "operator.md").read_text()
+    assert re.search(r"image is about \d+ MB", operator), "docs/operator.md states the image size"
+
+
+def test_run_sh_stops_its_jobs_with_what_the_image_has() -> None:
+    """The image has no procps: run.sh stops its jobs by process group (kill, a bash builtin)."""
+    run_sh = (ROOT / "scripts" / "run.sh").read_text()
+    code = "\n".join(line.split("#")[0] for line in run_sh.splitlines())
+    for tool in ("pkill", "pgrep", "killall", "ps"):
+        assert not re.search(rf"(^|[\s;&|({{]){tool}\b", code, re.M), f"run.sh calls {tool}"
+    assert "set -m" in code and 'kill "-$1" -- "-$2"' in code
+
+
 # ------------------------------------------------------------------ the image's run, as an unprivileged user
 
 def _unprivileged() -> pwd.struct_passwd:
@@ -299,7 +430,9 @@ def image_root() -> Iterator[Path]:
                 shutil.copy2(src, dest_path)
 
     # Stand-in for the RUN step (install.sh as root needs the network): a venv on the image's interpreter
-    # over the packages install.sh already installed from the same requirements.lock, wid from the copy.
+    # with the distributions requirements.lock pins and nothing else (taken from the checkout's venv, where
+    # install.sh installed them from the same lock), wid from the copy: what serves below is what the runtime
+    # lock holds.
     venv = app / ".venv"
     subprocess.run([_image_python(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -309,15 +442,23 @@ def image_root() -> Iterator[Path]:
     (site / "00-wid.pth").write_text(f"{app / 'lib'}\n")
     # The packages themselves go into the image tree (hard links where the filesystem allows): the
     # unprivileged user may not be able to reach the checkout's venv (a clone under /root, say).
-    shutil.copytree(installed, site, dirs_exist_ok=True, symlinks=True, copy_function=_link_or_copy,
-                    ignore=shutil.ignore_patterns("__editable__*", "*wid*.pth", "wid-*.dist-info", "__pycache__"))
+    for name in runtime_pins():
+        files = importlib.metadata.distribution(name).files
+        assert files is not None, f"{name} has no RECORD in the checkout's venv"
+        for entry in files:
+            if entry.parts[0] == ".." or "__pycache__" in entry.parts:
+                continue  # console scripts outside site-packages; byte-code is compiled again below
+            target = site / entry
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(str(installed / entry), str(target))
     wid = venv / "bin" / "wid"
     wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli.main import main\nsys.exit(main())\n")
     wid.chmod(0o755)
     stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
                            cwd=app, check=True, capture_output=True, text=True).stdout.strip()
-    (venv / f".installed-{stamp}").touch()
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(app / "lib")], check=True, timeout=120)
+    (venv / f".installed-runtime-{stamp}").touch()
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(app / "lib"), str(site)],
+                   check=True, timeout=120)
 
     user = _unprivileged()
     data = base / env_of(instructions)["WID_DATA_DIR"].lstrip("/")
@@ -353,19 +494,6 @@ def _uid_of(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def _processes_in_group(pgid: int) -> dict[int, str]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) == pgid:
-                out[int(entry.name)] = (entry / "comm").read_text().strip()
-        except (OSError, ProcessLookupError):
-            continue
-    return out
 
 
 def test_install_script_as_unprivileged_user(image_root: Path) -> None:
@@ -419,7 +547,7 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
         assert keys and all(k["kty"] == "RSA" and "d" not in k for k in keys)
 
         user = _unprivileged()
-        processes = _processes_in_group(process.pid)
+        processes = session_processes(process.pid)
         names = set(processes.values())
         assert {"caddy", "fcgiwrap"} <= names, processes
         for pid, name in processes.items():
@@ -428,19 +556,20 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
         writable_by_service = [p for p in app.rglob("*") if p.stat().st_uid == user.pw_uid]
         assert not writable_by_service, f"the service wrote into the application tree: {writable_by_service[:5]}"
 
-        # `docker stop`: SIGTERM to PID 1 (run.sh) only.
-        caddy = [pid for pid, name in processes.items() if name == "caddy"]
+        # `docker stop`: SIGTERM to PID 1 (run.sh) only. Everything it started stops with it (fcgiwrap and its
+        # workers, Caddy, the JWKS publisher and its `sleep`), with what the image has: no pkill (procps).
+        assert "sleep" in names, processes  # the publisher, between two refreshes
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
+        assert process.returncode is not None
         deadline = time.monotonic() + 10
-        while any(_uid_of(pid) is not None for pid in caddy) and time.monotonic() < deadline:
+        while session_processes(process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert all(_uid_of(pid) is None for pid in caddy), "Caddy stops with the entrypoint"
+        assert session_processes(process.pid) == {}, "every process the entrypoint started stops with it"
+        output = log_path.read_text(errors="replace")
+        assert "command not found" not in output and "Terminated" not in output, output[-2000:]
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # only what this test started (its own process group)
-        except ProcessLookupError:
-            pass
+        kill_session(process.pid)  # only what this test started (its own session)
         process.wait(timeout=10)
 
 
