@@ -123,3 +123,11 @@ def test_missing_tools_are_named_with_what_to_install(monkeypatch: pytest.Monkey
 def test_help_says_it_needs_this_checkout() -> None:
     assert demo.ROOT == ROOT
     assert f"({ROOT})" in demo.HELP and "source checkout" in demo.HELP
+
+
+def test_missing_python_tools_name_install_sh_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None if name == "pydo" else real_find_spec(name))
+    problems = demo.missing_requirements()
+    assert "the Python package pydo is not installed: scripts/install.sh --demo" in problems
+    assert not [p for p in problems if "requests" in p or "PyJWT" in p]

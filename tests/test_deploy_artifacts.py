@@ -328,16 +328,43 @@ def test_runtime_lock_is_what_lib_and_cgi_bin_import() -> None:
         assert importlib.metadata.version(name) == version, f"{name}: the venv is not what the lock pins"
 
 
+def _pins(name: str) -> set[str]:
+    return {_normalise(line.split("==")[0]) for line in (ROOT / name).read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+# What `wid demo` runs: its steps and the helpers they drive the proxy with, from the checkout.
+DEMO_SOURCES = ("lib/wid/demo_steps.py", "tests/standins/*.py", "tests/sshd.py", "tests/git_helpers.py",
+                "tests/test_do_helpers.py", "tests/harness.py")
+
+
+def test_demo_lock_is_what_the_demo_imports_beyond_the_service() -> None:
+    """requirements-demo.lock (scripts/install.sh --demo) pins what `wid demo` imports that the service does not
+    (cloud-init excepted: the Droplet's boot runs under Debian's python3, from debian-packages-demo.txt)."""
+    by_module = importlib.metadata.packages_distributions()
+    modules: set[str] = set()
+    for pattern in DEMO_SOURCES:
+        for path in sorted(ROOT.glob(pattern)):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    modules.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    modules -= {*sys.stdlib_module_names, "wid", "tests", "cloudinit"}
+    direct = {_normalise(d) for m in modules for d in by_module[m]}
+    runtime = set(runtime_pins())
+    needed = _requirements_closure(direct - runtime) - runtime
+    assert _pins("requirements-demo.lock") == needed
+    assert "cloud-init" in (ROOT / "scripts" / "debian-packages-demo.txt").read_text()
+
+
 def test_development_packages_stay_out_of_the_image() -> None:
-    dev = {_normalise(line.split("==")[0]) for line in (ROOT / "requirements-dev.lock").read_text().splitlines()
-           if line.strip() and not line.startswith("#")}
-    assert {"pytest", "mypy", "ruff", "selenium", "pydo"} <= dev
-    assert not dev & set(runtime_pins()), "a package is pinned once, in one lock"
+    demo, dev, runtime = _pins("requirements-demo.lock"), _pins("requirements-dev.lock"), set(runtime_pins())
+    assert {"pytest", "mypy", "ruff", "selenium"} <= dev and {"pydo", "requests"} <= demo
+    assert not (dev & demo or dev & runtime or demo & runtime), "a package is pinned once, in one lock"
     copied = {source for sources, _ in copies(dockerfile()) for source in sources}
-    assert "requirements.lock" in copied and "requirements-dev.lock" not in copied
-    install = (ROOT / "scripts" / "install.sh").read_text()
-    dev_lines = [line for line in install.splitlines() if "requirements-dev.lock" in line and not line.startswith("#")]
-    assert dev_lines and all("--test" in line for line in dev_lines), "install.sh installs it with --test only"
+    assert "requirements.lock" in copied
+    assert not copied & {"requirements-dev.lock", "requirements-demo.lock"}
 
 
 def _simulated_install(packages: list[str], tmp_path: Path) -> set[str]:

@@ -9,6 +9,7 @@ It runs from a source checkout only: the stand-ins (`tests/standins/`), the sshd
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -42,14 +43,15 @@ say (1 otherwise, 2 if something it needs is missing).
 
 Needs a source checkout: the repository root is found from this package's location
 ({ROOT}), and tests/standins/, tests/sshd.py and scripts/run.sh are used from there.
-Needs OpenSSH's sshd, cloud-init, jq, curl and git (Debian: `scripts/install.sh --test` or
-`apt-get install openssh-server cloud-init jq curl git`).
+Needs OpenSSH's sshd, cloud-init, jq, curl and git, and the Python packages pydo, requests and PyJWT
+(`scripts/install.sh --demo` installs exactly these).
 """
 
 TOOLS = {  # command -> Debian package
     "jq": "jq", "curl": "curl", "git": "git", "ssh-keygen": "openssh-client", "bash": "bash",
     "caddy": "caddy", "fcgiwrap": "fcgiwrap",
 }
+PYTHON_TOOLS = {"pydo": "pydo", "requests": "requests", "jwt": "PyJWT"}  # module -> distribution
 SSHD = "/usr/sbin/sshd"
 SYSTEM_PYTHON = "/usr/bin/python3"  # cloud-init's own user-data processing runs under Debian's python3
 
@@ -117,13 +119,16 @@ def missing_requirements() -> list[str]:
             break
     if not os.path.exists(SSHD):
         problems.append(f"OpenSSH's sshd ({SSHD}) is not installed: apt-get install openssh-server "
-                        "(or scripts/install.sh --test)")
+                        "(or scripts/install.sh --demo)")
     if not _has_cloud_init():
         problems.append(f"cloud-init is not installed for {SYSTEM_PYTHON}: apt-get install cloud-init "
-                        "(or scripts/install.sh --test)")
+                        "(or scripts/install.sh --demo)")
     for command, package in TOOLS.items():
         if shutil.which(command) is None:
-            problems.append(f"`{command}` is not on PATH: apt-get install {package} (or scripts/install.sh --test)")
+            problems.append(f"`{command}` is not on PATH: apt-get install {package} (or scripts/install.sh --demo)")
+    for module, distribution in PYTHON_TOOLS.items():
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"the Python package {distribution} is not installed: scripts/install.sh --demo")
     return problems
 
 
