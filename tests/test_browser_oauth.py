@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
 from tests.test_do_helpers import World
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -78,9 +79,9 @@ def test_landing_page_and_oauth_round_trip(world: World, browser: WebDriver, tmp
     world.stand_in.add_team("Another Team")  # the consent page offers both; the admin picks one
 
     browser.get(f"{world.url}/")
-    assert browser.title == "OAuth App based Workload Identity for Droplets"
+    assert browser.title == "Workload identity for DigitalOcean"
     header = browser.find_element(By.TAG_NAME, "header").text
-    assert "This acts as a proxy!" in header
+    assert "stands in for the DigitalOcean API" in header and "!" not in header
     assert "OAuth client configured" in browser.find_element(By.ID, "oauth-client").text
     assert browser.find_element(By.ID, "no-teams").is_displayed()
     button = browser.find_element(By.ID, "authorize-button")
@@ -98,16 +99,36 @@ def test_landing_page_and_oauth_round_trip(world: World, browser: WebDriver, tmp
 
     wait(browser).until(expected_conditions.url_contains("connected="))
     assert browser.current_url == f"{world.url}/?connected={team.uuid}"
-    assert "Team Browser Team is connected" in browser.find_element(By.ID, "connected").text
+    notice = browser.find_element(By.ID, "connected").text
+    assert "Team Browser Team is connected" in notice and "until then every workload request" in notice
     row = browser.find_element(By.CSS_SELECTOR, f'tr.team[data-team="{team.uuid}"]')
     assert "Browser Team" in row.text and "Active" in row.text
+    assert row.get_attribute("data-rbac") == "missing" and "Not pushed" in row.text
+    assert f"{world.url}/_rbac/DigitalOcean/{team.uuid}/" in row.text
     screenshot(browser, tmp_path, "3-connected")
     # The flow's cookie was cleared, and the proxy now holds the team's token.
     assert all(c["name"] != "wid_do_oauth" for c in browser.get_cookies())
     assert world.credential(team.uuid).status == "active"
 
+    # An admin pushes the articles' roles and policies with git; the page shows them in force, as they are.
+    admin = GitUser(tmp_path / "admin", world.url, world.pat(team.uuid))
+    repo = admin.new_repo("rbac", article_files(ARTICLE_FIRST_PUSH),
+                          remote=f"{world.url}/_rbac/DigitalOcean/{team.uuid}/")
+    admin.git("push", "-q", "deploy", "main", cwd=repo)
+    head = admin.git("rev-parse", "HEAD", cwd=repo).stdout.strip()
+    browser.get(f"{world.url}/?connected={team.uuid}")
+    notice = browser.find_element(By.ID, "connected").text
+    assert "are in force" in notice and "denied" not in notice
+    row = browser.find_element(By.CSS_SELECTOR, f'tr.team[data-team="{team.uuid}"]')
+    assert row.get_attribute("data-rbac") == "pushed"
+    assert "In force" in row.text and "2 roles, 3 policies" in row.text
+    assert f"commit {head[:12]} (version 1)" in row.text and "pushed 20" in row.text
+    assert "denied" not in row.text and "Not pushed" not in row.text
+    teams = browser.find_element(By.ID, "teams").text
+    assert "database-credential-read" not in teams and "ex-database" not in teams, "this public page shows counts only"
+    assert screenshot(browser, tmp_path, "4-rbac-pushed").stat().st_size > 10_000
+
     # The team removes the app at DigitalOcean; the next workload call finds out; the page shows it.
-    world.install_rbac(team.uuid)
     world.stand_in.revoke_authorization(team.uuid)
     denied = requests.get(f"{world.url}/v2/databases?tag_name=my-tag", timeout=15,
                           headers={"Authorization": f"Bearer {world.jwt(team.uuid)}"})
@@ -115,7 +136,8 @@ def test_landing_page_and_oauth_round_trip(world: World, browser: WebDriver, tmp
     browser.get(f"{world.url}/")
     row = browser.find_element(By.CSS_SELECTOR, f'tr.team[data-team="{team.uuid}"]')
     assert "Revoked" in row.text and "authorizes again" in row.text
-    screenshot(browser, tmp_path, "4-revoked")
+    assert "In force" in row.text, "the configuration stays in force; the team's token is what is missing"
+    screenshot(browser, tmp_path, "5-revoked")
 
 
 def test_denied_consent_in_the_browser(world: World, browser: WebDriver, tmp_path: Path) -> None:
@@ -128,7 +150,7 @@ def test_denied_consent_in_the_browser(world: World, browser: WebDriver, tmp_pat
     wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "error-id")))
     assert browser.find_element(By.ID, "title").text == "Authorization was not granted"
     assert browser.find_element(By.ID, "error-id").text == "access_denied"
-    screenshot(browser, tmp_path, "5-denied")
+    screenshot(browser, tmp_path, "6-denied")
     browser.find_element(By.ID, "home").click()
     wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "authorize-button")))
     assert world.credential(team.uuid) is None

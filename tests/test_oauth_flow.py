@@ -65,7 +65,7 @@ def connected_team(world: World, name: str) -> Team:
 def test_landing_page_without_an_oauth_client(proxy: ProxyServer) -> None:
     page = requests.get(f"{proxy.url}/", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert "This acts as a proxy! All data you would usually send to the DigitalOcean API" in page.text
+    assert "This service stands in for the DigitalOcean API." in page.text
     assert "OAuth client not configured" in page.text
     assert f"{proxy.url}/auth/digitalocean/v1/callback" in page.text  # what to register
     assert 'id="authorize-button" type="submit" disabled' in page.text
@@ -80,8 +80,8 @@ def test_landing_page_with_an_oauth_client(world: World) -> None:
     page = requests.get(f"{world.url}/", timeout=10)
     assert page.status_code == 200
     text = page.text
-    assert "OAuth App based Workload Identity for Droplets" in text
-    assert "Confirm Consent and Authorize" in text and "Workload Identity" in text
+    assert "<h1>Workload identity for DigitalOcean</h1>" in text
+    assert "Connect a team" in text and "Connected teams" in text
     assert "OAuth client configured" in text and "wid-test-client" in text
     assert 'id="authorize-button" type="submit">' in text
     for scope in do_oauth.DEFAULT_SCOPES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid.core.policy.engine import CompiledRbac
 from wid.store import storage
@@ -51,3 +51,25 @@ def main_commit(api: str, actx: str) -> str | None:
     with storage.database().transaction(write=False) as tx:
         row = tx.one("SELECT main_commit FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
     return row[0] if row else None
+
+
+class Summary(NamedTuple):
+    """What is in force for one context, as the landing page shows it (counts, never the rules)."""
+
+    version: int
+    main_commit: str
+    pushed_at: int
+    roles: int
+    policies: int
+
+
+def summaries(api: str) -> dict[str, Summary]:
+    """The configuration in force for every context of `api` that was ever pushed, by context."""
+    with storage.database().transaction(write=False) as tx:
+        rows = tx.execute("SELECT actx, version, main_commit, updated_at, compiled FROM rbac_configs WHERE api = ?",
+                          (api,))
+    out = {}
+    for actx, version, commit, pushed_at, compiled in rows:
+        data = json.loads(compiled)
+        out[actx] = Summary(int(version), commit, int(pushed_at), len(data["roles"]), len(data["policies"]))
+    return out

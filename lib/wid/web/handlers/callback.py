@@ -22,6 +22,7 @@ from wid.core import names
 from wid.core.errors import Forbidden, InvalidRequest, WidError
 from wid.log import request_id
 from wid.store import browser_state, credentials
+from wid.store import rbac as rbac_store
 from wid.upstreams.digitalocean import oauth as do_oauth
 from wid.web.app import Router
 from wid.web.errors import error_response, headers_of, status_of
@@ -89,27 +90,55 @@ def browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request]
     return wrapped
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _repo_url(actx: str) -> str:
+    return f"{config.settings().this_endpoint}/_rbac/{do_oauth.API}/{actx}/"
+
+
+def _rbac_html(actx: str, summary: rbac_store.Summary | None) -> str:
+    """The team's roles and policies as they are: in force (counts, when, which commit) or never pushed."""
+    if summary is None:
+        return ('<span class="status missing">Not pushed</span><br>Every workload request for this team is denied '
+                f"until an admin pushes its roles and policies to <code>{_esc(_repo_url(actx))}</code>.")
+    if summary.roles:
+        what = f"{_count(summary.roles, 'role', 'roles')}, {_count(summary.policies, 'policy', 'policies')}"
+    else:
+        what = "no roles: every workload request for this team is denied"
+    return (f'<span class="status active">In force</span><br>{_esc(what)}<br>'
+            f'<span class="muted">pushed {_esc(_when(summary.pushed_at))}<br>commit '
+            f"<code>{_esc(summary.main_commit[:12])}</code> (version {summary.version})</span>")
+
+
 def _teams_html() -> str:
     rows = []
+    pushed = rbac_store.summaries(do_oauth.API)
     for actx, status, reason, _updated_at in credentials.contexts(do_oauth.API):
         cred = credentials.get(do_oauth.API, actx)
         view = do_oauth.public_view(cred.data) if cred is not None else {}
         name = view.get("team_name") or "(unnamed team)"
         if status == credentials.ACTIVE:
-            state = '<span class="status active">Active</span>'
-            detail = f"token refreshed {_esc(_when(view.get('refreshed_at')))}"
+            authorization = (f'<span class="status active">Active</span><br><span class="muted">connected '
+                             f"{_esc(_when(view.get('connected_at')))}<br>token refreshed "
+                             f"{_esc(_when(view.get('refreshed_at')))}</span>")
         else:
-            state = '<span class="status revoked">Revoked</span>'
-            detail = (f'<span class="reason">{_esc(reason or "authorization no longer valid")}</span><br>'
-                      f"Workloads of this team get an error until an admin authorizes again.")
-        rows.append(f'    <tr class="team" data-team="{_esc(actx)}" data-status="{_esc(status)}">'
-                    f"<td>{_esc(name)}</td><td><code>{_esc(actx)}</code></td><td>{state}</td>"
-                    f"<td>{_esc(_when(view.get('connected_at')))}</td><td>{detail}</td></tr>")
+            authorization = (f'<span class="status revoked">Revoked</span><br><span class="reason">'
+                             f'{_esc(reason or "authorization no longer valid")}</span><br>'
+                             "Workloads of this team get an error until an admin authorizes again.")
+        rows.append(f'    <tr class="team" data-team="{_esc(actx)}" data-status="{_esc(status)}" '
+                    f'data-rbac="{"pushed" if actx in pushed else "missing"}">'
+                    f'<td>{_esc(name)}<br><code class="muted uuid">{_esc(actx)}</code></td><td>{authorization}</td>'
+                    f"<td>{_rbac_html(actx, pushed.get(actx))}</td></tr>")
     if not rows:
-        return ('  <p id="no-teams">No team has authorized this proxy yet. Use <strong>Authorize</strong> above; '
+        return ('  <p id="no-teams">No team has authorized this proxy yet. Use <strong>Authorize</strong> below; '
                 "workloads of a team get an error until it has.</p>")
-    return ('  <table id="team-list">\n    <tr><th>Team</th><th>UUID</th><th>Status</th><th>Connected</th>'
-            "<th>Details</th></tr>\n" + "\n".join(rows) + "\n  </table>")
+    return ('  <table id="team-list">\n    <tr><th>Team</th><th>Authorization</th><th>Roles and policies</th></tr>\n'
+            + "\n".join(rows) + "\n  </table>\n"
+            '  <p class="muted">Each team\'s roles and policies are in its RBAC repo; <code>git show '
+            "deploy/schema:rbac.json</code> in a clone shows the configuration in force. This page, which anyone "
+            "can read, shows counts only.</p>")
 
 
 def _notice(request: Request) -> str:
@@ -120,11 +149,16 @@ def _notice(request: Request) -> str:
     if cred is None or cred.status != credentials.ACTIVE:
         return ""
     name = cred.data.get("team_name") or connected
-    endpoint = config.settings().this_endpoint
+    summary = rbac_store.summaries(do_oauth.API).get(connected)
+    if summary is None:
+        then = (f"Next, push the team's roles and policies to <code>{_esc(_repo_url(connected))}</code>; until then "
+                "every workload request for this team is denied.")
+    else:
+        then = (f"Its roles and policies pushed {_esc(_when(summary.pushed_at))} are in force: workloads get what "
+                "they allow.")
     return (f'<section class="notice" id="connected">\n  <h2>Team {_esc(name)} is connected</h2>\n'
-            f"  <p>The proxy now holds an encrypted token for team <code>{_esc(connected)}</code>. Next, push the "
-            f"team's roles and policies to <code>{_esc(endpoint)}/_rbac/DigitalOcean/{_esc(connected)}/</code>; "
-            f"until then every workload request for this team is denied.</p>\n</section>")
+            f"  <p>The proxy now holds an encrypted token for team <code>{_esc(connected)}</code>. {then}</p>\n"
+            "</section>")
 
 
 def landing(request: Request) -> Response:
