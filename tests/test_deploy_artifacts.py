@@ -271,7 +271,7 @@ def test_dockerfile_copies_what_the_service_runs() -> None:
 
 # `wid demo`'s steps drive the proxy with development tools (requirements-dev.lock); only `wid demo` imports
 # them, from a source checkout, never the service.
-DEV_ONLY_MODULES = {"lib/wid/demo_steps.py"}
+DEV_ONLY_MODULES = {"lib/wid/cli/demo_steps.py"}
 
 
 def _normalise(name: str) -> str:
@@ -334,7 +334,7 @@ def _pins(name: str) -> set[str]:
 
 
 # What `wid demo` runs: its steps and the helpers they drive the proxy with, from the checkout.
-DEMO_SOURCES = ("lib/wid/demo_steps.py", "tests/standins/*.py", "tests/sshd.py", "tests/git_helpers.py",
+DEMO_SOURCES = ("lib/wid/cli/demo_steps.py", "tests/standins/*.py", "tests/sshd.py", "tests/git_helpers.py",
                 "tests/test_do_helpers.py", "tests/harness.py")
 
 
