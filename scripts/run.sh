@@ -4,6 +4,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/scripts/install.sh" ${WID_INSTALL_FLAGS:-}
+# Everything created from here on (data dir, database, socket) is the service user's alone.
+umask 077
 
 export PORT=${PORT:-8080}
 export WID_DATA_DIR=$(realpath -m "${WID_DATA_DIR:-$ROOT/data}")
@@ -40,6 +42,8 @@ fcgiwrap -c "${WID_CGI_WORKERS:-8}" -s "unix:$WID_RUN_DIR/fcgiwrap.sock" &
 fcgi_pid=$!
 for _ in $(seq 100); do [[ -S "$WID_RUN_DIR/fcgiwrap.sock" ]] && break; sleep 0.05; done
 
+# Caddy shares a port another process listens on (SO_REUSEPORT): refuse a taken PORT, naming it.
+"$ROOT/.venv/bin/wid" config check-port
 caddy run --config "$ROOT/Caddyfile" --adapter caddyfile &
 caddy_pid=$!
 

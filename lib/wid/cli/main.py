@@ -76,7 +76,16 @@ def _stamp(timestamp: int) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Each setting, its value (never a secret's) and where it came from; what is wrong, one line each."""
+    """Each setting, its value (never a secret's) and where it came from; what is wrong, one line each.
+
+    check-port: exit 2 naming PORT when something already listens on it (scripts/run.sh, before Caddy)."""
+    if args.action == "check-port":
+        from wid.cli.port import check_port_free
+
+        taken = check_port_free(config.settings().port)
+        if taken:
+            print(f"wid: {taken}", file=sys.stderr)
+        return 2 if taken else 0
     shown, problems = config.sources()
     for entry in shown:
         if args.json:
@@ -203,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = sub.add_parser("config", help="check the settings: each one's value and source (default or "
                               "environment), secrets hidden; exit 2 if any is invalid")
-    settings.add_argument("action", choices=["check"], help="check: validate and list every setting")
+    settings.add_argument("action", choices=["check", "check-port"],
+                          help="check: validate and list every setting; check-port: is PORT free (exit 2 if not)")
     settings.add_argument("--json", action="store_true", help="one JSON object per line: name, source, shown")
     settings.set_defaults(func=cmd_config)
 
