@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from wid.core.policy.allowed_params import build_allowed
+from wid.core.policy.denied_params import build_denied
 from wid.core.policy.engine import CompiledRbac, Decision, ParameterError, parse_path_pattern, request_parameters
-from wid.core.policy.params import Glob, build_allowed, build_denied
+from wid.core.policy.params import Glob
 from wid.core.rbac.compiler import compile_tree
 
 ACTX = "team-1"

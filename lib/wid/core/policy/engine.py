@@ -12,7 +12,9 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from wid.core import strictjson
-from wid.core.policy.params import Matcher, build_allowed, build_denied, show
+from wid.core.policy.allowed_params import build_allowed
+from wid.core.policy.denied_params import build_denied
+from wid.core.policy.params import Matcher, show
 
 FORMAT_VERSION = 1
 QUERY_KEY = "?"

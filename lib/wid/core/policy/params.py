@@ -1,15 +1,16 @@
-"""Parameter constraints of a policy rule (allowed_parameters, denied_parameters).
+"""Parameter constraints of a policy rule (allowed_parameters, denied_parameters): the shared pieces.
 
 Built once from the compiled form, checked on every proxied request. Standard library only, and
 every check is linear in the size of the request: globs are matched without backtracking and
-nothing is built from user text.
+nothing is built from user text. The two kinds of constraint are built in allowed_params.py and
+denied_params.py from the matchers and checks here.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_?-]+\Z")
@@ -79,7 +80,7 @@ class _Any:
         return None
 
 
-_ANY = _Any()
+ANY = _Any()
 
 
 class Glob:
@@ -109,7 +110,7 @@ class Glob:
         return True
 
 
-class _Scalars:
+class Scalars:
     """A set of allowed scalars. many: written as a list, so a request array is checked element-wise."""
 
     def __init__(self, patterns: Sequence[Any], many: bool) -> None:
@@ -167,79 +168,7 @@ class _Scalars:
         return f"{where} {show(value)}{note} {verb} {self.shown}"
 
 
-class _Object:
-    """Every listed key present and allowed; no other key unless others (a "*" key)."""
-
-    def __init__(self, keys: dict[str, Matcher], others: bool) -> None:
-        self.keys = keys
-        self.others = others
-
-    def ok(self, value: Any) -> bool:
-        # Plain loops: this runs for every candidate rule of every request.
-        if not isinstance(value, dict):
-            return False
-        if not self.others:
-            for key in value:
-                if key not in self.keys:
-                    return False
-        for key, matcher in self.keys.items():
-            if key not in value or not matcher.ok(value[key]):
-                return False
-        return True
-
-    def check(self, value: Any, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} {show(value)} ({type_name(value)}) is not an object"
-        if not self.others:
-            for key in value:
-                if key not in self.keys:
-                    return f"parameter {child(where, key)} is not allowed"
-        for key, matcher in self.keys.items():
-            if key not in value:
-                what = " (the query string)" if key == "?" and not where else ""
-                return f"required parameter {child(where, key)}{what} is missing"
-            failure = matcher.check(value[key], child(where, key))
-            if failure is not None:
-                return failure
-        return None
-
-
-class _Objects:
-    """A non-empty array whose every element matches one of the objects."""
-
-    def __init__(self, objects: list[_Object]) -> None:
-        self.objects = objects
-
-    def ok(self, value: Any) -> bool:
-        if not isinstance(value, list) or not value:
-            return False
-        for element in value:
-            for obj in self.objects:
-                if obj.ok(element):
-                    break
-            else:
-                return False
-        return True
-
-    def check(self, value: Any, where: str) -> str | None:
-        if not isinstance(value, list) or not value:
-            return f"{where} {show(value)} must be a non-empty list of objects"
-        for index, element in enumerate(value):
-            here = f"{where}[{index}]"
-            failures = []
-            for obj in self.objects:
-                failure = obj.check(element, here)
-                if failure is None:
-                    break
-                failures.append(failure)
-            else:
-                if len(failures) == 1:
-                    return failures[0]
-                return f"{here} matches none of the {len(failures)} allowed objects: " + "; ".join(failures)
-        return None
-
-
-def _scalar(value: Any, keys: tuple[str | int, ...], query: bool) -> None:
+def check_scalar(value: Any, keys: tuple[str | int, ...], query: bool) -> None:
     if value is None:
         raise ConstraintError(keys, "null cannot be matched; use [] to allow any value")
     if isinstance(value, list | dict):
@@ -252,167 +181,13 @@ def _scalar(value: Any, keys: tuple[str | int, ...], query: bool) -> None:
         raise ConstraintError(keys, f'query parameters are strings: write "{value}" instead of {show(value)}')
 
 
-def _key(key: Any, keys: tuple[str | int, ...]) -> str:
+def parameter_key(key: Any, keys: tuple[str | int, ...]) -> str:
     if not isinstance(key, str) or not key:
         raise ConstraintError(keys, "parameter names must be non-empty strings")
     return key
 
 
-def _star(value: Any, keys: tuple[str | int, ...]) -> None:
+def check_star(value: Any, keys: tuple[str | int, ...]) -> None:
     if value != []:
         raise ConstraintError(keys, '"*" must be [] (it stands for any other key with any value)')
 
-
-def _allowed_object(spec: Any, keys: tuple[str | int, ...], query: bool) -> _Object:
-    if not isinstance(spec, Mapping):
-        raise ConstraintError(keys, "must be an object of parameter names")
-    matchers: dict[str, Matcher] = {}
-    others = False
-    for raw_key, value in spec.items():
-        here = (*keys, raw_key)
-        key = _key(raw_key, here)
-        if key == "*":
-            _star(value, here)
-            others = True
-        elif key == "?" and not keys:
-            matchers[key] = _query(value, here)
-        else:
-            matchers[key] = _allowed_value(value, here, query)
-    return _Object(matchers, others)
-
-
-def _query(value: Any, keys: tuple[str | int, ...]) -> Matcher:
-    if value == []:
-        return _ANY
-    if not isinstance(value, Mapping):
-        raise ConstraintError(keys, '"?" holds the query parameters: write "?" = { name = "value" } or []')
-    return _allowed_object(value, keys, query=True)
-
-
-def _allowed_value(value: Any, keys: tuple[str | int, ...], query: bool) -> Matcher:
-    if isinstance(value, Mapping):
-        if query:
-            raise ConstraintError(keys, "query parameters are flat strings; an object cannot match")
-        return _allowed_object(value, keys, query)
-    if isinstance(value, list):
-        if not value:
-            return _ANY
-        if all(isinstance(item, Mapping) for item in value):
-            if query:
-                raise ConstraintError(keys, "query parameters are flat strings; an object cannot match")
-            return _Objects([_allowed_object(item, (*keys, i), query) for i, item in enumerate(value)])
-        for index, item in enumerate(value):
-            _scalar(item, (*keys, index), query)
-        return _Scalars(value, many=True)
-    _scalar(value, keys, query)
-    return _Scalars([value], many=False)
-
-
-def build_allowed(spec: Any) -> Matcher:
-    """The matcher of an allowed_parameters object, applied to the request's parameters."""
-    return _allowed_object(spec, (), query=False)
-
-
-class _DenyKey:
-    def ok(self, value: Any) -> bool:
-        return False
-
-    def check(self, value: Any, where: str) -> str | None:
-        return f"parameter {where} is denied"
-
-
-class _DenyValues:
-    """Deny matching values; a value of another type than the listed ones is denied too (fail closed)."""
-
-    def __init__(self, patterns: Sequence[Any]) -> None:
-        self.scalars = _Scalars(patterns, many=True)
-
-    def ok(self, value: Any) -> bool:
-        elements = value if isinstance(value, list) else [value]
-        types = self.scalars.types
-        return all(type_name(element) in types and not self.scalars.allows(element) for element in elements)
-
-    def check(self, value: Any, where: str) -> str | None:
-        elements = value if isinstance(value, list) else [value]
-        for index, element in enumerate(elements):
-            here = f"{where}[{index}]" if isinstance(value, list) else where
-            kind = type_name(element)
-            if kind not in self.scalars.types:
-                return f"{here} {show(element)} is {kind}, not a value of the type denied_parameters lists"
-            if self.scalars.allows(element):
-                return f"{here} {show(element)} matches denied_parameters {self.scalars.shown}"
-        return None
-
-
-class _DeniedObject:
-    """Keys compare case-insensitively: some upstream JSON decoders (Go's) do."""
-
-    def __init__(self, keys: dict[str, Matcher], every: bool) -> None:
-        self.keys = keys
-        self.every = every
-
-    def ok(self, value: Any) -> bool:
-        if not isinstance(value, dict):
-            return False
-        if self.every:
-            return not value
-        for key, item in value.items():
-            matcher = self.keys.get(key.casefold())
-            if matcher is not None and not matcher.ok(item):
-                return False
-        return True
-
-    def check(self, value: Any, where: str) -> str | None:
-        if not isinstance(value, dict):
-            return f"{where} {show(value)} is not an object, and denied_parameters restricts its keys"
-        for key, item in value.items():
-            name = child(where, key)
-            if self.every:
-                return f"parameter {name} is denied"
-            matcher = self.keys.get(key.casefold())
-            if matcher is not None:
-                failure = matcher.check(item, name)
-                if failure is not None:
-                    return failure
-        return None
-
-
-def _denied_object(spec: Any, keys: tuple[str | int, ...], query: bool) -> _DeniedObject:
-    if not isinstance(spec, Mapping):
-        raise ConstraintError(keys, "must be an object of parameter names")
-    matchers: dict[str, Matcher] = {}
-    every = False
-    for raw_key, value in spec.items():
-        here = (*keys, raw_key)
-        key = _key(raw_key, here)
-        if key == "*":
-            _star(value, here)
-            every = True
-            continue
-        if key.casefold() in matchers:
-            raise ConstraintError(here, f"{key!r} repeats another key that differs only by case")
-        if key == "?" and not keys and value != [] and not isinstance(value, Mapping):
-            raise ConstraintError(here, '"?" holds the query parameters: write "?" = { name = [] } or []')
-        matchers[key.casefold()] = _denied_value(value, here, query or (key == "?" and not keys))
-    return _DeniedObject(matchers, every)
-
-
-def _denied_value(value: Any, keys: tuple[str | int, ...], query: bool) -> Matcher:
-    if value == []:
-        return _DenyKey()
-    if isinstance(value, Mapping):
-        if query and len(keys) > 1:
-            raise ConstraintError(keys, "query parameters are flat strings; an object cannot match")
-        return _denied_object(value, keys, query)
-    items = value if isinstance(value, list) else [value]
-    for index, item in enumerate(items):
-        where = (*keys, index) if isinstance(value, list) else keys
-        if isinstance(item, Mapping):
-            raise ConstraintError(where, "denied_parameters cannot match objects; use allowed_parameters")
-        _scalar(item, where, query)
-    return _DenyValues(items)
-
-
-def build_denied(spec: Any) -> Matcher:
-    """The matcher of a denied_parameters object: check() returns why the request is denied."""
-    return _denied_object(spec, (), query=False)

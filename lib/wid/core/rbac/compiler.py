@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from wid.core import names
+from wid.core.policy import allowed_params, denied_params, params
 from wid.core.policy.engine import CAPABILITIES, FORMAT_VERSION, CompiledRbac, parse_path_pattern
-from wid.core.policy.params import ConstraintError, build_allowed, build_denied
 from wid.core.rbac import owner
 from wid.core.rbac.hcl import Attribute, Block, HclError, HclList, HclObject, read
 
@@ -156,7 +156,8 @@ class _Compiler:
                 ok = False
         capabilities = self.capabilities(name, block)
         rule: dict[str, Any] = {"path": pattern, "capabilities": capabilities, "source": _where(name, block.line)}
-        for field, build in (("allowed_parameters", build_allowed), ("denied_parameters", build_denied)):
+        for field, build in (("allowed_parameters", allowed_params.build_allowed),
+                             ("denied_parameters", denied_params.build_denied)):
             constraint = block.attributes.get(field)
             if constraint is None:
                 continue
@@ -165,7 +166,7 @@ class _Compiler:
                 ok = False
             try:
                 build(constraint.value)
-            except ConstraintError as exc:
+            except params.ConstraintError as exc:
                 keys = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in exc.keys)
                 self.error(name, _constraint_line(constraint, exc.keys), f"{field}{keys}: {exc.message}")
                 ok = False
