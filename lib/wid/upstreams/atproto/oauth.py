@@ -40,6 +40,7 @@ from wid.log import log
 from wid.store import audit, browser_state, credentials, encryption, storage
 from wid.upstreams.atproto import identity
 from wid.upstreams.atproto.identity import FetchError
+from wid.upstreams.oauth_client import TokenEndpointError
 
 API = "ATProto"
 METADATA_PATH = "/oauth/atproto/client-metadata.json"
@@ -410,14 +411,6 @@ def consume_state(state: str | None, cookie_value: str | None) -> dict[str, Any]
 # --------------------------------------------------------------------------------------------------
 # The token endpoint
 # --------------------------------------------------------------------------------------------------
-
-
-class TokenEndpointError(Exception):
-    def __init__(self, status: int, error: str, description: str):
-        super().__init__(f"{error}: {description}" if description else error)
-        self.status = status
-        self.error = error
-        self.description = description
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from wid.upstreams.atproto.oauth import (
     REFRESH_BEFORE_SECONDS,
     SIGNIN_PATH,
     Nonces,
-    TokenEndpointError,
     endpoint,
     public_view,
     session_data,
     token_request,
 )
+from wid.upstreams.oauth_client import TokenEndpointError
 
 
 def sign_in_again(did: str) -> str:

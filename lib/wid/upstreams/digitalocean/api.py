@@ -27,6 +27,7 @@ from wid.core.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 from wid.net import upstream
 from wid.store import credentials
 from wid.upstreams import credential_refresh
+from wid.upstreams.oauth_client import TokenEndpointError
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -150,7 +151,7 @@ class _TeamToken:
 
         try:
             grant = do_oauth.refresh_grant(str(data["refresh_token"]))
-        except do_oauth.TokenEndpointError as exc:
+        except TokenEndpointError as exc:
             if exc.error in {"invalid_grant", "invalid_token", "unauthorized_client"}:
                 return f"DigitalOcean refused the refresh token: {exc}"
             return UpstreamFailed(f"DigitalOcean's token endpoint refused to refresh team {actx}'s token ({exc})",

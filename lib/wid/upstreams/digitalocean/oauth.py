@@ -23,6 +23,7 @@ from wid.core.errors import InvalidRequest, Unavailable, UpstreamFailed, WidErro
 from wid.log import log
 from wid.net import upstream
 from wid.store import audit, browser_state, credentials
+from wid.upstreams.oauth_client import TokenEndpointError
 
 API = "DigitalOcean"
 START_PATH = "/auth/digitalocean/v1/authorize"
@@ -130,16 +131,6 @@ class Grant:
     scope: str | None
     token_type: str
     info: dict[str, Any]
-
-
-class TokenEndpointError(Exception):
-    """The token endpoint refused: `error` is the OAuth error code (invalid_grant, invalid_client...)."""
-
-    def __init__(self, status: int, error: str, description: str):
-        super().__init__(f"{error}: {description}" if description else error)
-        self.status = status
-        self.error = error
-        self.description = description
 
 
 def _token_request(params: dict[str, str]) -> Grant:
