@@ -105,13 +105,13 @@ def _fingerprint(token: str) -> str:
 
 
 def _digitalocean(token: str, target: tuple[str, str] | None, write: bool) -> GitAccess:
-    from wid.upstreams.digitalocean import api as upstream_digitalocean
+    from wid.upstreams.digitalocean import account as do_account
 
     if target is not None and target[0] != DIGITALOCEAN:
         raise Forbidden(f"a DigitalOcean token opens DigitalOcean teams' repos only; {target[0]} repos need a "
                         "token issued by this proxy for that context")
     try:
-        account = upstream_digitalocean.account_for_token(token)
+        account = do_account.account_for_token(token)
     except WidError as err:
         if isinstance(err, Unauthenticated):
             raise challenge("DigitalOcean rejected the token (GET /v2/account answered 401): wrong, expired "
@@ -129,9 +129,9 @@ def _digitalocean(token: str, target: tuple[str, str] | None, write: bool) -> Gi
 
 def _require_droplet_create(token: str, team: str) -> None:
     """Does the token hold droplet:create? A Droplet create request the API refuses either way tells."""
-    from wid.upstreams.digitalocean import api as upstream_digitalocean
+    from wid.upstreams.digitalocean import account as do_account
 
-    status, _ = upstream_digitalocean.api_json("POST", "/v2/droplets", token, body={})
+    status, _ = do_account.api_json("POST", "/v2/droplets", token, body={})
     if status in (400, 422):
         return  # past the scope check, refused for the empty body: the token may create Droplets
     if status == 403:

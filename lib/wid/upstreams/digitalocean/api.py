@@ -14,24 +14,21 @@ Authorization, cookies or other headers. The answer is relayed unchanged and str
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from wid import config
-from wid.core import names
-from wid.core.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated, UpstreamFailed, WidError
+from wid.core.errors import Forbidden, InvalidRequest, NotFound, UpstreamFailed, WidError
 from wid.net import upstream
 from wid.store import credentials
 from wid.upstreams import credential_refresh
+from wid.upstreams.digitalocean.context import API, validate_context
 from wid.upstreams.oauth_client import TokenEndpointError
 from wid.web.request import Request
 from wid.web.response import Response
 
-API = "DigitalOcean"
 # Refresh when less than this is left of the access token's life (DigitalOcean's live 30 days), or
 # half its life for tokens that live less than two hours.
 REFRESH_BEFORE_SECONDS = 3600
@@ -40,50 +37,6 @@ _QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 # Request headers passed on besides Authorization (ours) and Content-Type/Content-Length (the body's).
 _FORWARDED_HEADERS = ("Accept", "Accept-Language", "User-Agent")
-
-
-@dataclass(frozen=True)
-class Account:
-    team_uuid: str
-    team_name: str | None
-    email: str | None
-
-
-def api_json(method: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """Call the DigitalOcean API; returns (status, parsed JSON or None)."""
-    s = config.settings()
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    response = upstream.send(method, f"{s.do_api_url}{path}", headers=headers, body=data, timeout=s.upstream_timeout)
-    raw = response.read()
-    try:
-        return response.status, json.loads(raw) if raw else None
-    except ValueError:
-        if response.status >= 500:
-            return response.status, None
-        raise UpstreamFailed(f"DigitalOcean answered {response.status} with a body that is not JSON") from None
-
-
-def account_for_token(token: str) -> Account:
-    """The team a DigitalOcean token belongs to (GET /v2/account)."""
-    status, payload = api_json("GET", "/v2/account", token)
-    if status == 401:
-        raise Unauthenticated("DigitalOcean rejected the token (GET /v2/account answered 401)")
-    if status == 403:
-        raise Forbidden("DigitalOcean refused GET /v2/account for this token (403): it lacks the account:read scope")
-    if status >= 500:
-        raise UpstreamFailed(f"DigitalOcean answered {status} to GET /v2/account")
-    if status != 200 or not isinstance(payload, dict):
-        raise UpstreamFailed(f"unexpected answer {status} from GET /v2/account")
-    account = payload.get("account") or {}
-    team = account.get("team") or {}
-    team_uuid = team.get("uuid")
-    if not names.is_team_uuid(team_uuid):
-        raise Forbidden("the token's account has no team; the proxy works with team contexts only")
-    return Account(team_uuid, team.get("name"), account.get("email"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,8 +174,7 @@ class DigitalOceanUpstream:
     name = API
 
     def validate_context(self, actx: str) -> None:
-        if not names.is_team_uuid(actx):
-            raise InvalidRequest(f"DigitalOcean contexts are team UUIDs, got {actx!r}", code="bad_context")
+        validate_context(actx)
 
     def forward(self, actx: str, request: Request, path: str) -> Response:
         """Forward an authorized request; `path` is the checked path that policy saw."""

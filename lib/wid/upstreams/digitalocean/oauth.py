@@ -23,9 +23,10 @@ from wid.core.errors import InvalidRequest, Unavailable, UpstreamFailed, WidErro
 from wid.log import log
 from wid.net import upstream
 from wid.store import audit, browser_state, credentials
+from wid.upstreams.digitalocean.account import account_for_token
+from wid.upstreams.digitalocean.context import API
 from wid.upstreams.oauth_client import TokenEndpointError
 
-API = "DigitalOcean"
 START_PATH = "/auth/digitalocean/v1/authorize"
 CALLBACK_PATH = "/auth/digitalocean/v1/callback"
 COOKIE_PATH = "/auth/digitalocean/v1/"
@@ -221,8 +222,6 @@ def public_view(data: dict[str, Any]) -> dict[str, Any]:
 
 def connect(code: str) -> tuple[str, str | None]:
     """Exchange the code, resolve the team, store its tokens; returns (team_uuid, team_name)."""
-    from wid.upstreams.digitalocean import api as upstream_digitalocean  # it imports this module for refreshes
-
     try:
         grant = exchange_code(code)
     except TokenEndpointError as exc:
@@ -234,7 +233,7 @@ def connect(code: str) -> tuple[str, str | None]:
         raise InvalidRequest(f"DigitalOcean did not accept the authorization code ({exc}); "
                              f"start again from {config.settings().this_endpoint}/", code="invalid_grant") from None
     try:
-        account = upstream_digitalocean.account_for_token(grant.access_token)
+        account = account_for_token(grant.access_token)
         claimed = grant.info.get("team_uuid")
         if claimed is not None and claimed != account.team_uuid:
             raise UpstreamFailed(f"the token response names team {claimed!r} but GET /v2/account "

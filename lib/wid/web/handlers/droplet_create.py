@@ -26,12 +26,13 @@ from wid.net import upstream
 from wid.service import authz, cloudinit, provisioning
 from wid.store import audit, storage
 from wid.upstreams.digitalocean import api as upstream_digitalocean
+from wid.upstreams.digitalocean.account import account_for_token
+from wid.upstreams.digitalocean.context import API
 from wid.web.app import Router
 from wid.web.errors import status_of
 from wid.web.request import Request
 from wid.web.response import Response
 
-API = upstream_digitalocean.API
 PATH = "/v2/droplets"
 
 
@@ -113,7 +114,7 @@ def create(request: Request) -> Response:
         creator = {"sub": principal.claims.get("sub"), "iss": principal.issuer,
                    "creator_jti": principal.claims.get("jti"), "credential": "jwt"}
     else:
-        team = upstream_digitalocean.account_for_token(token).team_uuid
+        team = account_for_token(token).team_uuid
         # The Droplet is looked up with the team's token when it proves: without one, fail now, not at boot.
         upstream_digitalocean.team_token(team)
         upstream_token = token
