@@ -925,7 +925,8 @@ def test_racing_refreshes_rotate_the_refresh_token_once(peer: AtprotoPeer, reque
 
 
 def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> None:
-    from wid.upstreams.atproto import oauth as atproto_oauth
+    from wid.upstreams.atproto.dpop_http import Nonces
+    from wid.upstreams.atproto.token_endpoint import token_request
     from wid.upstreams.oauth_client import TokenEndpointError
 
     did, handle = peer.create_account("tara.test", "tara-password-1")
@@ -938,8 +939,8 @@ def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> Non
     assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200  # refreshed
     # Someone presents the spent refresh token: the authorization server revokes the whole session.
     with configured(proxy), pytest.raises(TokenEndpointError):
-        atproto_oauth.token_request(spent, {"grant_type": "refresh_token", "refresh_token": spent["refresh_token"]},
-                                    nonces=atproto_oauth.Nonces())
+        token_request(spent, {"grant_type": "refresh_token", "refresh_token": spent["refresh_token"]},
+                      nonces=Nonces())
     expire_access_token(proxy, did)
     response = post(proxy, token, "com.atproto.repo.createRecord", hello(did))
     assert response.status_code == 502, response.text

@@ -20,7 +20,7 @@ from wid.config import ConfigError
 from wid.core import dpop, jose, tokens
 from wid.core.errors import WidError
 from wid.net import upstream
-from wid.upstreams.atproto import identity
+from wid.upstreams.atproto import client, dns, dpop_http, identity
 from wid.upstreams.atproto import oauth as atproto_oauth
 from wid.upstreams.atproto.xrpc import check_repo, nsid_of
 from wid.web.errors import status_of
@@ -192,31 +192,31 @@ def test_use_dpop_nonce_answers() -> None:
     def result(status: int, body: bytes = b"", **headers: str) -> identity.HttpResult:
         return identity.HttpResult(status, {k.lower().replace("_", "-"): v for k, v in headers.items()}, body, "u")
 
-    assert atproto_oauth.wants_nonce(result(400, b'{"error":"use_dpop_nonce"}'))
-    assert atproto_oauth.wants_nonce(result(401, www_authenticate='DPoP error="use_dpop_nonce"'))
-    assert not atproto_oauth.wants_nonce(result(401, www_authenticate='DPoP error="invalid_token"'))
-    assert not atproto_oauth.wants_nonce(result(400, b'{"error":"invalid_grant"}'))
-    assert not atproto_oauth.wants_nonce(result(400, b"not json"))
+    assert dpop_http.wants_nonce(result(400, b'{"error":"use_dpop_nonce"}'))
+    assert dpop_http.wants_nonce(result(401, www_authenticate='DPoP error="use_dpop_nonce"'))
+    assert not dpop_http.wants_nonce(result(401, www_authenticate='DPoP error="invalid_token"'))
+    assert not dpop_http.wants_nonce(result(400, b'{"error":"invalid_grant"}'))
+    assert not dpop_http.wants_nonce(result(400, b"not json"))
 
 
 # -- the client's keys and metadata ----------------------------------------------------------------------------------
 
 
 def test_client_metadata_keys_and_rotation(app_env: Path) -> None:
-    meta = atproto_oauth.client_metadata()
+    meta = client.client_metadata()
     assert meta["client_id"] == "https://wid.example.test/oauth/atproto/client-metadata.json"
     assert meta["jwks_uri"] == "https://wid.example.test/oauth/atproto/jwks.json"
     assert meta["redirect_uris"] == ["https://wid.example.test/auth/atproto/callback"]
-    first = atproto_oauth.jwks()["keys"]
-    assert len(first) == 1 and first[0]["kid"] == atproto_oauth.client_key().kid
-    old, new = atproto_oauth.rotate_client_key()
+    first = client.jwks()["keys"]
+    assert len(first) == 1 and first[0]["kid"] == client.client_key().kid
+    old, new = client.rotate_client_key()
     assert old == first[0]["kid"] and new != old
-    published = [k["kid"] for k in atproto_oauth.jwks()["keys"]]
+    published = [k["kid"] for k in client.jwks()["keys"]]
     assert published == [new, old]  # the old key keeps serving the sessions authorized with it
-    assert atproto_oauth.client_key().kid == new
-    assert atproto_oauth.client_key(old).kid == old
+    assert client.client_key().kid == new
+    assert client.client_key(old).kid == old
     with pytest.raises(WidError):
-        atproto_oauth.client_key("no-such-kid")
+        client.client_key("no-such-kid")
 
 
 def test_sign_in_needs_a_public_https_endpoint(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,12 +337,12 @@ def test_dns_txt(dns_server: tuple[int, dict[str, tuple[list[bytes], int]]]) -> 
     port, zone = dns_server
     zone["_atproto.alice.example.com"] = ([b"did=" + DID.encode(), b"v=spf1 -all"], 0)
     zone["_atproto.empty.example.com"] = ([], 0)
-    values = identity.dns_txt("_atproto.alice.example.com", servers=["127.0.0.1"], port=port)
+    values = dns.dns_txt("_atproto.alice.example.com", servers=["127.0.0.1"], port=port)
     assert identity._did_from_txt(values) == DID
     with pytest.raises(ValueError, match="NXDOMAIN"):
-        identity.dns_txt("_atproto.nobody.example.com", servers=["127.0.0.1"], port=port)
+        dns.dns_txt("_atproto.nobody.example.com", servers=["127.0.0.1"], port=port)
     with pytest.raises(ValueError, match="no TXT"):
-        identity.dns_txt("_atproto.empty.example.com", servers=["127.0.0.1"], port=port)
+        dns.dns_txt("_atproto.empty.example.com", servers=["127.0.0.1"], port=port)
     with pytest.raises(ValueError):
         identity._did_from_txt([f"did={DID}", f"did={OTHER}"])
 

@@ -3,7 +3,7 @@ verifier (lib/wid/core/tokens.py), the RBAC compiler (lib/wid/core/rbac/compiler
 
 The limits are the tokens': the compiler refuses a context or API name that no token could carry.
 ACTX_MAX fits every context an upstream accepts: a DigitalOcean team UUID (36 characters), a did:plc
-(32) and a did:web (at most 128, lib/wid/upstreams/atproto/xrpc.py).
+(32) and a did:web (at most 128, lib/wid/upstreams/atproto/context.py).
 """
 
 from __future__ import annotations

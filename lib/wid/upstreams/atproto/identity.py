@@ -5,9 +5,9 @@ Everything the ATProto upstream fetches goes through `request()`, which is `wid.
 the checked address, one deadline, a size cap per kind of answer, no redirects) with ATPROTO_TIMEOUT
 and WID_ALLOW_INSECURE_ISSUERS as defaults.
 
-Resolution follows the ATProto identity spec: a handle resolves by DNS TXT `_atproto.{handle}` or
-`https://{handle}/.well-known/atproto-did`, or (when the operator names one) through an XRPC
-service's `com.atproto.identity.resolveHandle` (ATPROTO_HANDLE_RESOLVER); whichever answers first
+Resolution follows the ATProto identity spec: a handle resolves by DNS TXT `_atproto.{handle}`
+(dns.py) or `https://{handle}/.well-known/atproto-did`, or (when the operator names one) through an
+XRPC service's `com.atproto.identity.resolveHandle` (ATPROTO_HANDLE_RESOLVER); whichever answers first
 with a DID wins, and the DID document must list the handle back (`alsoKnownAs: at://{handle}`).
 A `did:plc` resolves at the PLC directory (ATPROTO_PLC_URL, default https://plc.directory), a
 `did:web` at `https://{host}/.well-known/did.json`. The PDS is the document's `#atproto_pds`
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import queue
-import random
 import re
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -35,10 +32,9 @@ from wid.core.errors import InvalidRequest, WidError
 from wid.log import log
 from wid.net import safe_http
 from wid.net.safe_http import FetchError, HttpResult
-from wid.upstreams.atproto.xrpc import DID_PLC, DID_WEB, is_did_context
+from wid.upstreams.atproto.context import DID_PLC, DID_WEB, is_did_context
+from wid.upstreams.atproto.dns import dns_txt
 
-API = "ATProto"
-# DID contexts (DID_PLC, DID_WEB, is_did_context) are defined with the upstream, which validates them.
 _HANDLE = re.compile(r"^(?=.{3,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # The ATProto handle spec's disallowed top-level domains (".test" is allowed, for testing).
 _BAD_TLDS = frozenset({"alt", "arpa", "example", "internal", "invalid", "local", "localhost", "onion"})
@@ -46,7 +42,6 @@ _BAD_TLDS = frozenset({"alt", "arpa", "example", "internal", "invalid", "local",
 JSON_LIMIT = 256 * 1024
 DID_DOC_LIMIT = 64 * 1024
 WELL_KNOWN_DID_LIMIT = 2048
-DNS_TIMEOUT = 3.0
 STALE_DID_MAX_SECONDS = 86400
 
 
@@ -130,97 +125,6 @@ def _did_from_txt(values: list[str]) -> str:
     if len(dids) != 1 or not is_did_context(dids[0]):
         raise ValueError(f"expected one TXT record 'did=did:...', found {len(dids)}")
     return dids[0]
-
-
-def _nameservers() -> list[str]:
-    servers: list[str] = []
-    try:
-        with open("/etc/resolv.conf", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    servers.append(fields[1])
-    except OSError:
-        pass
-    return servers[:3]
-
-
-def _dns_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split("."):
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
-            raise ValueError(f"bad DNS label in {name!r}")
-        out += bytes([len(raw)]) + raw
-    return out + b"\x00"
-
-
-def _skip_name(packet: bytes, pos: int) -> int:
-    while True:
-        if pos >= len(packet):
-            raise ValueError("truncated DNS name")
-        length = packet[pos]
-        if length & 0xC0 == 0xC0:
-            return pos + 2
-        if length == 0:
-            return pos + 1
-        pos += 1 + length
-
-
-def dns_txt(name: str, timeout: float = DNS_TIMEOUT, servers: list[str] | None = None, port: int = 53) -> list[str]:
-    """TXT records of `name` from the system's nameservers (UDP, recursion desired). ValueError if none."""
-    question = _dns_name(name) + struct.pack(">HH", 16, 1)  # TXT, IN
-    deadline = time.monotonic() + timeout
-    errors: list[str] = []
-    for server in servers or _nameservers() or ["127.0.0.1"]:
-        ident = random.getrandbits(16)
-        query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.settimeout(max(0.05, deadline - time.monotonic()))
-                sock.connect((server, port))
-                sock.send(query)
-                while True:
-                    packet = sock.recv(4096)
-                    if len(packet) >= 12 and struct.unpack(">H", packet[:2])[0] == ident:
-                        break
-            except OSError as exc:
-                errors.append(f"{server}: {type(exc).__name__}")
-                if time.monotonic() >= deadline:
-                    break
-                continue
-        flags, qdcount, ancount = struct.unpack(">HHH", packet[2:8])
-        rcode = flags & 0x000F
-        if not flags & 0x8000 or packet[12:12 + len(question)] != question:
-            errors.append(f"{server}: answer does not match the question")
-            continue
-        if rcode == 3:
-            raise ValueError(f"{name} does not exist (NXDOMAIN)")
-        if rcode != 0:
-            errors.append(f"{server}: DNS error code {rcode}")
-            continue
-        pos = 12
-        for _ in range(qdcount):
-            pos = _skip_name(packet, pos) + 4
-        values: list[str] = []
-        for _ in range(ancount):
-            pos = _skip_name(packet, pos)
-            rtype, _rclass, _ttl, rdlength = struct.unpack(">HHIH", packet[pos:pos + 10])
-            pos += 10
-            rdata = packet[pos:pos + rdlength]
-            pos += rdlength
-            if rtype != 16:
-                continue
-            text, i = b"", 0
-            while i < len(rdata):
-                text += rdata[i + 1:i + 1 + rdata[i]]
-                i += 1 + rdata[i]
-            values.append(text.decode("utf-8", "replace"))
-        if not values:
-            raise ValueError(f"{name} has no TXT record")
-        return values
-    raise ValueError("no nameserver answered (" + "; ".join(errors) + ")" if errors else "no nameserver")
 
 
 def _by_dns(handle: str) -> str:

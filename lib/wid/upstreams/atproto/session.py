@@ -19,17 +19,14 @@ from wid.core.errors import Forbidden, UpstreamFailed, WidError
 from wid.store import credentials
 from wid.upstreams import credential_refresh
 from wid.upstreams.atproto import identity
-from wid.upstreams.atproto.oauth import (
-    API,
-    REFRESH_BEFORE_SECONDS,
-    SIGNIN_PATH,
-    Nonces,
-    endpoint,
-    public_view,
-    session_data,
-    token_request,
-)
+from wid.upstreams.atproto.client import SIGNIN_PATH, endpoint
+from wid.upstreams.atproto.context import API
+from wid.upstreams.atproto.dpop_http import Nonces
+from wid.upstreams.atproto.token_endpoint import public_view, session_data, token_request
 from wid.upstreams.oauth_client import TokenEndpointError
+
+# Refresh when less than this is left (access tokens live about an hour), or half the token's life.
+REFRESH_BEFORE_SECONDS = 300
 
 
 def sign_in_again(did: str) -> str:

@@ -159,8 +159,9 @@ def tail(did: str, *, pds: str | None = None, cursor: int | None = None, collect
     import websocket  # websocket-client
 
     from wid.upstreams.atproto import identity
+    from wid.upstreams.atproto.context import is_did_context
 
-    if not identity.is_did_context(did):
+    if not is_did_context(did):
         raise InvalidRequest(f"{did!r} is not a did:plc or did:web", code="bad_context")
     if pds is None:
         pds = identity.fetch_document(did).pds
@@ -220,13 +221,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_client_keys(args: argparse.Namespace) -> int:
-    from wid.upstreams.atproto import oauth as atproto_oauth
+    from wid.upstreams.atproto import client
 
     if args.action == "rotate":
-        old, new = atproto_oauth.rotate_client_key()
+        old, new = client.rotate_client_key()
         print(f"new sign-ins use client key {new}" + (f"; {old} stays published for its sessions" if old else ""))
         return 0
-    rows = atproto_oauth.client_keys()  # listing creates nothing: the first key comes with the first sign-in
+    rows = client.client_keys()  # listing creates nothing: the first key comes with the first sign-in
     for row in rows:
         print(json.dumps(row, sort_keys=True))
     if not rows:

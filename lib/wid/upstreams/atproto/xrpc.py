@@ -1,7 +1,7 @@
 """The ATProto upstream: a context is a DID; the credential is the DID's DPoP-bound OAuth session.
 
 A context id is a `did:plc:` (24 base32 characters) or a `did:web:` naming a host (no port, no path,
-so the id never holds a ':' after its method). Admins sign in through `wid.upstreams.atproto.oauth`.
+so the id never holds a ':' after its method). Admins sign in through lib/wid/upstreams/atproto/oauth.py.
 
 `forward()` sends a request that policy allowed to the PDS of the DID in the token's audience, and
 nowhere else: the PDS URL stored at sign-in, which the DID document (cached for
@@ -33,13 +33,15 @@ from wid.core.errors import (
     UpstreamFailed,
     WidError,
 )
+from wid.log import log
+from wid.net.safe_http import HttpResult
+from wid.upstreams.atproto import identity
+from wid.upstreams.atproto import session as atproto_session
+from wid.upstreams.atproto.context import API, validate_context
+from wid.upstreams.atproto.dpop_http import Nonces, dpop_request, wants_nonce
 from wid.web.request import Request
 from wid.web.response import Response
 
-API = "ATProto"
-DID_PLC = re.compile(r"^did:plc:[a-z2-7]{24}$")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-DID_WEB = re.compile(rf"^did:web:(?=.{{4,120}}$){_LABEL}(?:\.{_LABEL})+$")
 _NSID = re.compile(r"^(?=.{5,317}$)[a-zA-Z](?:[a-zA-Z0-9-]{0,62})(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,62})){1,}"
                    r"\.[a-zA-Z][a-zA-Z0-9]{0,62}$")
 _QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
@@ -49,10 +51,6 @@ _FORWARDED_HEADERS = ("Accept", "Accept-Language", "User-Agent", "atproto-accept
 _RELAYED_HEADERS = frozenset({"content-type", "content-language", "cache-control", "etag", "last-modified",
                               "retry-after", "atproto-repo-rev", "atproto-content-labelers", "ratelimit-limit",
                               "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy", "content-encoding"})
-
-
-def is_did_context(actx: str) -> bool:
-    return bool(DID_PLC.match(actx) or DID_WEB.match(actx))
 
 
 def nsid_of(path: str) -> str:
@@ -113,26 +111,18 @@ def _upstream_failed(pds: str, nsid: str, result: Any) -> WidError:
                                  nsid)
 
 
-def _refused_token(result: Any) -> bool:
-    from wid.upstreams.atproto import oauth as atproto_oauth
-
-    return bool(result.status == 401 and not atproto_oauth.wants_nonce(result))
+def _refused_token(result: HttpResult) -> bool:
+    return result.status == 401 and not wants_nonce(result)
 
 
 class AtprotoUpstream:
     name = API
 
     def validate_context(self, actx: str) -> None:
-        if not is_did_context(actx):
-            raise InvalidRequest(f"ATProto contexts are DIDs: did:plc:{{24 base32 characters}} or "
-                                 f"did:web:{{host name}}, got {actx[:100]!r}", code="bad_context")
+        validate_context(actx)
 
     def forward(self, actx: str, request: Request, path: str) -> Response:
         """Forward an authorized XRPC request; `path` is the checked path that policy saw."""
-        from wid.log import log
-        from wid.upstreams.atproto import identity, oauth
-        from wid.upstreams.atproto import session as atproto_session
-
         self.validate_context(actx)
         nsid = nsid_of(path)
         method = request.method
@@ -154,11 +144,11 @@ class AtprotoUpstream:
         if method == "POST":
             headers["Content-Type"] = content_type or "application/json"
         limit = config.settings().atproto_max_response_bytes
-        nonces = oauth.Nonces()
+        nonces = Nonces()
         for attempt in (1, 2):
-            result = oauth.dpop_request(method, url, session.dpop_key, what=f"the PDS {data['pds']} ({nsid})",
-                                        nonces=nonces, body=(lambda: body) if method == "POST" else None,
-                                        headers=headers, access_token=session.access_token, limit=limit)
+            result = dpop_request(method, url, session.dpop_key, what=f"the PDS {data['pds']} ({nsid})",
+                                  nonces=nonces, body=(lambda: body) if method == "POST" else None,
+                                  headers=headers, access_token=session.access_token, limit=limit)
             if attempt == 1 and _refused_token(result):
                 log("atproto_token_refused", level="warning", did=actx, nsid=nsid)
                 nonces.flush()

@@ -25,8 +25,9 @@ from wid.log import request_id
 from wid.net import upstream
 from wid.service import authz
 from wid.store import browser_state
-from wid.upstreams.atproto import oauth
-from wid.upstreams.atproto.xrpc import API, check_repo, is_json, nsid_of
+from wid.upstreams.atproto import client, oauth
+from wid.upstreams.atproto.context import API
+from wid.upstreams.atproto.xrpc import check_repo, is_json, nsid_of
 from wid.web import audited
 from wid.web.errors import error_response, headers_of, status_of
 from wid.web.request import Request
@@ -95,14 +96,15 @@ def _browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request
             return handler(request)
         except WidError as err:
             headers = headers_of(err)
-            if request.path.startswith(oauth.COOKIE_PATH) and request.path.rstrip("/") != oauth.SIGNIN_PATH.rstrip("/"):
+            signin = request.path.rstrip("/") == client.SIGNIN_PATH.rstrip("/")
+            if request.path.startswith(oauth.COOKIE_PATH) and not signin:
                 headers["Set-Cookie"] = browser_state.clear_cookie_header(oauth.BINDING)
             if not _wants_html(request):
                 return error_response(err, headers)
             body = (f'<p id="message">{_esc(err.message)}</p>\n<p class="muted">Error <code id="error-id">'
                     f"{_esc(err.code)}</code> (HTTP {status_of(err)}), request <code>{_esc(request_id.get())}</code>."
-                    f'</p>\n<p><a id="signin" href="{_esc(oauth.endpoint() + oauth.SIGNIN_PATH)}">Sign in with '
-                    f'ATProto</a> · <a id="home" href="{_esc(oauth.endpoint() + "/")}">Start page</a></p>')
+                    f'</p>\n<p><a id="signin" href="{_esc(client.endpoint() + client.SIGNIN_PATH)}">Sign in with '
+                    f'ATProto</a> · <a id="home" href="{_esc(client.endpoint() + "/")}">Start page</a></p>')
             page = _page(_TITLES.get(err.code, "Something went wrong"), body, "error")
             return Response.html(page, status_of(err), {**headers, **_headers()})
 
@@ -113,12 +115,12 @@ def _browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request
 
 
 def client_metadata(request: Request) -> Response:
-    return Response(200, Response.json(oauth.client_metadata()).body,
+    return Response(200, Response.json(client.client_metadata()).body,
                     [("Content-Type", "application/json"), ("Cache-Control", "public, max-age=300")])
 
 
 def jwks(request: Request) -> Response:
-    return Response(200, Response.json(oauth.jwks()).body,
+    return Response(200, Response.json(client.jwks()).body,
                     [("Content-Type", "application/json"), ("Cache-Control", "public, max-age=300")])
 
 
@@ -126,7 +128,7 @@ def jwks(request: Request) -> Response:
 
 
 def signin_page(request: Request) -> Response:
-    endpoint = oauth.endpoint()
+    endpoint = client.endpoint()
     hint = ""
     if not endpoint.startswith("https://"):
         hint = ('<p class="muted" id="not-available">This proxy is not served at a public https URL '
@@ -157,7 +159,7 @@ def _identifier(request: Request) -> str:
     values = [v for k, v in pairs if k in ("identifier", "handle")]
     if len(values) != 1 or not values[0].strip():
         raise InvalidRequest(f"name one handle or DID as the identifier parameter (the form at "
-                             f"{oauth.endpoint()}{oauth.SIGNIN_PATH})")
+                             f"{client.endpoint()}{client.SIGNIN_PATH})")
     return values[0]
 
 
@@ -173,12 +175,12 @@ def callback(request: Request) -> Response:
     if not _wants_html(request):
         return Response.json({"did": connected.did, "handle": connected.handle, "pds": connected.pds,
                               "rbac_token": connected.rbac_token, "expires_at": connected.rbac_expires_at,
-                              "repo": f"{oauth.endpoint()}/_rbac/{API}/{connected.did}"}, headers=headers)
+                              "repo": f"{client.endpoint()}/_rbac/{API}/{connected.did}"}, headers=headers)
     return Response.html(_connected_page(connected), 200, {**headers, **_headers()})
 
 
 def _connected_page(c: oauth.Connected) -> str:
-    endpoint = oauth.endpoint()
+    endpoint = client.endpoint()
     expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(c.rbac_expires_at))
     who = f"{_esc(c.handle)} (<code>{_esc(c.did)}</code>)" if c.handle else f"<code>{_esc(c.did)}</code>"
     body = f"""<p id="connected">Signed in as {who}. The proxy now holds this DID's session with its PDS
@@ -239,7 +241,7 @@ def _browser_route(request: Request) -> Response:
         return _only(request, ("GET",), signin_page)
     if path.rstrip("/") == oauth.START_PATH:
         return _only(request, ("GET", "POST"), start)
-    if path.rstrip("/") == oauth.CALLBACK_PATH:
+    if path.rstrip("/") == client.CALLBACK_PATH:
         return _only(request, ("GET",), callback)
     raise NotFound(f"no route for {request.method} {path}")
 
@@ -255,9 +257,9 @@ def handler(request: Request) -> Response:
     path = request.path
     if path.startswith("/xrpc/"):
         return xrpc(request)
-    if path == oauth.METADATA_PATH:
+    if path == client.METADATA_PATH:
         return _only(request, ("GET",), client_metadata)
-    if path == oauth.JWKS_PATH:
+    if path == client.JWKS_PATH:
         return _only(request, ("GET",), jwks)
     if path == "/auth/atproto" or path.startswith("/auth/atproto/"):
         return _BROWSER(request)
