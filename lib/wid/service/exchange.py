@@ -185,7 +185,8 @@ def _checked(aud: str, sub: str, ttl: int, extra: dict[str, Any], params: dict[s
 
 
 def max_ttl() -> int:
-    return max(1, min(config.settings().max_exchange_ttl, config.settings().max_token_ttl))
+    settings = config.settings()
+    return max(1, min(settings.max_exchange_ttl, settings.max_token_ttl))
 
 
 def default_ttl() -> int:
