@@ -12,7 +12,11 @@ export WID_DATA_DIR=$(realpath -m "${WID_DATA_DIR:-$ROOT/data}")
 export THIS_ENDPOINT=${THIS_ENDPOINT:-http://localhost:$PORT}
 export DIGITALOCEAN_API_URL=${DIGITALOCEAN_API_URL:-https://api.digitalocean.com}
 export WID_RUN_DIR=$(realpath -m "${WID_RUN_DIR:-$WID_DATA_DIR/run}")
-mkdir -p "$WID_RUN_DIR"
+if ! mkdir -p "$WID_RUN_DIR" 2>/dev/null || [[ ! -w "$WID_RUN_DIR" ]]; then
+  which=WID_DATA_DIR; [[ "$WID_RUN_DIR" == "$WID_DATA_DIR/run" ]] || which=WID_RUN_DIR
+  echo "wid: $which: cannot create or write $WID_RUN_DIR as uid $(id -u); choose a directory this user can write" >&2
+  exit 2
+fi
 
 "$ROOT/.venv/bin/wid" setup --render-cgi "$WID_RUN_DIR/cgi-bin" --cgi-source "$ROOT/cgi-bin"
 

@@ -30,3 +30,17 @@ def test_make_run_creates_its_files_private(proxy: ProxyServer) -> None:
         path = proxy.data_dir / name
         if path.exists():
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, name
+
+
+def test_a_data_dir_that_cannot_be_created_names_wid_data_dir(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.harness import ROOT
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    env = {**os.environ, "WID_DATA_DIR": str(blocked / "data"), "PORT": "1"}
+    done = subprocess.run([str(ROOT / "scripts" / "run.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"wid: WID_DATA_DIR: cannot create or write {blocked}/data/run" in done.stderr
