@@ -167,11 +167,18 @@ def _shown(value: Any, secret: bool) -> str:
     return str(value)
 
 
+def default_data_dir() -> Path:
+    """Where `make run` keeps its data: the checkout's data/ (scripts/run.sh beside lib/), else the image's
+    /var/lib/wid. Never the current directory: `wid` run from elsewhere acts on the same server."""
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout / "data" if (checkout / "scripts" / "run.sh").is_file() else Path("/var/lib/wid")
+
+
 def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[Source], list[str]]:
     r = _Reader(env, record)
     port = r.read("PORT", whole(1, 65535, "port"), 8080)
     this_endpoint = r.read("THIS_ENDPOINT", endpoint, f"http://localhost:{port}")
-    data_dir = r.read("WID_DATA_DIR", directory, Path(os.path.abspath("data")))
+    data_dir = r.read("WID_DATA_DIR", directory, default_data_dir())
     values = Settings(
         port=port,
         this_endpoint=this_endpoint,

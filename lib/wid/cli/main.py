@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wid import config
+from wid.cli import server
 from wid.cli.audit import operator
 from wid.store import storage
 
@@ -29,7 +30,7 @@ def _warn_unknown_variables() -> None:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from wid.store import encryption, keys, wellknown
+    from wid.store import encryption, keys, server_record, wellknown
 
     _warn_unknown_variables()
     s = config.settings()
@@ -41,6 +42,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     with db.transaction() as tx:
         encryption.check_key(tx)
     kid = keys.active_key().kid
+    server_record.record_issuer(s.this_endpoint)  # for `wid` run later from a shell without THIS_ENDPOINT
     kids = wellknown.publish()
     if args.render_cgi:
         render_cgi(Path(args.cgi_source), Path(args.render_cgi))
@@ -101,6 +103,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from wid.store import audit, keys, wellknown
 
+    print(f"wid keys: the server with {server.describe()}", file=sys.stderr)
+    if args.action != "list":
+        server.require_signing_key()
     if args.action == "list":
         rows = keys.listing()
         if args.json:
@@ -174,6 +179,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     max_ttl = config.settings().max_token_ttl
     if not 0 < args.ttl <= max_ttl:
         return _usage("token", f"--ttl must be 1 to {max_ttl} seconds (WID_MAX_TOKEN_TTL), got {args.ttl}")
+    server.require_signing_key()
+    print(f"wid token: signed for the server with {server.describe()}", file=sys.stderr)
     token, claims = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
     # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
     audience = tokens.parse_audience(claims["aud"])
@@ -246,9 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command not in _OWN_SETTINGS:
             config.settings()
+        if args.command not in server.NO_SERVER:
+            server.attach()
         result: int = args.func(args)
         return result
-    except (config.ConfigError, storage.DatabaseUnavailable) as exc:
+    except (config.ConfigError, storage.DatabaseUnavailable, server.NoServer) as exc:
         print(f"wid: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,9 @@ _DIALECT_WORDS = {
 }
 
 
+SQLITE_NAME = "wid.sqlite3"  # in WID_DATA_DIR
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or used right now: the caller answers 503, never a guess."""
 
@@ -90,7 +93,7 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path:
-        return self.data_dir / "wid.sqlite3"
+        return self.data_dir / SQLITE_NAME
 
     def _connect(self) -> Any:
         if self.dialect == "postgresql":
