@@ -52,7 +52,10 @@ def test_a_slow_refresh_stalls_only_the_request_that_waits_for_it(world: World) 
     world.stand_in.fail_next("/v1/oauth/token", None, delay_seconds=SLOW_REFRESH_SECONDS)
 
     waiting: list[requests.Response] = []
-    refresher = threading.Thread(target=lambda: waiting.append(db_get(world, slow.uuid)))
+    token = world.jwt(slow.uuid)
+    refresher = threading.Thread(target=lambda: waiting.append(requests.get(
+        f"{world.url}/v2/databases?tag_name=my-tag", headers={"Authorization": f"Bearer {token}"},
+        timeout=SLOW_REFRESH_SECONDS + 30)))
     refresher.start()
     deadline = time.monotonic() + 30
     while token_requests(world, "refresh_token") == before:
