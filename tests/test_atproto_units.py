@@ -19,7 +19,7 @@ import pytest
 from wid.config import ConfigError
 from wid.core import dpop, jose, tokens
 from wid.core.errors import WidError
-from wid.net import upstream
+from wid.upstreams import registry
 from wid.upstreams.atproto import client, dns, dpop_http, identity
 from wid.upstreams.atproto import oauth as atproto_oauth
 from wid.upstreams.atproto.xrpc import check_repo, nsid_of
@@ -34,7 +34,7 @@ OTHER = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
 
 @pytest.mark.parametrize("actx", [DID, "did:web:example.com", "did:web:pds.example.co.uk"])
 def test_did_contexts_are_accepted_everywhere_a_context_is(actx: str) -> None:
-    upstream.get("ATProto").validate_context(actx)
+    registry.validate_context("ATProto", actx)
     assert tokens.parse_audience(f"api://ATProto?actx={actx}").actx == actx
 
 
@@ -45,7 +45,7 @@ def test_did_contexts_are_accepted_everywhere_a_context_is(actx: str) -> None:
 ])
 def test_other_contexts_are_refused(actx: str) -> None:
     with pytest.raises(WidError) as err:
-        upstream.get("ATProto").validate_context(actx)
+        registry.validate_context("ATProto", actx)
     assert status_of(err.value) == 400 and "DIDs" in err.value.message
 
 

@@ -113,12 +113,12 @@ LONGEST_DID_WEB = "did:web:" + "a" * 59 + "." + "b" * 60
 
 
 def test_the_longest_did_web_the_atproto_upstream_takes_is_a_context_tokens_carry() -> None:
-    from wid.upstreams.atproto import xrpc
+    from wid.upstreams.atproto.context import validate_context
 
     assert len(LONGEST_DID_WEB) == 128
-    xrpc.UPSTREAM.validate_context(LONGEST_DID_WEB)
+    validate_context(LONGEST_DID_WEB)
     with pytest.raises(InvalidRequest):
-        xrpc.UPSTREAM.validate_context(LONGEST_DID_WEB.replace("did:web:", "did:web:c"))
+        validate_context(LONGEST_DID_WEB.replace("did:web:", "did:web:c"))
 
 
 @pytest.mark.parametrize(("api", "actx"), [

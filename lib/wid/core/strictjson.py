@@ -2,7 +2,8 @@
 
 Duplicate keys are refused at any depth, case variants included: Go's encoding/json (DigitalOcean's
 API) matches keys case-insensitively, so {"name": "ok", "NAME": "evil"} could be checked as one value
-and acted on as the other. NaN/Infinity and out-of-range numbers are refused too.
+and acted on as the other. NaN/Infinity and out-of-range numbers are refused too. parse_json() and
+parse_json_object() make a refused body the caller's InvalidRequest (400).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+from wid.core.errors import InvalidRequest
 
 
 class StrictJsonError(ValueError):
@@ -46,3 +49,21 @@ def loads(data: bytes | str) -> Any:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise StrictJsonError(f"not valid JSON: {exc}") from None
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Untrusted JSON: duplicate keys (case variants too) and non-finite numbers are a 400."""
+    try:
+        return loads(data)
+    except StrictJsonError as exc:
+        raise InvalidRequest(f"body is rejected: {exc}") from None
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    """An untrusted JSON body that must be an object (see parse_json)."""
+    if not data.strip():
+        raise InvalidRequest("expected a JSON object body, got an empty body")
+    value = parse_json(data)
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"expected a JSON object body, got {type(value).__name__}")
+    return value

@@ -1,54 +1,21 @@
-"""Upstream APIs: one small interface, one implementation per API, and the HTTP client they share.
+"""The HTTP client for trusted upstreams (the DigitalOcean API and its OAuth endpoints): one request,
+its answer read with a size cap or streamed, and an upstream 5xx as this proxy's 502.
 
-`{API}` in a token's `aud = api://{API}?actx={actx}` selects the implementation. Adding an upstream
-means adding a module that provides `UPSTREAM` and a line in `_IMPLEMENTATIONS`; the token, policy
-and git code never change. The HTTP client is the standard library's (no `requests` on request paths).
+The standard library's client (no `requests` on request paths). Untrusted URLs (issuers, PDSes) go
+through lib/wid/net/safe_http.py instead; which upstreams exist is lib/wid/upstreams/registry.py.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urlsplit
 
-from wid.core.errors import InvalidRequest, UpstreamFailed, UpstreamTimeout, WidError
-from wid.web.request import Request
-from wid.web.response import Response
+from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
 
-_IMPLEMENTATIONS = {
-    "DigitalOcean": "wid.upstreams.digitalocean.api",
-    "ATProto": "wid.upstreams.atproto.xrpc",
-}
-# Hop-by-hop headers (RFC 9110 7.6.1) and what must never cross the proxy in either direction.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "transfer-encoding", "upgrade", "proxy-connection"})
 CHUNK = 64 * 1024
-
-
-class Upstream(Protocol):
-    name: str
-
-    def validate_context(self, actx: str) -> None:
-        """Raise ApiError 400 when `actx` is not a valid context id for this API."""
-
-    def forward(self, actx: str, request: Request, path: str) -> Response:
-        """Send an authorized request to this context's upstream with the credential the proxy holds."""
-
-
-def known_apis() -> list[str]:
-    return sorted(_IMPLEMENTATIONS)
-
-
-def get(api: str) -> Upstream:
-    module = _IMPLEMENTATIONS.get(api)
-    if module is None:
-        raise InvalidRequest(f"unknown API {api!r}; this proxy serves {', '.join(known_apis())}", code="unknown_api")
-    upstream: Upstream = importlib.import_module(module).UPSTREAM
-    return upstream
 
 
 @dataclass
@@ -125,20 +92,3 @@ def server_error(service: str, status: int, body: bytes, retry_after: str | None
     return UpstreamFailed(f"{service} answered HTTP {status} to {what}{detail}; nothing was changed "
                           "on this proxy, try again later", retry_after=retry_after)
 
-
-def relay(response: UpstreamResponse, *, service: str, what: str, buffer: bool = False) -> Response:
-    """The upstream's status, meaningful headers and body, unchanged (streamed unless `buffer`); a 5xx is a 502."""
-    if response.status >= 500:
-        try:
-            error_body = response.raw.read(64 * 1024)
-        except (OSError, http.client.HTTPException):
-            error_body = b""
-        finally:
-            response.connection.close()
-        raise server_error(service, response.status, error_body, response.header("Retry-After"), what)
-    headers = [(k, v) for k, v in response.headers
-               if k.lower() not in HOP_BY_HOP and k.lower() not in {"content-length", "set-cookie"}]
-    body = response.read() if buffer else response.stream()
-    if isinstance(body, bytes):
-        headers.append(("Content-Length", str(len(body))))
-    return Response(response.status, body, headers)

@@ -197,12 +197,12 @@ def _validate_target(api: str, actx: str) -> None:
     """The target API must be one this proxy serves, and actx a valid context of it.
 
     Only for another context than the presented token's (whose context is known: its RBAC exists),
-    which keeps the upstream modules (http.client, ssl: ~30 ms) out of the common exchange.
+    which keeps the upstream packages out of the common exchange.
     """
-    from wid.net import upstream
+    from wid.upstreams import registry
 
     try:
-        upstream.get(api).validate_context(actx)
+        registry.validate_context(api, actx)
     except WidError as exc:
         raise UnknownAudience(f"aud: {exc.message}") from None
 

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from wid import config
-from wid.core import strictjson
 from wid.core.errors import InvalidRequest, TooLarge, UnsupportedMediaType
+from wid.core.strictjson import parse_json_object
 
 # The methods this proxy serves, exactly as written (methods are case-sensitive, RFC 9110 9.1). The
 # Caddyfile refuses every other method before any route; `wid.web.app.wsgi` refuses them again.
@@ -115,20 +115,3 @@ class Request:
         if scheme.lower() != "bearer" or not value.strip():
             return None
         return value.strip()
-
-
-def parse_json(data: bytes | str) -> Any:
-    """Untrusted JSON: duplicate keys (case variants too) and non-finite numbers are a 400."""
-    try:
-        return strictjson.loads(data)
-    except strictjson.StrictJsonError as exc:
-        raise InvalidRequest(f"body is rejected: {exc}") from None
-
-
-def parse_json_object(data: bytes) -> dict[str, Any]:
-    if not data.strip():
-        raise InvalidRequest("expected a JSON object body, got an empty body")
-    value = parse_json(data)
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"expected a JSON object body, got {type(value).__name__}")
-    return value

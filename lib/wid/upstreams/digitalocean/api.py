@@ -1,15 +1,15 @@
-"""The DigitalOcean upstream: a context is a team UUID; the credential is the team's OAuth token.
+"""The DigitalOcean upstream's client: the team's OAuth token, and sending with it.
 
 `team_token()` hands out the team's access token, refreshing it with the stored refresh token well
 before it expires. One process of any replica refreshes a team at a time, under a lease, with no
 database lock held while DigitalOcean's token endpoint answers; the others keep using the current
-token meanwhile (wid.upstreams.credential_refresh). A refresh that DigitalOcean answers with `invalid_grant`
-marks the authorization revoked (unless a lost race explains it): workloads get a clear 403 and the
-landing page shows it, until an admin authorizes again.
+token meanwhile (lib/wid/upstreams/credential_refresh.py). A refresh that DigitalOcean answers with
+`invalid_grant` marks the authorization revoked (unless a lost race explains it): workloads get a
+clear 403 and the landing page shows it, until an admin authorizes again.
 
-`forward()` sends a request that policy allowed to the API with the team token: method, the checked
-path, the query string and the body exactly as checked, the content type; never the client's
-Authorization, cookies or other headers. The answer is relayed unchanged and streamed; a 5xx becomes our 502.
+`send_as_team()` sends a request with the team's token, never a header of the client's. What of the
+client's request goes upstream, and how the answer is relayed: lib/wid/web/forward/digitalocean.py.
+A context is a team UUID (lib/wid/upstreams/digitalocean/context.py).
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 from wid import config
-from wid.core.errors import Forbidden, InvalidRequest, NotFound, UpstreamFailed, WidError
+from wid.core.errors import Forbidden, InvalidRequest, UpstreamFailed, WidError
 from wid.net import upstream
 from wid.store import credentials
 from wid.upstreams import credential_refresh
-from wid.upstreams.digitalocean.context import API, validate_context
+from wid.upstreams.digitalocean.context import API
 from wid.upstreams.oauth_client import TokenEndpointError
-from wid.web.request import Request
-from wid.web.response import Response
 
 # Refresh when less than this is left of the access token's life (DigitalOcean's live 30 days), or
 # half its life for tokens that live less than two hours.
@@ -35,8 +33,6 @@ REFRESH_BEFORE_SECONDS = 3600
 # Characters a query string may carry to the upstream as they are (RFC 3986 query + '%' escapes).
 _QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
-# Request headers passed on besides Authorization (ours) and Content-Type/Content-Length (the body's).
-_FORWARDED_HEADERS = ("Accept", "Accept-Language", "User-Agent")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ def team_token(team_uuid: str, *, rejected: str | None = None) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Forwarding
+# Sending with the team's token
 # --------------------------------------------------------------------------------------------------
 
 
@@ -169,28 +165,3 @@ def send_as_team(team_uuid: str, method: str, target: str, *, body: bytes | None
     raise UpstreamFailed(f"DigitalOcean answered 401 to team {team_uuid}'s freshly refreshed token; "
                          f"{_authorize_again()}", code="upstream_unauthorized")
 
-
-class DigitalOceanUpstream:
-    name = API
-
-    def validate_context(self, actx: str) -> None:
-        validate_context(actx)
-
-    def forward(self, actx: str, request: Request, path: str) -> Response:
-        """Forward an authorized request; `path` is the checked path that policy saw."""
-        self.validate_context(actx)
-        if not (path == "/v2" or path.startswith("/v2/")):
-            raise NotFound(f"{path} is not a DigitalOcean API path (they start with /v2/)")
-        target = upstream_target(path, request.query_string)
-        body = request.body()
-        headers = {name: value for name in _FORWARDED_HEADERS if (value := request.header(name))}
-        headers.setdefault("Accept", "application/json")
-        content_type = request.header("Content-Type")
-        if content_type:
-            headers["Content-Type"] = content_type
-        response = send_as_team(actx, request.method, target, body=body if body or request.method in {
-            "POST", "PUT", "PATCH"} else None, headers=headers)
-        return upstream.relay(response, service="DigitalOcean", what=f"{request.method} {path}")
-
-
-UPSTREAM = DigitalOceanUpstream()

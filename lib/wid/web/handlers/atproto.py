@@ -22,7 +22,6 @@ from wid import config
 from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType, WidError
 from wid.core.policy import engine as policy
 from wid.log import request_id
-from wid.net import upstream
 from wid.service import authz
 from wid.store import browser_state
 from wid.upstreams.atproto import client, oauth
@@ -30,6 +29,7 @@ from wid.upstreams.atproto.context import API
 from wid.upstreams.atproto.xrpc import check_repo, is_json, nsid_of
 from wid.web import audited
 from wid.web.errors import error_response, headers_of, status_of
+from wid.web.forward.atproto import forward
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -225,8 +225,8 @@ def xrpc(request: Request) -> Response:
                              "read is refused") from None
     check_repo(principal.actx, method, nsid, content_type, body)
     decision = authz.authorize(principal, method, path, params)
-    return audited.forward(principal, decision, method, path,
-                           lambda: upstream.get(API).forward(principal.actx, request, path), nsid=nsid)
+    return audited.forward(principal, decision, method, path, lambda: forward(principal.actx, request, path),
+                           nsid=nsid)
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from wid.core.errors import Forbidden, InvalidRequest, MethodNotAllowed, NotFound
 from wid.core.policy import engine as policy
-from wid.net import upstream
 from wid.service import authz
-from wid.upstreams.digitalocean.api import API
+from wid.upstreams.digitalocean.context import API
 from wid.web import audited
+from wid.web.forward.digitalocean import forward
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -60,6 +60,5 @@ def handler(request: Request) -> Response:
         raise InvalidRequest(f"{exc}; policies check the JSON body and the query string, so a request they cannot "
                              f"read is refused") from None
     decision = authz.authorize(principal, method, path, params)
-    return audited.forward(principal, decision, method, path,
-                           lambda: upstream.get(API).forward(principal.actx, request, path),
+    return audited.forward(principal, decision, method, path, lambda: forward(principal.actx, request, path),
                            route=route_name(method, path))

@@ -30,6 +30,7 @@ from wid.upstreams.digitalocean.account import account_for_token
 from wid.upstreams.digitalocean.context import API
 from wid.web.app import Router
 from wid.web.errors import status_of
+from wid.web.forward.relay import relayed_headers
 from wid.web.request import Request
 from wid.web.response import Response
 
@@ -83,8 +84,7 @@ def _created_ids(status: int, raw: bytes) -> list[int]:
 
 
 def _relay(response: upstream.UpstreamResponse, raw: bytes) -> Response:
-    headers = [(k, v) for k, v in response.headers
-               if k.lower() not in upstream.HOP_BY_HOP and k.lower() not in {"content-length", "set-cookie"}]
+    headers = relayed_headers(response.headers)
     headers.append(("Content-Length", str(len(raw))))
     return Response(response.status, raw, headers)
 

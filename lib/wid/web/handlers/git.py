@@ -43,6 +43,7 @@ from wid.log import log, request_id
 from wid.service import git_auth
 from wid.store import rbac_repo, storage
 from wid.store.rbac_repo import Limits, RepoId
+from wid.upstreams import registry
 from wid.web.errors import error_response, headers_of, status_of
 from wid.web.git_body import drain, gunzip, read_body
 from wid.web.git_push import Push, PushProtocol, ReceivePack
@@ -93,15 +94,13 @@ def _target(match: re.Match[str]) -> tuple[str, str] | None:
     api, actx = match["api"], match["actx"]
     if api is None or actx is None:
         return None
-    from wid.net import upstream
-
-    if api not in upstream.known_apis():
+    if api not in registry.known_apis():
         raise NotFound(f"no API named {api!r}; RBAC repos live at /_rbac/{{API}}/{{actx}}/ with API one of "
-                       f"{', '.join(upstream.known_apis())}")
+                       f"{', '.join(registry.known_apis())}")
     problem = names.actx_problem(actx)
     if problem:
         raise InvalidRequest(f"not a valid context id: {problem}")
-    upstream.get(api).validate_context(actx)
+    registry.validate_context(api, actx)
     return api, actx
 
 
