@@ -19,6 +19,7 @@ import pytest
 from wid.config import ConfigError
 from wid.core import dpop, jose, tokens
 from wid.core.errors import WidError
+from wid.store import signing
 from wid.upstreams import registry
 from wid.upstreams.atproto import client, dns, dpop_http, identity
 from wid.upstreams.atproto import oauth as atproto_oauth
@@ -246,7 +247,7 @@ def test_rbac_token_lifetime_is_the_operators(app_env: Path, monkeypatch: pytest
     monkeypatch.setenv("ATPROTO_RBAC_TOKEN_TTL", "600")
     config.settings.cache_clear()
     token, expires_at = atproto_oauth.rbac_token(DID, "alice.test")
-    claims = tokens.verify(token, kinds={tokens.RBAC}, audience=f"api://ATProto?actx={DID}")
+    claims = signing.verify(token, kinds={tokens.RBAC}, audience=f"api://ATProto?actx={DID}")
     assert claims["exp"] - claims["iat"] == 600 == expires_at - claims["iat"]
     assert claims["did_plc"] == claims["did"] == DID and claims["handle"] == "alice.test"
     assert claims["sub"] == f"actx:{DID}:admin"

@@ -131,11 +131,11 @@ class World:
     def jwt(self, team_uuid: str, role: str = ROLE, *, kind: str = "exchanged", ttl: int = 300,
             api: str = API, now: int | None = None) -> str:
         """A token of ours, signed with the proxy's key (what `wid token` does, without a process)."""
-        from wid.core import tokens
+        from wid.store import signing
 
         with self.proxy.configured():
-            token, _ = tokens.sign({"aud": f"api://{api}?actx={team_uuid}", "sub": f"actx:{team_uuid}:role:{role}"},
-                                   kind=kind, lifetime=ttl, now=now)
+            token, _ = signing.sign({"aud": f"api://{api}?actx={team_uuid}", "sub": f"actx:{team_uuid}:role:{role}"},
+                                    kind=kind, lifetime=ttl, now=now)
         return str(token)
 
     def credential(self, team_uuid: str) -> Any:

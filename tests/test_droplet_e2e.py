@@ -352,7 +352,7 @@ def test_jwt_create_is_authorized_by_policy_and_uses_the_team_token(
     from wid.core import tokens
     from wid.core.rbac import compiler as rbac_compile
     from wid.store import rbac as rbac_store
-    from wid.store import storage
+    from wid.store import signing, storage
 
     team = other_team
     with wid_proxy.configured():
@@ -360,10 +360,10 @@ def test_jwt_create_is_authorized_by_policy_and_uses_the_team_token(
                                              api="DigitalOcean", actx=team.uuid)
         with storage.database().transaction() as tx:
             rbac_store.install(tx, "DigitalOcean", team.uuid, compiled, "0" * 40)
-        workload, _ = tokens.sign({"aud": f"api://DigitalOcean?actx={team.uuid}",
-                                   "sub": f"actx:{team.uuid}:role:deployer"}, kind=tokens.WORKLOAD, lifetime=300)
-        stranger, _ = tokens.sign({"aud": f"api://DigitalOcean?actx={team.uuid}",
-                                   "sub": f"actx:{team.uuid}:role:intern"}, kind=tokens.WORKLOAD, lifetime=300)
+        workload, _ = signing.sign({"aud": f"api://DigitalOcean?actx={team.uuid}",
+                                    "sub": f"actx:{team.uuid}:role:deployer"}, kind=tokens.WORKLOAD, lifetime=300)
+        stranger, _ = signing.sign({"aud": f"api://DigitalOcean?actx={team.uuid}",
+                                    "sub": f"actx:{team.uuid}:role:intern"}, kind=tokens.WORKLOAD, lifetime=300)
 
     def nonces() -> int:
         with wid_proxy.configured(), storage.database().transaction(write=False) as tx:
@@ -448,6 +448,7 @@ def test_expired_or_foreign_provisioning_tokens_are_refused(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, other_team: TeamCreds,
         sshds: SshdPool) -> None:
     from wid.core import tokens
+    from wid.store import signing
 
     server = sshds.shared(0)
     ours = new_droplet(wid_proxy, do, team, server)
@@ -455,14 +456,14 @@ def test_expired_or_foreign_provisioning_tokens_are_refused(
     nonce = ours.token.split(".")[1]
     claims = json.loads(__import__("base64").urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4)))
     with wid_proxy.configured():
-        expired, _ = tokens.sign({"aud": claims["aud"], "sub": claims["sub"]}, kind=tokens.PROVISIONING,
-                                 lifetime=900, now=int(time.time()) - 3600)
+        expired, _ = signing.sign({"aud": claims["aud"], "sub": claims["sub"]}, kind=tokens.PROVISIONING,
+                                  lifetime=900, now=int(time.time()) - 3600)
         # Our team's nonce in a token for the other team: the nonce belongs to a different team (and jti).
-        crossed, _ = tokens.sign({"aud": f"api://DigitalOcean?actx={other_team.uuid}",
-                                  "sub": claims["sub"].replace(team.uuid, other_team.uuid)},
-                                 kind=tokens.PROVISIONING, lifetime=900)
-        workload, _ = tokens.sign({"aud": claims["aud"], "sub": f"actx:{team.uuid}:role:web"},
-                                  kind=tokens.WORKLOAD, lifetime=300)
+        crossed, _ = signing.sign({"aud": f"api://DigitalOcean?actx={other_team.uuid}",
+                                   "sub": claims["sub"].replace(team.uuid, other_team.uuid)},
+                                  kind=tokens.PROVISIONING, lifetime=900)
+        workload, _ = signing.sign({"aud": claims["aud"], "sub": f"actx:{team.uuid}:role:web"},
+                                   kind=tokens.WORKLOAD, lifetime=300)
     key = server.host_key("ed25519")
     for token, expect in [(expired, "expired"), (crossed, "not known"), (workload, "cannot be used here")]:
         response = prove(wid_proxy, token, sign(key, token.encode(), NS_PROVE), droplet_id=ours.id)

@@ -451,18 +451,18 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
     from wid.core.errors import WidError
     from wid.core.rbac import compiler as rbac_compile
     from wid.service import exchange as wid_exchange
-    from wid.store import audit, storage
+    from wid.store import audit, signing, storage
     from wid.store import rbac as rbac_store
 
     actx = new_team()
     with storage.database().transaction() as tx:
         compiled = rbac_compile.compile_tree(article_files(), api="DigitalOcean", actx=actx)
         rbac_store.install(tx, "DigitalOcean", actx, compiled, "0" * 40)
-    presented, presented_claims = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:{WORKLOAD_ROLE}"},
-                                              kind=tokens.WORKLOAD, lifetime=200)
+    presented, presented_claims = signing.sign({"aud": audience(actx), "sub": f"actx:{actx}:{WORKLOAD_ROLE}"},
+                                               kind=tokens.WORKLOAD, lifetime=200)
     issued = wid_exchange.issue_json(presented, lambda: article_body(actx), status_of)
     assert issued.claims["exp"] <= presented_claims["exp"]
-    assert tokens.verify(issued.token, kinds={tokens.EXCHANGED})["act"]["sub"] == presented_claims["sub"]
+    assert signing.verify(issued.token, kinds={tokens.EXCHANGED})["act"]["sub"] == presented_claims["sub"]
     with pytest.raises(WidError) as refused:
         wid_exchange.issue_json(presented, lambda: article_body(actx, ttl=301), status_of)
     assert status_of(refused.value) == 403
@@ -493,16 +493,16 @@ def test_an_exchange_reads_the_rbac_once_and_parses_the_token_once(backend: str,
     from wid.core.rbac import compiler as rbac_compile
     from wid.service import exchange as wid_exchange
     from wid.store import rbac as rbac_store
-    from wid.store import storage
+    from wid.store import signing, storage
 
     actx = new_team()
     with storage.database().transaction() as tx:
         compiled = rbac_compile.compile_tree(EXTRA_CLAIM_FILES, api="DigitalOcean", actx=actx)
         rbac_store.install(tx, "DigitalOcean", actx, compiled, "0" * 40)
-    named, _ = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:named"}, kind=tokens.WORKLOAD,
+    named, _ = signing.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:named"}, kind=tokens.WORKLOAD,
+                            lifetime=200)
+    both, _ = signing.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:both"}, kind=tokens.WORKLOAD,
                            lifetime=200)
-    both, _ = tokens.sign({"aud": audience(actx), "sub": f"actx:{actx}:role:both"}, kind=tokens.WORKLOAD,
-                          lifetime=200)
     reads: list[tuple[str, str]] = []
     parsed: list[str] = []
     real_compiled, real_decode = rbac_store.compiled, jose.decode

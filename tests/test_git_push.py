@@ -390,10 +390,10 @@ def info_refs(server: GitServer, path: str, password: str | None, service: str =
 def sign(server: GitServer, actx: str, sub_name: str, *, kind: str, lifetime: int = 300,
          issued: int | None = None) -> str:
     with server.proxy.configured():
-        from wid.core import tokens
+        from wid.store import signing
 
-        token, _ = tokens.sign({"aud": f"api://DigitalOcean?actx={actx}", "sub": f"actx:{actx}:{sub_name}"},
-                               kind=kind, lifetime=lifetime, now=issued)
+        token, _ = signing.sign({"aud": f"api://DigitalOcean?actx={actx}", "sub": f"actx:{actx}:{sub_name}"},
+                                kind=kind, lifetime=lifetime, now=issued)
     return token
 
 
@@ -666,9 +666,10 @@ def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admi
     did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
     with server.proxy.configured():
         from wid.core import tokens
+        from wid.store import signing
 
-        did_token, _ = tokens.sign({"aud": f"api://ATProto?actx={did}", "sub": f"actx:{did}:admin", "did_plc": did},
-                                   kind=tokens.RBAC, lifetime=600)
+        did_token, _ = signing.sign({"aud": f"api://ATProto?actx={did}", "sub": f"actx:{did}:admin", "did_plc": did},
+                                    kind=tokens.RBAC, lifetime=600)
     (admin.home / ".config" / "rbac-did-token").write_text(did_token)
     helper = admin.home / ".local" / "scripts" / "git-credential-rbac-atproto.sh"
     helper.write_text(ATPROTO_CREDENTIAL_HELPER)

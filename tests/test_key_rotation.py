@@ -25,7 +25,7 @@ from tests.harness import ProxyServer
 from tests.test_foundation_http import AUD, SUB, verify_by_discovery
 from wid import config
 from wid.core import tokens
-from wid.store import keys, storage, wellknown
+from wid.store import keys, signing, storage, wellknown
 
 GRACE = 600 + keys.ACTIVE_KEY_CACHE_SECONDS + 60  # the retired key's verify window for max_token_ttl=600
 
@@ -37,7 +37,7 @@ def kid_of(token: str) -> str:
 
 
 def sign() -> str:
-    token, _ = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    token, _ = signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
     return token
 
 
@@ -102,7 +102,7 @@ def test_a_scheduled_rotation_publishes_the_next_key_before_it_signs(backend: st
     retired_until = info[old].verify_until
     assert retired_until is not None and promoted_at + GRACE <= retired_until <= int(time.time()) + GRACE
     for token in (old_token, new_token):
-        assert tokens.verify(token, kinds={tokens.EXCHANGED})["sub"] == SUB
+        assert signing.verify(token, kinds={tokens.EXCHANGED})["sub"] == SUB
     assert wellknown.publish() == [new, old]
     assert keys.prune() == []  # the retired key still has live tokens
     with storage.database().transaction() as tx:
@@ -129,7 +129,7 @@ def test_an_emergency_rotation_drops_the_compromised_key_at_once(backend: str) -
     assert rotation.previous == compromised and rotation.activate_at <= int(time.time())
     assert kid_of(sign()) == rotation.kid != compromised
     with pytest.raises(tokens.TokenError):
-        tokens.verify(compromised_token, kinds={tokens.EXCHANGED})
+        signing.verify(compromised_token, kinds={tokens.EXCHANGED})
     assert compromised not in wellknown.publish()
     assert states() == {rotation.kid: "active", compromised: "revoked"}
     assert keys.prune() == [compromised]  # nothing to keep it for

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wid import config
 from wid.core import jose, tokens
-from wid.store import keys, storage, wellknown
+from wid.store import keys, signing, storage, wellknown
 
 AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
 SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
@@ -76,8 +76,8 @@ def test_private_keys_are_encrypted_at_rest(backend: str) -> None:
 
 
 def test_sign_and_verify_roundtrip(backend: str) -> None:
-    token, claims = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
-    verified = tokens.verify(token, kinds={tokens.EXCHANGED}, audience=AUD)
+    token, claims = signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    verified = signing.verify(token, kinds={tokens.EXCHANGED}, audience=AUD)
     assert verified == claims
     assert set(claims) >= {"iss", "aud", "sub", "iat", "nbf", "exp", "jti"}
     assert claims["iss"] == "https://wid.example.test"
@@ -99,7 +99,7 @@ class TestRefusedTokens:
 
     def test_alg_none(self) -> None:
         with pytest.raises(tokens.TokenError, match="algorithm 'none' is not allowed"):
-            tokens.verify(_forge({"alg": "none", "kid": self.key.kid}, _good_claims()), kinds={"exchanged"})
+            signing.verify(_forge({"alg": "none", "kid": self.key.kid}, _good_claims()), kinds={"exchanged"})
 
     def test_hs256_signed_with_our_public_key(self) -> None:
         public_pem = self.key.private_key.public_key().public_bytes(
@@ -107,30 +107,30 @@ class TestRefusedTokens:
         signing_input = f"{_b64({'alg': 'HS256', 'kid': self.key.kid})}.{_b64(_good_claims())}"
         mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
         with pytest.raises(tokens.TokenError, match="HS256"):
-            tokens.verify(f"{signing_input}.{_b64(mac)}", kinds={"exchanged"})
+            signing.verify(f"{signing_input}.{_b64(mac)}", kinds={"exchanged"})
 
     def test_unknown_kid(self) -> None:
         token = jose.sign_rs256(self.key.private_key, {"alg": "RS256", "kid": "nope"}, _good_claims())
         with pytest.raises(tokens.TokenError, match="does not know"):
-            tokens.verify(token, kinds={"exchanged"})
+            signing.verify(token, kinds={"exchanged"})
 
     def test_swapped_key_with_our_kid(self) -> None:
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         token = jose.sign_rs256(other, {"alg": "RS256", "kid": self.key.kid}, _good_claims())
         with pytest.raises(tokens.TokenError, match="signature does not verify"):
-            tokens.verify(token, kinds={"exchanged"})
+            signing.verify(token, kinds={"exchanged"})
 
     @pytest.mark.parametrize("name", ["jku", "x5u", "jwk", "x5c", "crit"])
     def test_key_location_headers_are_refused(self, name: str) -> None:
         with pytest.raises(tokens.TokenError, match=name):
-            tokens.verify(self._signed(_good_claims(), **{name: "https://attacker.example/jwks"}), kinds={"exchanged"})
+            signing.verify(self._signed(_good_claims(), **{name: "https://attacker.example/jwks"}), kinds={"exchanged"})
 
     def test_tampered_claims(self) -> None:
         header, _, signature = self._signed(_good_claims()).split(".")
         admin = _good_claims(sub="actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:admin")
         forged = f"{header}.{_b64(admin)}.{signature}"
         with pytest.raises(tokens.TokenError, match="signature"):
-            tokens.verify(forged, kinds={"exchanged"})
+            signing.verify(forged, kinds={"exchanged"})
 
     @pytest.mark.parametrize(("claims", "message"), [
         (_good_claims(exp=int(time.time()) - 120), "expired"),
@@ -146,29 +146,29 @@ class TestRefusedTokens:
     ])
     def test_bad_claims(self, claims: dict[str, Any], message: str) -> None:
         with pytest.raises(tokens.TokenError, match=message):
-            tokens.verify(self._signed(claims), kinds={"exchanged"})
+            signing.verify(self._signed(claims), kinds={"exchanged"})
 
     def test_wrong_audience(self) -> None:
         with pytest.raises(tokens.TokenError, match="audience"):
-            tokens.verify(self._signed(_good_claims()), kinds={"exchanged"}, audience="api://DigitalOcean?actx=other")
+            signing.verify(self._signed(_good_claims()), kinds={"exchanged"}, audience="api://DigitalOcean?actx=other")
 
     def test_duplicate_claim_names(self) -> None:
         payload = base64.urlsafe_b64encode(b'{"sub":"a","sub":"b"}').rstrip(b"=").decode()
         header = _b64({"alg": "RS256", "kid": self.key.kid})
         with pytest.raises(tokens.TokenError, match=r"duplicate JSON key .sub."):
-            tokens.verify(f"{header}.{payload}.AAAA", kinds={"exchanged"})
+            signing.verify(f"{header}.{payload}.AAAA", kinds={"exchanged"})
 
     @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!!.e30.x", "e30.e30.e30", "x" * 20000])
     def test_garbage(self, token: str) -> None:
         with pytest.raises(tokens.TokenError):
-            tokens.verify(token, kinds={"exchanged"})
+            signing.verify(token, kinds={"exchanged"})
 
 
 def test_signer_refuses_bad_audience_and_lifetime(app_env: Any) -> None:
     with pytest.raises(tokens.TokenError):
-        tokens.sign({"aud": "DigitalOcean", "sub": SUB}, kind="exchanged", lifetime=60)
+        signing.sign({"aud": "DigitalOcean", "sub": SUB}, kind="exchanged", lifetime=60)
     with pytest.raises(ValueError, match="lifetime"):
-        tokens.sign({"aud": AUD, "sub": SUB}, kind="exchanged", lifetime=10**9)
+        signing.sign({"aud": AUD, "sub": SUB}, kind="exchanged", lifetime=10**9)
 
 
 def test_wrong_secret_key_is_a_clear_error(app_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,6 +220,6 @@ def test_a_key_stored_in_the_earlier_pem_format_still_signs(backend: str) -> Non
     with storage.database().transaction() as tx:
         tx.execute("UPDATE signing_keys SET private_key = ? WHERE kid = ?", (encryption.seal(pem), key.kid))
     storage.database().cache.clear()
-    token, _ = tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=60)
-    assert tokens.verify(token, kinds={tokens.EXCHANGED})["sub"] == SUB
+    token, _ = signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=60)
+    assert signing.verify(token, kinds={tokens.EXCHANGED})["sub"] == SUB
     assert keys.active_key().private_key.private_numbers() == key.private_key.private_numbers()

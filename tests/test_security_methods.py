@@ -91,9 +91,8 @@ class Team:
 
 @pytest.fixture(scope="module")
 def team(stack: ProxyServer, do_api: DigitalOceanStandIn) -> Team:
-    from wid.core import tokens
     from wid.core.rbac import compiler as rbac_compile
-    from wid.store import credentials, storage
+    from wid.store import credentials, signing, storage
     from wid.store import rbac as rbac_store
 
     team = do_api.add_team("Method Team")
@@ -106,8 +105,8 @@ def team(stack: ProxyServer, do_api: DigitalOceanStandIn) -> Team:
         compiled = rbac_compile.compile_tree(rbac_files(database), api=API, actx=team.uuid)
         with storage.database().transaction() as tx:
             rbac_store.install(tx, API, team.uuid, compiled, "0" * 40)
-        jwts = [tokens.sign({"aud": f"api://{API}?actx={team.uuid}", "sub": f"actx:{team.uuid}:role:{role}"},
-                            kind="exchanged", lifetime=600)[0] for role in ("data", "droplet-creator")]
+        jwts = [signing.sign({"aud": f"api://{API}?actx={team.uuid}", "sub": f"actx:{team.uuid}:role:{role}"},
+                             kind="exchanged", lifetime=600)[0] for role in ("data", "droplet-creator")]
     return Team(team.uuid, pat, oauth, database, *jwts)
 
 

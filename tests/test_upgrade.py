@@ -24,7 +24,7 @@ import pytest
 from tests.gha.support import article_files, audience, new_team
 from wid.core import jose, tokens
 from wid.core.errors import WidError
-from wid.store import storage
+from wid.store import signing, storage
 
 BEFORE_THE_MOVE = "7181f99"
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_a_database_from_before_the_package_move_keeps_working(backend: str, old
 
     # The key: same kid, verifies what the old code signed and signs for this code.
     assert keys.active_key().kid == old_kid
-    assert tokens.verify(old_token, kinds={tokens.WORKLOAD})["sub"] == f"actx:{actx}:{WORKLOAD_ROLE}"
+    assert signing.verify(old_token, kinds={tokens.WORKLOAD})["sub"] == f"actx:{actx}:{WORKLOAD_ROLE}"
     assert keys.public_jwk(old_kid) is not None
 
     # The team credential sealed by the old code decrypts.
@@ -123,7 +123,7 @@ def test_a_database_from_before_the_package_move_keeps_working(backend: str, old
     body = {"aud": audience(actx), "sub": f"actx:{actx}:{TARGET_ROLE}", "ttl": 300}
     issued = exchange.issue_json(old_token, lambda: body, status_of)
     assert jose.decode(issued.token).kid == old_kid
-    assert tokens.verify(issued.token, kinds={tokens.EXCHANGED})["act"]["sub"] == f"actx:{actx}:{WORKLOAD_ROLE}"
+    assert signing.verify(issued.token, kinds={tokens.EXCHANGED})["act"]["sub"] == f"actx:{actx}:{WORKLOAD_ROLE}"
     with pytest.raises(WidError) as refused:
         exchange.issue_json(old_token, lambda: {**body, "ttl": 301}, status_of)
     assert status_of(refused.value) == 403

@@ -94,10 +94,10 @@ def install_rbac(proxy: ProxyServer, team: str, files: dict[str, bytes], *, api:
 def mint(proxy: ProxyServer, aud: str, sub: str, *, kind: str = "workload", ttl: int = 900,
          claims: dict[str, Any] | None = None) -> str:
     """One of our tokens, signed by the proxy's active key (in this process, against its database)."""
-    from wid.core import tokens
+    from wid.store import signing
 
     with proxy.configured():
-        token, _ = tokens.sign({**(claims or {}), "aud": aud, "sub": sub}, kind=kind, lifetime=ttl)
+        token, _ = signing.sign({**(claims or {}), "aud": aud, "sub": sub}, kind=kind, lifetime=ttl)
     return token
 
 

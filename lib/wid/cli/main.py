@@ -163,7 +163,7 @@ def _rotate(emergency: bool) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from wid.core import tokens
-    from wid.store import audit
+    from wid.store import audit, signing
 
     try:
         extra = json.loads(args.claims) if args.claims else {}
@@ -181,7 +181,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         return _usage("token", f"--ttl must be 1 to {max_ttl} seconds (WID_MAX_TOKEN_TTL), got {args.ttl}")
     server.require_signing_key()
     print(f"wid token: signed for the server with {server.describe()}", file=sys.stderr)
-    token, claims = tokens.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
+    token, claims = signing.sign({**extra, "aud": args.aud, "sub": args.sub}, kind=args.kind, lifetime=args.ttl)
     # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
     audience = tokens.parse_audience(claims["aud"])
     audit.record("operator_token", "info", api=audience.api, actx=audience.actx, sub=claims["sub"], jti=claims["jti"],

@@ -6,7 +6,7 @@ HMAC), signature check against one JWK, RFC 7638 thumbprints, and RS256 signing.
 The allowlist is exactly what tests/test_jose_vectors.py checks against published vectors (RFC 7515
 appendix A, RFC 7520 section 4, Wycheproof; tests/fixtures/jose/SOURCE.md). A key verifies only the
 algorithm it fits: an RSA key for RS*/PS*, a P-256 key for ES256, a P-384 key for ES384, and, when the
-JWK names an `alg`, only that one. Our own tokens are RS256 only (tokens.verify checks).
+JWK names an `alg`, only that one. Our own tokens are RS256 only (lib/wid/store/signing.py checks).
 """
 
 from __future__ import annotations

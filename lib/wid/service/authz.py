@@ -14,7 +14,7 @@ from wid import config
 from wid.core import jose, tokens
 from wid.core.errors import Forbidden, Unauthenticated
 from wid.core.policy.engine import CompiledRbac, Decision
-from wid.store import audit
+from wid.store import audit, signing
 from wid.store import rbac as rbac_store
 
 # Kinds of our own tokens that API routes and the exchange accept. Provisioning tokens are for
@@ -44,7 +44,7 @@ def authenticate(token: str | None, *, kinds: frozenset[str] = API_KINDS) -> Pri
     issuer = unverified.claims.get("iss")
     try:
         if issuer == config.settings().this_endpoint:
-            claims = tokens.verify_decoded(unverified, kinds=kinds)
+            claims = signing.verify_decoded(unverified, kinds=kinds)
             audience = tokens.parse_audience(claims.get("aud"))
             rbac = rbac_store.compiled(audience.api, audience.actx)
         else:

@@ -33,7 +33,7 @@ from wid import config
 from wid.core import jose, tokens
 from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, UnknownAudience, WidError
 from wid.service import authz
-from wid.store import audit
+from wid.store import audit, signing
 
 ISSUE_PATH = "/v1/oidc/issue"
 TOKEN_PATH = "/v1/oidc/token"  # noqa: S105 - a route, not a secret
@@ -265,8 +265,8 @@ def _issue(principal: authz.Principal, request: ExchangeRequest, endpoint: str) 
     prior = principal.claims.get("act")
     if prior is not None:
         act["act"] = _prior_act(prior)
-    token, claims = tokens.sign({**request.extra, "aud": request.aud, "sub": request.sub, "act": act},
-                                kind=tokens.EXCHANGED, lifetime=lifetime, now=now)
+    token, claims = signing.sign({**request.extra, "aud": request.aud, "sub": request.sub, "act": act},
+                                 kind=tokens.EXCHANGED, lifetime=lifetime, now=now)
     audit.record("exchange", "allow", api=principal.api, actx=principal.actx, sub=presented_sub,
                  iss=principal.issuer, jti=_text(principal.claims.get("jti")), endpoint=endpoint,
                  issued_jti=claims["jti"], issued_aud=request.aud, issued_sub=request.sub, exp=claims["exp"],

@@ -22,7 +22,7 @@ from typing import Any
 from wid import config
 from wid.core import names, tokens
 from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, Unavailable, UpstreamFailed
-from wid.store import storage
+from wid.store import signing, storage
 from wid.upstreams.digitalocean import api as upstream_digitalocean
 
 API = upstream_digitalocean.API
@@ -78,8 +78,8 @@ def subject_for(team_uuid: str, tags: Iterable[Any]) -> str:
 
 def workload_token(team_uuid: str, droplet: Droplet) -> tuple[str, dict[str, Any]]:
     sub = subject_for(team_uuid, droplet.tags)
-    return tokens.sign({"aud": f"api://{API}?actx={team_uuid}", "sub": sub, "droplet_id": droplet.id},
-                       kind=tokens.WORKLOAD, lifetime=WORKLOAD_TTL)
+    return signing.sign({"aud": f"api://{API}?actx={team_uuid}", "sub": sub, "droplet_id": droplet.id},
+                        kind=tokens.WORKLOAD, lifetime=WORKLOAD_TTL)
 
 
 # -- the Droplet, as DigitalOcean reports it ---------------------------------------------------------
@@ -159,9 +159,9 @@ class Provisioning:
 def new_provisioning(team_uuid: str) -> Provisioning:
     """A provisioning token with a fresh nonce (not stored yet: see store_pending)."""
     nonce = secrets.token_urlsafe(32)
-    token, claims = tokens.sign({"aud": f"api://{API}?actx={team_uuid}",
-                                 "sub": f"actx:{team_uuid}:role:provisioning:nonce:{nonce}"},
-                                kind=tokens.PROVISIONING, lifetime=PROVISIONING_TTL)
+    token, claims = signing.sign({"aud": f"api://{API}?actx={team_uuid}",
+                                  "sub": f"actx:{team_uuid}:role:provisioning:nonce:{nonce}"},
+                                 kind=tokens.PROVISIONING, lifetime=PROVISIONING_TTL)
     return Provisioning(nonce, team_uuid, token, claims)
 
 
@@ -209,7 +209,7 @@ def verify_provisioning_token(token: str | None) -> tuple[dict[str, Any], str, s
     if not token:
         raise Unauthenticated("missing bearer token: send the provisioning token from user_data")
     try:
-        claims = tokens.verify(token, kinds={tokens.PROVISIONING})
+        claims = signing.verify(token, kinds={tokens.PROVISIONING})
         audience = tokens.parse_audience(claims["aud"])
     except tokens.TokenError as exc:
         raise Unauthenticated(f"provisioning token refused: {exc}") from None

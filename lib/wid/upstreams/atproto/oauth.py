@@ -211,6 +211,7 @@ def _check_grant(flow: dict[str, Any], grant: Grant) -> None:
 def rbac_token(did: str, handle: str | None) -> tuple[str, int]:
     """The admin's token for git on this DID's RBAC repo (`did_plc` carries the DID, as the articles read it)."""
     from wid.core import tokens
+    from wid.store import signing
 
     settings = config.settings()
     lifetime = min(settings.atproto_rbac_token_ttl, settings.max_token_ttl)
@@ -218,7 +219,7 @@ def rbac_token(did: str, handle: str | None) -> tuple[str, int]:
                               "did_plc": did}
     if handle:
         claims["handle"] = handle
-    token, full = tokens.sign(claims, kind=tokens.RBAC, lifetime=lifetime)
+    token, full = signing.sign(claims, kind=tokens.RBAC, lifetime=lifetime)
     audit.record("issue", "allow", api=API, actx=did, sub=full["sub"], jti=full["jti"], kind=tokens.RBAC,
                  exp=full["exp"])
     return token, int(full["exp"])
