@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check lib tests bench
+	.venv/bin/ruff check lib devkit tests bench
 	.venv/bin/mypy
 
 bench: setup

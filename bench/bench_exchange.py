@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import measure, report, start_proxy
-from tests.gha.support import article_files, install_rbac, mint
-from tests.standins.github_oidc import GitHubOIDCStandIn
+from devkit.seed import article_files, install_rbac, mint
+from devkit.standins.github_oidc import GitHubOIDCStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 

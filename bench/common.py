@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import ProxyServer
+from devkit.proxy import ProxyServer
 
 
 def start_proxy(env: dict[str, str] | None = None) -> ProxyServer:

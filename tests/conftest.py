@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PostgresServer, ProxyServer
-from tests.standins.digitalocean import DigitalOceanStandIn
-from tests.standins.github_oidc import GitHubOIDCStandIn
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import DigitalOceanStandIn
+from devkit.standins.github_oidc import GitHubOIDCStandIn
+from tests.harness import PostgresServer
 from wid import config
 from wid.store import storage
 

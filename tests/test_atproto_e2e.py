@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
+from devkit.proxy import ROOT, ProxyServer
+from devkit.seed import install_rbac, mint
 from tests.atproto.fixture import (
     AtprotoPeer,
     approve_authorization,
@@ -35,8 +37,8 @@ from tests.atproto.fixture import (
     redirect_params,
     reject_authorization,
 )
-from tests.gha.support import install_rbac, mint, new_team, unverified_claims
-from tests.harness import ROOT, PostgresServer, ProxyServer
+from tests.gha.support import new_team, unverified_claims
+from tests.harness import PostgresServer
 
 ORIGIN = "https://wid.fixture.internal"
 EXAMPLES = ROOT / "rbac-schema" / "examples"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 from wid.store import audit, storage
 
 DB = "/v2/databases/9cc10173-e9ea-4176-9dbc-a4cee4c4ff30"

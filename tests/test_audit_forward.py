@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.standins.digitalocean import Team
-from tests.test_do_helpers import DATABASE_UUID, World
+from devkit.do_world import DATABASE_UUID, World
+from devkit.standins.digitalocean import Team
 
 DB_PATH = f"/v2/databases/{DATABASE_UUID}"
 

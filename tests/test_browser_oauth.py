@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
-from tests.test_do_helpers import World
+from devkit.do_world import World
+from devkit.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

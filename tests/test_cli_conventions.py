@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 from wid.cli import main as cli
 
 TEAM = "5a5c4f2e-6d8e-4a43-9f70-0e6f5b8a1c2d"

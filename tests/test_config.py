@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, free_port
+from devkit.proxy import ROOT, free_port
 from wid import config, config_parsers
 
 GOOD_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()

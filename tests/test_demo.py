@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 from wid.cli import demo
 
 WID = str(ROOT / ".venv" / "bin" / "wid")

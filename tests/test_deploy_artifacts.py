@@ -45,7 +45,8 @@ import requests
 import yaml
 from packaging.requirements import Requirement
 
-from tests.harness import PostgresServer, free_port, kill_session, session_processes, wait_for
+from devkit.proxy import free_port, kill_session, session_processes, wait_for
+from tests.harness import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "tests" / "fixtures" / "appspec" / "app_spec.schema.json"

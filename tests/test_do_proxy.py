@@ -18,8 +18,8 @@ import pytest
 import requests
 from azure.core.exceptions import HttpResponseError
 
-from tests.standins.digitalocean import Team
-from tests.test_do_helpers import DATABASE_UUID, World, example_files, pydo_client
+from devkit.do_world import DATABASE_UUID, World, example_files, pydo_client
+from devkit.standins.digitalocean import Team
 from wid.upstreams.digitalocean import oauth as do_oauth
 
 DROPLET_ROLE_FILES = {

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from dulwich.objects import Blob, Commit, Tree
 
-from tests.harness import ProxyServer
-from tests.standins.digitalocean import DigitalOceanStandIn
-from tests.standins.github_oidc import GitHubOIDCStandIn
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import DigitalOceanStandIn
+from devkit.standins.github_oidc import GitHubOIDCStandIn
 
 TEAM = "6a7e1f42-3c2d-4e7b-9f10-2b3c4d5e6f70"
 

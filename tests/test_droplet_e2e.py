@@ -2,7 +2,7 @@
 
 The proxy runs as `make run` serves it (Caddy + fcgiwrap + CGI) against the DigitalOcean stand-in,
 which reports each "Droplet" at a loopback address where a real OpenSSH sshd runs with its own host
-keys (tests/sshd.py). The real generated cloud-init step runs under sh with a test root directory
+keys (devkit/sshd.py). The real generated cloud-init step runs under sh with a test root directory
 and the real ssh-keygen; pydo creates the Droplet through the proxy.
 """
 
@@ -24,9 +24,9 @@ import pytest
 import requests
 from jwcrypto import jwk, jwt
 
-from tests.harness import ProxyServer
-from tests.sshd import FakeDroplet, Sshd, SshdPool, cloud_init_view, pool
-from tests.standins.digitalocean import DigitalOceanStandIn
+from devkit.proxy import ProxyServer
+from devkit.sshd import FakeDroplet, Sshd, SshdPool, cloud_init_view, pool
+from devkit.standins.digitalocean import DigitalOceanStandIn
 
 DROPLET = {"region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
 NS_PROVE = "droplet-provisioning@wid"

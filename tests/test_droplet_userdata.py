@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.sshd import DROPLET_PATH, cloud_init_view
+from devkit.sshd import DROPLET_PATH, cloud_init_view
 from wid.core.errors import WidError
 from wid.service import cloudinit, provisioning
 from wid.web.errors import status_of

@@ -13,20 +13,18 @@ from typing import Any
 import pytest
 import requests
 
+from devkit.proxy import ProxyServer
+from devkit.seed import article_files, install_rbac, mint
 from tests.gha.support import (
-    article_files,
     audience,
     audit_rows,
     exchange,
     forge,
-    install_rbac,
-    mint,
     new_team,
     our_claims,
     unverified_claims,
     verify_by_discovery,
 )
-from tests.harness import ProxyServer
 from wid.web.errors import status_of
 
 WORKLOAD_ROLE = "role:ex-database-and-spaces-keys-access"

@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.gha.support import (
-    article_files,
-    audience,
-    audit_rows,
-    install_rbac,
-    mint,
-    new_team,
-    unverified_claims,
-    verify_by_discovery,
-)
-from tests.harness import ProxyServer
+from devkit.proxy import ProxyServer
+from devkit.seed import article_files, install_rbac, mint
+from tests.gha.support import audience, audit_rows, new_team, unverified_claims, verify_by_discovery
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"

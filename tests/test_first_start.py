@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, PostgresServer
+from devkit.proxy import ROOT
+from tests.harness import PostgresServer
 from wid.store import storage
 
 PROCESSES = 6

@@ -12,7 +12,8 @@ import pytest
 import requests
 from jwcrypto import jwk, jwt
 
-from tests.harness import PostgresServer, ProxyServer
+from devkit.proxy import ProxyServer
+from tests.harness import PostgresServer
 from wid.web.request import Request
 
 AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"

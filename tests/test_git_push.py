@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.git_helpers import (
+from devkit.git_helpers import (
     ARTICLE_FIRST_PUSH,
     ARTICLE_GHA_PUSH,
     GitUser,
@@ -26,8 +26,8 @@ from tests.git_helpers import (
     ls_remote,
     pkt,
 )
-from tests.harness import ProxyServer
-from tests.standins.digitalocean import READ_ONLY, DigitalOceanStandIn
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import READ_ONLY, DigitalOceanStandIn
 
 MiB = 1024 * 1024
 GITHUB = "https://token.actions.githubusercontent.com"
@@ -661,7 +661,7 @@ git fetch --all && git show deploy/schema:rbac.json | jq
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
 def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admin: GitUser) -> None:
-    from tests.git_helpers import ATPROTO_CREDENTIAL_HELPER, EXAMPLES
+    from devkit.git_helpers import ATPROTO_CREDENTIAL_HELPER, EXAMPLES
 
     did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
     with server.proxy.configured():

@@ -13,20 +13,19 @@ from typing import Any
 import pytest
 import requests
 
+from devkit.proxy import ProxyServer
+from devkit.seed import install_rbac, mint
+from devkit.standins.github_oidc import GitHubOIDCStandIn
 from tests.gha.support import (
     audience,
     audit_rows,
     exchange,
     get_id_token,
-    install_rbac,
-    mint,
     new_team,
     read_output,
     unverified_claims,
     verify_by_discovery,
 )
-from tests.harness import ProxyServer
-from tests.standins.github_oidc import GitHubOIDCStandIn
 
 REPO = "org/repo"
 WORKFLOW_REF = "org/repo/.github/workflows/do-wid.yml@refs/heads/main"

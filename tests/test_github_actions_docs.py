@@ -15,9 +15,10 @@ import pytest
 import requests
 import yaml
 
-from tests.gha.support import audience, install_rbac, new_team, read_output, run_github_script, unverified_claims
-from tests.harness import ROOT, ProxyServer
-from tests.standins.github_oidc import GITHUB_ISSUER, GitHubOIDCStandIn
+from devkit.proxy import ROOT, ProxyServer
+from devkit.seed import install_rbac
+from devkit.standins.github_oidc import GITHUB_ISSUER, GitHubOIDCStandIn
+from tests.gha.support import audience, new_team, read_output, run_github_script, unverified_claims
 
 DOC = ROOT / "docs" / "github-actions.md"
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)

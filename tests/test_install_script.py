@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 
 # Packages the stand-in dpkg-query reports missing: one of the demo's list and two of the tests' (no command of
 # the same name exists, which install.sh would count as installed).

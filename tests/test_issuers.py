@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.standins.github_oidc import GitHubOIDCStandIn
+from devkit.standins.github_oidc import GitHubOIDCStandIn
 from wid import config
 from wid.core.errors import WidError
 from wid.core.rbac import compiler as rbac_compile
@@ -390,7 +390,7 @@ def test_trickling_issuer_is_cut_at_the_deadline(trusted: GitHubOIDCStandIn) -> 
 def test_error_status_and_refused_connection(trusted: GitHubOIDCStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
     trusted.fail_next("/.well-known/jwks", 500)
     assert "HTTP 500" in refused(mint(trusted), 503).message
-    from tests.harness import free_port
+    from devkit.proxy import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("WID_TRUSTED_ISSUERS", closed)

@@ -21,7 +21,7 @@ import requests
 from jwcrypto.jws import InvalidJWSSignature
 from jwcrypto.jwt import JWTMissingKey
 
-from tests.harness import ProxyServer
+from devkit.proxy import ProxyServer
 from tests.test_foundation_http import AUD, SUB, verify_by_discovery
 from wid import config
 from wid.core import tokens

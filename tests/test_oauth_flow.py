@@ -15,9 +15,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from tests.harness import PostgresServer, ProxyServer
-from tests.standins.digitalocean import Team
-from tests.test_do_helpers import CALLBACK, START, World
+from devkit.do_world import CALLBACK, START, World
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import Team
+from tests.harness import PostgresServer
 from wid import config
 from wid.upstreams.digitalocean import oauth as do_oauth
 

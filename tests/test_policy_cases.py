@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 from wid.core.rbac import cases
 from wid.core.rbac.compiler import CompileError, compile_tree
 

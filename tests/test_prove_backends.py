@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.sshd import Sshd, pool
-from tests.standins.digitalocean import DigitalOceanStandIn
+from devkit.sshd import Sshd, pool
+from devkit.standins.digitalocean import DigitalOceanStandIn
 from wid import config
 from wid.service import provisioning
 from wid.store import credentials, refresh, storage

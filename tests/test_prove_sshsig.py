@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.sshd import pool
+from devkit.sshd import pool
 from wid.service import attestation
 from wid.service.attestation import HostKeyError, SignatureError, parse_sshsig, verify_sshsig
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.standins.digitalocean import PROXY_OAUTH_SCOPES, DigitalOceanStandIn
+from devkit.standins.digitalocean import PROXY_OAUTH_SCOPES, DigitalOceanStandIn
 from wid import config
 from wid.core.errors import Forbidden, Unavailable, UpstreamFailed
 from wid.store import audit, credentials, storage

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from devkit.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
+from devkit.proxy import ROOT, ProxyServer
 from tests.gha.support import audience, new_team, unverified_claims
-from tests.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
-from tests.harness import ROOT, PostgresServer, ProxyServer
+from tests.harness import PostgresServer
 from wid.store import storage
 
 ISSUER = "https://wid.example.test"  # one issuer for both replicas, as behind one load balancer

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ProxyServer
-from tests.standins.digitalocean import DigitalOceanStandIn
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import DigitalOceanStandIn
 from wid.web.app import wsgi
 from wid.web.request import METHODS, Request
 from wid.web.response import Response

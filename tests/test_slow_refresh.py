@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.gha.support import mint
-from tests.test_do_helpers import World
+from devkit.do_world import World
+from devkit.seed import mint
 from tests.test_oauth_flow import connected_team, db_get, set_expiry, token_requests
 
 SLOW_REFRESH_SECONDS = float(os.environ.get("WID_TEST_SLOW_REFRESH_SECONDS", "12"))

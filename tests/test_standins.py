@@ -20,14 +20,14 @@ import pytest
 import requests
 from azure.core.exceptions import HttpResponseError
 
-from tests.standins.digitalocean import (
+from devkit.standins.digitalocean import (
     FULL_ACCESS,
     PROXY_OAUTH_SCOPES,
     READ_ONLY,
     DigitalOceanStandIn,
     Team,
 )
-from tests.standins.github_oidc import GitHubOIDCStandIn, audience_query
+from devkit.standins.github_oidc import GitHubOIDCStandIn, audience_query
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CALLBACK = "http://127.0.0.1:8080/auth/digitalocean/v1/callback"
@@ -582,7 +582,7 @@ def test_digitalocean_cli_and_control_api(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tests.standins.digitalocean",
+            "devkit.standins.digitalocean",
             "--port",
             "0",
             "--state",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ProxyServer
+from devkit.proxy import ProxyServer
 
 
 def test_a_second_proxy_on_a_busy_port_is_refused_naming_port(proxy: ProxyServer, tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_a_data_dir_that_cannot_be_created_names_wid_data_dir(tmp_path: Path) ->
     import os
     import subprocess
 
-    from tests.harness import ROOT
+    from devkit.proxy import ROOT
 
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")

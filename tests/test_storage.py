@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
+from devkit.proxy import free_port
 from wid import config
 from wid.store import storage
 

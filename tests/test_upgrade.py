@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.gha.support import article_files, audience, new_team
+from devkit.seed import article_files
+from tests.gha.support import audience, new_team
 from wid.core import jose, tokens
 from wid.core.errors import WidError
 from wid.store import signing, storage

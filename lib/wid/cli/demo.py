@@ -2,8 +2,8 @@
 
 The steps themselves are in `wid.cli.demo_steps`; this module holds the command line, the checks for what
 the demo needs, the progress display, a bash "session" for the articles' commands, and the clean-up.
-It runs from a source checkout only: the stand-ins (`tests/standins/`), the sshd "Droplets"
-(`tests/sshd.py`) and the proxy's `scripts/run.sh` come from the checkout this package lives in.
+It runs from a source checkout only: the stand-ins (`devkit/standins/`), the sshd "Droplets"
+(`devkit/sshd.py`) and the proxy's `scripts/run.sh` come from the checkout this package lives in.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ removed at the end, also on Ctrl-C. The exit status is 0 only if every step beha
 say (1 otherwise, 2 if something it needs is missing).
 
 Needs a source checkout: the repository root is found from this package's location
-({ROOT}), and tests/standins/, tests/sshd.py and scripts/run.sh are used from there.
+({ROOT}), and devkit/standins/, devkit/sshd.py and scripts/run.sh are used from there.
 Needs OpenSSH's sshd, cloud-init, jq, curl and git, and the Python packages pydo, requests and PyJWT
 (`scripts/install.sh --demo` installs exactly these).
 """
@@ -113,7 +113,7 @@ critical = SIGNALS.critical
 def missing_requirements() -> list[str]:
     """What the demo cannot run without, each with what to install."""
     problems = []
-    for path in ("tests/standins/digitalocean.py", "tests/sshd.py", "scripts/run.sh", "rbac-schema/examples"):
+    for path in ("devkit/standins/digitalocean.py", "devkit/sshd.py", "scripts/run.sh", "rbac-schema/examples"):
         if not (ROOT / path).exists():
             problems.append(f"{ROOT / path} is missing: `wid demo` runs from a source checkout of the proxy")
             break
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     faults = [_parse_fault(spec) for spec in args.fault]
     _environment_for_demo()
     if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # tests.standins, tests.sshd, ... from this checkout
+        sys.path.insert(0, str(ROOT))  # devkit.standins, devkit.sshd, ... from this checkout
     from wid.cli import demo_steps
 
     SIGNALS.install()

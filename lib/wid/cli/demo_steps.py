@@ -19,10 +19,10 @@ from typing import Any
 
 import requests
 
-from tests.git_helpers import ARTICLE_FIRST_PUSH, ARTICLE_GHA_PUSH, GitUser, article_files, write_files
-from tests.sshd import DROPLET_PATH, FakeDroplet, Sshd, SshdPool
-from tests.standins.github_oidc import GITHUB_ISSUER, GitHubOIDCStandIn
-from tests.test_do_helpers import DATABASE_UUID, START, World, pydo_client
+from devkit.do_world import DATABASE_UUID, START, World, pydo_client
+from devkit.git_helpers import ARTICLE_FIRST_PUSH, ARTICLE_GHA_PUSH, GitUser, article_files, write_files
+from devkit.sshd import DROPLET_PATH, FakeDroplet, Sshd, SshdPool
+from devkit.standins.github_oidc import GITHUB_ISSUER, GitHubOIDCStandIn
 from wid.cli.demo import Console, Fault, Ran, Shell, StepFailed, critical
 
 TEAM_NAME = "Demo Team"
@@ -134,7 +134,7 @@ def audience(team: str) -> str:
 
 def start_services(ctx: Context) -> str:
     c = ctx.console
-    c.note("What cannot run here is replaced by the checkout's stand-ins (tests/standins/), which follow the\n"
+    c.note("What cannot run here is replaced by the checkout's stand-ins (devkit/standins/), which follow the\n"
            "real services' documented requests and responses.")
     ctx.gh = gh = GitHubOIDCStandIn()
     gh.start()
@@ -142,7 +142,7 @@ def start_services(ctx: Context) -> str:
     with critical():  # the sshd's process is known to the clean-up only once start() returns
         ctx.sshds = SshdPool()
         ctx.sshd = sshd = ctx.sshds.start()
-    c.info(f"the Droplet-to-be: OpenSSH sshd at {sshd.address}:{sshd.port} with fresh host keys (tests/sshd.py)")
+    c.info(f"the Droplet-to-be: OpenSSH sshd at {sshd.address}:{sshd.port} with fresh host keys (devkit/sshd.py)")
     env = {"WID_DROPLET_SSH_PORT": str(sshd.port), "WID_DROPLET_SSH_TIMEOUT": "5", "WID_UPSTREAM_TIMEOUT": "10",
            "WID_TRUSTED_ISSUERS": gh.issuer, "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github",
            "WID_ALLOW_INSECURE_ISSUERS": "1", "WID_CGI_WORKERS": "4"}

@@ -44,10 +44,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.standins._http import RecordedRequest, Response, StandInServer
+from devkit.standins._http import RecordedRequest, Response, StandInServer
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
-_ID_TOKEN_PATH = "/_apis/distributedtask/hubs/Actions/plans/{plan}/jobs/{job}/idtoken"
+_ID_TOKEN_PATH = "/_apis/distributedtask/hubs/Actions/plans/{plan}/jobs/{job}/idtoken"  # noqa: S105 - a path
 
 # Claims listed in GitHub's openid-configuration (claims_supported).
 CLAIMS_SUPPORTED = [
@@ -442,7 +442,7 @@ def audience_query(audience: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.standins.github_oidc",
+        prog="python -m devkit.standins.github_oidc",
         description="Serve the GitHub Actions OIDC issuer stand-in on 127.0.0.1 until SIGTERM/SIGINT. "
         "Prints one JSON line (issuer, jwks_uri, and the Actions runtime env of one job) when ready.",
     )

@@ -22,7 +22,7 @@ Usage::
         ... proxy under test forwards to do.url ...
         droplet = do.droplets[do.requests_to("/v2/droplets", "POST")[-1] ...]
 
-Run standalone (for demos): ``python -m tests.standins.digitalocean --port 8081 --team "My Team"``.
+Run standalone (for demos): ``python -m devkit.standins.digitalocean --port 8081 --team "My Team"``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
-from tests.standins._http import RecordedRequest, Response, StandInServer
+from devkit.standins._http import RecordedRequest, Response, StandInServer
 
 # Scope presets for add_token(). "read" grants every <resource>:read scope, "write" every other one.
 FULL_ACCESS: tuple[str, ...] = ("read", "write")
@@ -1582,7 +1582,7 @@ def _add_query(url: str, params: Mapping[str, str]) -> str:
 
 def _parse_cli(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.standins.digitalocean",
+        prog="python -m devkit.standins.digitalocean",
         description="Serve the DigitalOcean API + OAuth stand-in on 127.0.0.1 until SIGTERM/SIGINT. "
         "Prints one JSON line (url, created teams, tokens, OAuth clients) when ready.",
     )

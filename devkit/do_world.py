@@ -1,4 +1,4 @@
-"""Shared set-up for the DigitalOcean-side tests (no tests here): the proxy under `make run`'s script
+"""The DigitalOcean side of the world, for the tests and `wid demo`: the proxy under `make run`'s script
 in front of the DigitalOcean API + OAuth stand-in, teams connected through the real OAuth web flow,
 RBAC installed from the articles' example repo, and pydo pointed at the proxy."""
 
@@ -16,8 +16,8 @@ import requests
 from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from tests.harness import ProxyServer
-from tests.standins.digitalocean import DigitalOceanStandIn, OAuthClient, Team
+from devkit.proxy import ProxyServer
+from devkit.standins.digitalocean import DigitalOceanStandIn, OAuthClient, Team
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rbac-schema" / "examples"
