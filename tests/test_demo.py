@@ -6,6 +6,7 @@ and leave no process or temporary file behind, also when interrupted.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -131,3 +132,45 @@ def test_missing_python_tools_name_install_sh_demo(monkeypatch: pytest.MonkeyPat
     problems = demo.missing_requirements()
     assert "the Python package pydo is not installed: scripts/install.sh --demo" in problems
     assert not [p for p in problems if "requests" in p or "PyJWT" in p]
+
+
+def test_without_devkit_it_says_it_runs_from_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    absent = tmp_path / "devkit"  # an installed package or the image: no devkit/ beside lib/
+    monkeypatch.setattr(demo, "DEVKIT", absent)
+    message = f"wid demo runs from a source checkout: devkit/ not found at {absent}"
+    assert message in demo.missing_requirements()
+
+    parser = demo.argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    args = parser.parse_args(["demo"])
+    assert args.func(args) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("wid demo cannot run here:\n") and f"  - {message}\n" in out
+
+
+def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+    """(module, the import's node) for every import in a module, those inside functions included."""
+    found: list[tuple[str, ast.AST]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, node))
+    return found
+
+
+def test_only_the_demo_imports_the_devkit_and_nothing_imports_the_tests() -> None:
+    """The service runs without devkit/, tests/ and bench/ (the image has none of them): the library imports
+    none of them, except `wid demo`'s one import of the walkthrough, inside the function that runs it."""
+    found: list[tuple[str, str, str]] = []
+    for path in sorted((ROOT / "lib").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        functions = {id(inner): node.name for node in ast.walk(tree)
+                     if isinstance(node, ast.FunctionDef) for inner in ast.walk(node)}
+        for module, node in _imports(tree):
+            if module.split(".")[0] in {"devkit", "tests", "bench"}:
+                where = functions.get(id(node), "module level")
+                found.append((str(path.relative_to(ROOT)), module, where))
+    assert found == [("lib/wid/cli/demo.py", "devkit.demo", "run")]
+

@@ -270,28 +270,22 @@ def test_dockerfile_copies_what_the_service_runs() -> None:
 
 # ------------------------------------------------------------------ what the image carries: the service only
 
-# `wid demo`'s steps drive the proxy with development tools (requirements-dev.lock); only `wid demo` imports
-# them, from a source checkout, never the service.
-DEV_ONLY_MODULES = {"lib/wid/cli/demo_steps.py"}
-
-
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _imported_top_level_modules() -> set[str]:
-    """Every module lib/ and cgi-bin/ import, at any depth (function-level imports included)."""
+    """Every module lib/ and cgi-bin/ import, at any depth (function-level imports included), but the checkout's
+    devkit/: `wid demo` imports its walkthrough from there (tests/test_demo.py checks it is the only import)."""
     names: set[str] = set()
     sources = [*sorted((ROOT / "lib").rglob("*.py")), *sorted((ROOT / "cgi-bin").glob("*.py"))]
     for path in sources:
-        if str(path.relative_to(ROOT)) in DEV_ONLY_MODULES:
-            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n != "wid"}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in {"wid", "devkit"}}
 
 
 def _requirements_closure(roots: set[str]) -> set[str]:
@@ -334,9 +328,9 @@ def _pins(name: str) -> set[str]:
             if line.strip() and not line.startswith("#")}
 
 
-# What `wid demo` runs: its steps and the helpers they drive the proxy with, from the checkout.
-DEMO_SOURCES = ("lib/wid/cli/demo_steps.py", "tests/standins/*.py", "tests/sshd.py", "tests/git_helpers.py",
-                "tests/test_do_helpers.py", "tests/harness.py")
+# What `wid demo` runs: its walkthrough and the helpers it drives the proxy with, from the checkout's devkit/.
+DEMO_SOURCES = ("lib/wid/cli/demo.py", "devkit/demo/*.py", "devkit/standins/*.py", "devkit/sshd.py",
+                "devkit/git_helpers.py", "devkit/do_world.py", "devkit/proxy.py")
 
 
 def test_demo_lock_is_what_the_demo_imports_beyond_the_service() -> None:
@@ -351,7 +345,7 @@ def test_demo_lock_is_what_the_demo_imports_beyond_the_service() -> None:
                     modules.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     modules.add(node.module.split(".")[0])
-    modules -= {*sys.stdlib_module_names, "wid", "tests", "cloudinit"}
+    modules -= {*sys.stdlib_module_names, "wid", "devkit", "cloudinit"}
     direct = {_normalise(d) for m in modules for d in by_module[m]}
     runtime = set(runtime_pins())
     needed = _requirements_closure(direct - runtime) - runtime
