@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +113,30 @@ class ProxyServer:
         """Run the `wid` admin command against this server's database."""
         return subprocess.run([str(self.root / ".venv" / "bin" / "wid"), *args], env=self.env, text=True,
                               capture_output=True, check=check, timeout=60)
+
+    @contextmanager
+    def cgi_replaced(self, name: str, code: str) -> Iterator[None]:
+        """Serve `code` as cgi-bin/{name}.py while the block runs, then the script `wid setup` rendered again.
+
+        How tests inject faults (the service reads no test setting): `code` is rendered as `wid setup
+        --render-cgi` renders the checkout's scripts, with this interpreter and this process's module path,
+        so it can import the checkout's tests/ and devkit/. CGI starts a process per request, so the next
+        request runs it.
+        """
+        from wid.cli.main import render_cgi
+
+        script = Path(self.env.get("WID_RUN_DIR") or self.data_dir / "run", "cgi-bin", f"{name}.py")
+        rendered = script.read_bytes()
+        with tempfile.TemporaryDirectory() as source:
+            Path(source, script.name).write_text(f"#!/usr/bin/env python3\n{code}")
+            render_cgi(Path(source), script.parent)
+        try:
+            yield
+        finally:
+            restored = script.with_suffix(".restored")
+            restored.write_bytes(rendered)
+            restored.chmod(0o755)
+            restored.replace(script)
 
     @contextmanager
     def configured(self) -> Iterator[None]:

@@ -79,7 +79,6 @@ GIT_ADMIN_POLICY = """path "/_rbac/DigitalOcean/{actx}" {
 class GitServer:
     proxy: ProxyServer
     do: DigitalOceanStandIn
-    hold_dir: Path
     backend: str
 
     @property
@@ -104,16 +103,13 @@ def do_api() -> Iterator[DigitalOceanStandIn]:
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
            do_api: DigitalOceanStandIn) -> Iterator[GitServer]:
     base = tmp_path_factory.mktemp(f"git-{request.param}")
-    hold = base / "hold"
-    hold.mkdir()
-    env = {"DIGITALOCEAN_API_URL": do_api.url, "WID_TEST_GIT_HOLD_DIR": str(hold),
-           "WID_GIT_MAX_PUSH_BYTES": str(3 * MiB)}
+    env = {"DIGITALOCEAN_API_URL": do_api.url, "WID_GIT_MAX_PUSH_BYTES": str(3 * MiB)}
     if request.param == "postgresql":
         env["DATABASE_URI"] = request.getfixturevalue("postgres").fresh_database()
     proxy = ProxyServer(base / "data", env)
     proxy.env.pop("WID_TRUSTED_ISSUERS", None)  # the default allowlist: GitHub Actions only
     proxy.start()
-    yield GitServer(proxy, do_api, hold, str(request.param))
+    yield GitServer(proxy, do_api, str(request.param))
     proxy.stop()
 
 
@@ -604,24 +600,29 @@ def test_twenty_concurrent_pushes_lose_nothing(server: GitServer, team: Team, ad
 
 
 def test_kill_9_in_the_middle_of_a_push_keeps_the_previous_configuration(
-        server: GitServer, team: Team, admin: GitUser) -> None:
+        server: GitServer, team: Team, admin: GitUser, tmp_path: Path) -> None:
     repo, main = push_initial(admin)
     before = state(server, team.uuid)
     attempted = admin.commit(repo, {"policies/late.hcl": 'path "/v2/late" {\n  capabilities = ["read"]\n}\n'},
                              "killed")
-    (server.hold_dir / "armed").touch()
-    pusher = subprocess.Popen(["git", "push", "deploy", "main"], cwd=repo, env=admin.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    held: list[Path] = []
-    while not held and time.monotonic() < deadline:
-        held = list(server.hold_dir.glob("held-*"))
-        time.sleep(0.02)
-    assert held, "the push never reached its commit"
-    pid = int(held[0].name.split("-")[1])
-    os.kill(pid, signal.SIGKILL)  # the CGI process, inside its transaction, with everything written
-    held[0].unlink()
-    assert pusher.wait(timeout=60) != 0
+    hold_dir = tmp_path / "hold"
+    hold_dir.mkdir()
+    # The git handler with a hold just before the push's commit (tests/git_hold.py), served for this push only.
+    with server.proxy.cgi_replaced("git", f"from pathlib import Path\n\nfrom tests.git_hold import serve\n\n"
+                                          f"serve(Path({str(hold_dir)!r}))\n"):
+        (hold_dir / "armed").touch()
+        pusher = subprocess.Popen(["git", "push", "deploy", "main"], cwd=repo, env=admin.env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        held: list[Path] = []
+        while not held and time.monotonic() < deadline:
+            held = list(hold_dir.glob("held-*"))
+            time.sleep(0.02)
+        assert held, "the push never reached its commit"
+        pid = int(held[0].name.split("-")[1])
+        os.kill(pid, signal.SIGKILL)  # the CGI process, inside its transaction, with everything written
+        held[0].unlink()
+        assert pusher.wait(timeout=60) != 0
 
     after = state(server, team.uuid)
     assert after["refs"] == before["refs"] and after["main_commit"] == main

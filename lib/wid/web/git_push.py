@@ -10,10 +10,9 @@ The HTTP side (routes, authentication, reading the body) is lib/wid/web/handlers
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable
 from io import BytesIO
-from pathlib import Path
 from typing import Any, cast
 
 from dulwich.objects import ZERO_SHA, Commit
@@ -62,7 +61,7 @@ def _one_line(text: str, limit: int = 300) -> bytes:
 
 class Push:
     def __init__(self, repo: RepoId, access: git_auth.GitAccess, store: rbac_repo.DbObjectStore, stream: BytesIO,
-                 body: bytes, truncated: bool, limits: Limits) -> None:
+                 body: bytes, truncated: bool, limits: Limits, before_commit: Callable[[], None] | None) -> None:
         self.repo = repo
         self.access = access
         self.store = store
@@ -70,6 +69,7 @@ class Push:
         self.body = body
         self.truncated = truncated
         self.limits = limits
+        self.before_commit = before_commit  # inside the push's transaction, just before it commits
         self.pusher = Pusher(access.method, sub=access.sub, iss=access.iss, jti=access.jti, detail=access.detail)
 
     def refuse(self, ref: str, old: str, new: str, reason: str, **detail: Any) -> None:
@@ -168,7 +168,7 @@ class Push:
                    "compile_ms": round((time.perf_counter() - started) * 1000, 1)}
         result = rbac_repo.apply_push(self.repo, old=old, new=new, objects=objects, compiled=compiled,
                                       pusher=self.pusher, limits=self.limits, summary=summary,
-                                      before_commit=_test_hold)
+                                      before_commit=self.before_commit)
         if not result.accepted:
             h.say(f"wid: main was not updated: {result.reason}\n")
             return result.reason
@@ -181,22 +181,3 @@ class Push:
               f"wid: compiled rbac.json committed to schema as {str(result.schema_commit)[:12]}\n")
         return None
 
-
-def _test_hold() -> None:
-    """Fault injection for tests only: park one push just before its transaction commits.
-
-    Inert unless WID_TEST_GIT_HOLD_DIR is set and a file `armed` exists in it; the push that claims
-    it renames it to `held-{pid}` and waits (up to 60 s) until that file is removed, so a test can
-    kill -9 the process mid-push.
-    """
-    folder = os.environ.get("WID_TEST_GIT_HOLD_DIR")
-    if not folder:
-        return
-    held = Path(folder, f"held-{os.getpid()}")
-    try:
-        os.rename(Path(folder, "armed"), held)
-    except OSError:
-        return
-    deadline = time.monotonic() + 60
-    while held.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)

@@ -18,7 +18,7 @@ and as the usual JSON to every other client.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import Any
 
@@ -59,9 +59,11 @@ _UPLOAD_REQUEST_LIMIT = 8 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 
 
-def handler(request: Request) -> Response:
+def handler(request: Request, before_commit: Callable[[], None] | None = None) -> Response:
+    """One git request. `before_commit` runs inside a push's write transaction just before it commits,
+    everything written (tests/test_git_push.py parks a push there to kill it; cgi-bin/git.py passes none)."""
     try:
-        return _handle(request)
+        return _handle(request, before_commit)
     except WidError as err:
         drain(request)
         return _error(request, err)
@@ -104,7 +106,7 @@ def _target(match: re.Match[str]) -> tuple[str, str] | None:
     return api, actx
 
 
-def _handle(request: Request) -> Response:
+def _handle(request: Request, before_commit: Callable[[], None] | None) -> Response:
     path = request.checked_path()
     match = _PATH.match(path)
     rest = match["rest"] if match else None
@@ -136,7 +138,7 @@ def _handle(request: Request) -> Response:
         return _advertise(repo, service)
     if service == "git-upload-pack":
         return _upload_pack(request, repo)
-    return _receive_pack(request, repo, access)
+    return _receive_pack(request, repo, access, before_commit)
 
 
 class _UploadPack(UploadPackHandler):
@@ -190,7 +192,8 @@ def _upload_pack(request: Request, repo: RepoId) -> Response:
     return _result("git-upload-pack", out)
 
 
-def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess) -> Response:
+def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess,
+                  before_commit: Callable[[], None] | None) -> Response:
     limits = Limits.configured()
     body, truncated = read_body(request, limits.push_bytes)
     if not truncated and (request.header("Content-Encoding") or "").lower() in {"gzip", "x-gzip"}:
@@ -199,7 +202,7 @@ def _receive_pack(request: Request, repo: RepoId, access: git_auth.GitAccess) ->
     stream = BytesIO(body)
     out: list[bytes] = []
     proto = PushProtocol(stream.read, out.append)
-    push = Push(repo, access, store, stream, body, truncated, limits)
+    push = Push(repo, access, store, stream, body, truncated, limits, before_commit)
     try:
         ReceivePack(_Backend(git_repo), ["/"], proto, push).handle()
     except GitProtocolError as exc:
