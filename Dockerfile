@@ -13,7 +13,8 @@ ENV LANG=C.UTF-8 \
 
 WORKDIR /app
 
-# Only what the service needs at run time; everything else stays out (see also .dockerignore).
+# Only what the service needs at run time; everything else stays out (see also .dockerignore): not tests/,
+# bench/ nor devkit/ (the stand-ins and `wid demo`'s walkthrough, which says it runs from a source checkout).
 COPY scripts/ scripts/
 COPY requirements.lock pyproject.toml Caddyfile ./
 COPY lib/ lib/

@@ -406,6 +406,20 @@ def test_run_sh_stops_its_jobs_with_what_the_image_has() -> None:
     assert "set -m" in code and 'kill "-$1" -- "-$2"' in code
 
 
+DEVELOPMENT_TREES = ("tests", "bench", "devkit")  # the suite, the benchmarks, the stand-ins and the demo's walkthrough
+
+
+def test_the_image_holds_no_tests_benchmarks_or_devkit() -> None:
+    patterns = dockerignore()
+    for tree in DEVELOPMENT_TREES:
+        assert (ROOT / tree).is_dir(), tree
+        assert ignored(tree, patterns), f".dockerignore keeps {tree}/ out of the build context"
+        for sources, _ in copies(dockerfile()):
+            for source in sources:
+                top = source.strip("/").split("/")[0]
+                assert top != tree, f"COPY {source}: {tree}/ is not part of the image"
+
+
 # ------------------------------------------------------------------ the image's run, as an unprivileged user
 
 def _unprivileged() -> pwd.struct_passwd:
@@ -516,6 +530,20 @@ def _uid_of(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def test_the_image_runs_without_devkit_and_its_demo_says_so(image_root: Path) -> None:
+    """The image's tree has no tests/, bench/ or devkit/; `wid demo` there names what it lacks instead of failing
+    on an import (the service itself never imports devkit: tests/test_demo.py checks the library's imports)."""
+    app = image_root / workdir(dockerfile()).lstrip("/")
+    assert (app / "lib" / "wid").is_dir()
+    assert not [tree for tree in DEVELOPMENT_TREES if (app / tree).exists()]
+    done = subprocess.run(_as_user([str(app / ".venv" / "bin" / "wid"), "demo"]), env=_image_env(image_root),
+                          cwd=app, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith("wid demo cannot run here:\n")
+    assert f"  - wid demo runs from a source checkout: devkit/ not found at {app / 'devkit'}\n" in done.stdout
+    assert "Traceback" not in done.stderr
 
 
 def test_install_script_as_unprivileged_user(image_root: Path) -> None:
