@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.demo.steps_workloads import curl_status_lines
 from devkit.proxy import ROOT
 from wid.cli import demo
 
@@ -82,6 +83,19 @@ def test_a_step_that_misbehaves_fails_the_demo_and_names_it() -> None:
     assert 'FAILED at step 10/15 "Spaces key for bucket 111"' in out
     assert "[11/15]" not in out  # nothing runs after a failed step
     assert_nothing_left(scratch_dir(out))
+
+
+def test_curls_status_line_is_shown_also_when_its_progress_meter_shares_the_line() -> None:
+    # curl -vf ... | jq with a response that took a second: the meter's last update precedes the status line.
+    stderr = ("  % Total    % Received % Xferd  Average Speed   Time    Time     Time  Current\n"
+              "\r  0     0    0     0    0     0      0      0 --:--:-- --:--:-- --:--:--     0*   Trying 127.0.0.1\n"
+              "> POST /v2/spaces/keys HTTP/1.1\r\n"
+              "\r100   150    0     0  100   150      0    149  0:00:01  0:00:01 --:--:--   149"
+              "< HTTP/1.1 403 Forbidden\r\n"
+              "< Content-Type: application/json\r\n"
+              "curl: (22) The requested URL returned error: 403\n")
+    assert curl_status_lines(stderr) == ("< HTTP/1.1 403 Forbidden\n"
+                                         "curl: (22) The requested URL returned error: 403")
 
 
 def test_ctrl_c_stops_everything() -> None:

@@ -66,6 +66,17 @@ SPACES_KEY = """curl {flags} \\
   | jq"""
 
 
+def curl_status_lines(stderr: str) -> str:
+    """The status line and the error of `curl -v`; when a response is slow, curl's progress meter (on stderr
+    too, as its output goes to a pipe) shares a line with them."""
+    found = []
+    for line in stderr.splitlines():
+        for marker in ("< HTTP", "curl: ("):
+            if marker in line:
+                found.append(line[line.index(marker):])
+    return "\n".join(found)
+
+
 def _droplet(ctx: Context) -> Shell:
     shell: Shell = have(ctx.droplet_shell, "the Droplet")
     return shell
@@ -116,7 +127,7 @@ def spaces_key_222(ctx: Context) -> str:
     before = len(do.requests_to("/v2/spaces/keys", "POST"))
     shell = _droplet(ctx)
     ran = shell.run(SPACES_KEY.format(flags="-vf", bucket="222"), quiet=True)
-    c.output("\n".join(line for line in ran.stderr.splitlines() if line.startswith(("< HTTP", "curl: ("))))
+    c.output(curl_status_lines(ran.stderr))
     expect(ran.returncode == 22 and "< HTTP/1.1 403" in ran.stderr,
             f"expected curl to fail with 403 (exit 22); exit {ran.returncode}: {ran.stdout[:200]}")
     c.note("The same request without -f shows the reason:")
