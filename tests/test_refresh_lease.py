@@ -1,7 +1,7 @@
 """Refreshing a team's DigitalOcean token under a lease, with no database lock held across the call
 (wid.upstreams.credential_refresh), on SQLite and PostgreSQL, with real processes racing each other.
 
-The stand-in's token endpoint is held by a gate (tests/standins/_http.py `fail_next(gate=...)`), so a
+The stand-in's token endpoint is held by a gate (devkit/standins/_http.py `fail_next(gate=...)`), so a
 refresh stays "in flight" exactly as long as a test needs: what other processes do meanwhile is
 checked while it is provably still under way, without timing anything.
 """

@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.harness import ROOT
+from devkit.proxy import ROOT
 from wid import config
 
 TEAM = "5a5c4f2e-6d8e-4a43-9f70-0e6f5b8a1c2d"
