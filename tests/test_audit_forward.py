@@ -52,7 +52,7 @@ def test_a_database_credential_read_is_recorded_with_its_rule_and_status(world: 
     token = world.jwt(team.uuid)
     response = requests.get(f"{world.url}{DB_PATH}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 200 and "s3cret" in response.text
-    [row] = rows(world, "--path", DB_PATH, "--jti", claims_of(token)["jti"])
+    [row] = rows(world, "--path", DB_PATH, f"--jti={claims_of(token)['jti']}")
     assert (row["event"], row["decision"], row["method"], row["status"]) == ("forward", "allow", "GET", 200)
     assert row["actx"] == team.uuid and row["sub"] == f"actx:{team.uuid}:role:database-and-spaces-keys-access"
     assert row["detail"]["policy"] == "database-credential-read" and row["detail"]["rule"] == DB_PATH
@@ -67,7 +67,7 @@ def test_spaces_keys_and_the_generic_proxy_are_recorded(world: World, team: Team
                             headers={"Authorization": f"Bearer {token}"})
     assert created.status_code in (200, 201), created.text
     jti = claims_of(token)["jti"]
-    [row] = rows(world, "--path", "/v2/spaces/keys", "--jti", jti)
+    [row] = rows(world, "--path", "/v2/spaces/keys", f"--jti={jti}")
     assert row["method"] == "POST" and row["status"] == created.status_code and row["detail"]["policy"] == "spaces-keys"
     assert created.json()["key"]["secret_key"] not in json.dumps(row)
     # A refused call is a deny row with its path, and nothing is forwarded.
@@ -76,7 +76,7 @@ def test_spaces_keys_and_the_generic_proxy_are_recorded(world: World, team: Team
                             json={**key, "grants": [{"bucket": "222", "permission": "read"}]})
     assert refused.status_code == 403
     assert len(world.stand_in.requests_to("/v2/spaces/keys")) == before
-    denied = [r for r in rows(world, "--jti", jti, "--decision", "deny") if r["path"] == "/v2/spaces/keys"]
+    denied = [r for r in rows(world, f"--jti={jti}", "--decision", "deny") if r["path"] == "/v2/spaces/keys"]
     assert denied and denied[-1]["method"] == "POST" and "222" in denied[-1]["detail"]["reason"]
 
 
@@ -86,7 +86,7 @@ def test_a_team_that_is_not_connected_is_recorded_with_the_refusal(world: World)
     token = world.jwt(stranger.uuid)
     response = requests.get(f"{world.url}{DB_PATH}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 403 and response.json()["id"] == "team_not_connected"
-    [row] = rows(world, "--jti", claims_of(token)["jti"], "--event", "forward")
+    [row] = rows(world, f"--jti={claims_of(token)['jti']}", "--event", "forward")
     assert (row["status"], row["outcome"], row["path"]) == (403, "team_not_connected", DB_PATH)
 
 
@@ -117,4 +117,4 @@ def test_no_audit_row_no_call(world: World, team: Team) -> None:
         release.set()
         holder.join()
     assert len(world.stand_in.requests_to(DB_PATH)) == seen
-    assert rows(world, "--jti", claims_of(token)["jti"]) == []
+    assert rows(world, f"--jti={claims_of(token)['jti']}") == []
