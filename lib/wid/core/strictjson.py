@@ -2,7 +2,10 @@
 
 Duplicate keys are refused at any depth, case variants included: Go's encoding/json (DigitalOcean's
 API) matches keys case-insensitively, so {"name": "ok", "NAME": "evil"} could be checked as one value
-and acted on as the other. NaN/Infinity and out-of-range numbers are refused too. parse_json() and
+and acted on as the other. NaN/Infinity and out-of-range numbers are refused too, and so are lone UTF-16
+surrogates (`"\ud800"`, I-JSON, RFC 7493): Go reads one as U+FFFD, Python keeps it as a str that cannot
+be encoded again, so a policy would check one string while DigitalOcean reads another, and storing it
+(a key id looked up in the database, an audit row) would fail. parse_json() and
 parse_json_object() make a refused body the caller's InvalidRequest (400).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from wid.core.errors import InvalidRequest
@@ -30,6 +34,28 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Where a lone surrogate can come from: an escape of one (\uD800-\uDFFF) or, in str input, the character itself.
+# A valid pair decodes to one character, so the walk below only ever finds lone ones.
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _refuse_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                raise StrictJsonError(f"JSON text holds a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), "
+                                      "which is not a character")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _constant(name: str) -> Any:
     raise StrictJsonError(f"{name} is not a JSON number")
 
@@ -44,7 +70,10 @@ def _finite(text: str) -> float:
 def loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
+        if _MAYBE_SURROGATE.search(text):
+            _refuse_surrogates(value)
+        return value
     except StrictJsonError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
