@@ -56,12 +56,17 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
+    """Unpadded base64url in its one canonical spelling: a last character carrying bits beyond the data
+    (`QR` for `QQ`) is refused, so no token has a second spelling that verifies too."""
     if not text or any(c not in _B64URL for c in text) or len(text) % 4 == 1:
         raise JoseError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise JoseError("not base64url") from None
+    if b64url_encode(data) != text:
+        raise JoseError("not base64url (non-canonical: the last character has bits set beyond the data)")
+    return data
 
 
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
