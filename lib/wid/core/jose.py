@@ -136,7 +136,10 @@ def _int_param(jwk: dict[str, Any], name: str) -> int:
 def public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     kty = jwk.get("kty")
     if kty == "RSA":
-        key = rsa.RSAPublicNumbers(_int_param(jwk, "e"), _int_param(jwk, "n")).public_key()
+        try:
+            key = rsa.RSAPublicNumbers(_int_param(jwk, "e"), _int_param(jwk, "n")).public_key()
+        except ValueError:  # cryptography's checks: e odd and at least 3, n odd and larger than e...
+            raise JoseError("RSA key parameters n and e do not form a public key") from None
         if key.key_size < 2048:
             raise JoseError("RSA keys shorter than 2048 bits are refused")
         return key

@@ -267,7 +267,7 @@ def usable_keys(jwks: dict[str, Any], where: str) -> list[dict[str, Any]]:
         public = {name: item[name] for name in _PUBLIC_MEMBERS if name in item}
         try:
             jose.public_key(public)
-        except (jose.JoseError, ValueError):
+        except jose.JoseError:
             continue
         if public["kid"] in kept:
             repeated.add(public["kid"])
