@@ -66,9 +66,10 @@ def verify_decoded(jws: jose.Jws, *, kinds: frozenset[str] | set[str], audience:
     if audience is not None and str(aud) != audience:
         raise tokens.TokenError(f"token audience {claims.get('aud')!r} is not {audience!r}")
     tokens.check_times(claims)
-    if claims.get(tokens.KIND_CLAIM) not in kinds:
+    kind = claims.get(tokens.KIND_CLAIM)
+    if not isinstance(kind, str) or kind not in kinds:  # a list is unhashable: refused, never a TypeError
         expected = " or ".join(sorted(kinds))
-        raise tokens.TokenError(f"a {claims.get(tokens.KIND_CLAIM)} token cannot be used here (expected {expected})")
+        raise tokens.TokenError(f"a {kind} token cannot be used here (expected {expected})")
     tokens.sub_context(claims.get("sub"))
     if not isinstance(claims.get("jti"), str):
         raise tokens.TokenError("token has no jti")
