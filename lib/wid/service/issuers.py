@@ -98,7 +98,7 @@ def verify_external(unverified: jose.Jws) -> tuple[dict[str, Any], CompiledRbac]
     # Cheap checks before any key lookup: an expired or subject-less token never causes a fetch.
     tokens.check_times(claims)
     max_ttl = config.settings().max_token_ttl
-    if claims["exp"] - time.time() > max_ttl:
+    if claims["exp"] > time.time() + max_ttl:  # exp may be any JSON number: no arithmetic on it
         raise tokens.TokenError(f"token lives longer than {max_ttl}s, more than this proxy accepts")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
