@@ -24,6 +24,9 @@ KIND_CLAIM = "wid_kind"
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti", "act", KIND_CLAIM, "droplet_id"})
 LEEWAY_SECONDS = 30
 _AUDIENCE = re.compile(rf"api://(?P<api>{names.API.pattern})\?actx=(?P<actx>{names.ACTX.pattern})")
+# Our key ids are RFC 7638 SHA-256 thumbprints; any other kid names no key of ours and is refused before
+# it reaches the database (where a NUL, say, is an error of its own).
+KID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
 
 class TokenError(Exception):
