@@ -188,39 +188,50 @@ class _Reader:
             piece = part.children[0]
             if not isinstance(piece, Token):
                 raise HclError(line, "template interpolation is not supported; write $${ or %%{ for a literal")
-            if piece.type == "STRING_CHARS":
-                out.append(_unescape(str(piece), line))
-            else:  # ESCAPED_INTERPOLATION $${ or ESCAPED_DIRECTIVE %%{ stand for ${ and %{
-                out.append(str(piece)[1:])
+            # STRING_CHARS, or hcl2's ESCAPED_INTERPOLATION / ESCAPED_DIRECTIVE, whose token for $${ or %%{ runs
+            # on to the next "}" and so holds ordinary characters too: every piece is read by the same rules.
+            out.append(_literal(str(piece), line))
         return self.substitute("".join(out))
 
 
-def _unescape(text: str, line: int) -> str:
-    if "\\" not in text:
+def _literal(text: str, line: int) -> str:
+    """The characters a piece of a quoted string stands for: escapes decoded, $${ and %%{ as ${ and %{."""
+    if "\\" not in text and "{" not in text and '"' not in text:
         return text
     out: list[str] = []
     i = 0
     while i < len(text):
         char = text[i]
-        if char != "\\":
+        if char == "\\":
+            decoded, width = _escape(text, i, line)
+            out.append(decoded)
+            i += width
+        elif text.startswith(("$${", "%%{"), i):
+            out.append(text[i + 1 : i + 3])
+            i += 3
+        elif text.startswith(("${", "%{"), i):
+            raise HclError(line, "template interpolation is not supported; write $${ or %%{ for a literal")
+        elif char == '"':
+            # hcl2's $${ token ran past this string's closing quote, swallowing what followed it
+            raise HclError(line, 'a string with $${ or %%{ in it must also hold the "}" that closes it')
+        else:
             out.append(char)
             i += 1
-            continue
-        marker = text[i + 1]  # the grammar never ends STRING_CHARS on a lone backslash
-        if marker in _ESCAPES:
-            out.append(_ESCAPES[marker])
-            i += 2
-            continue
-        width = {"u": 4, "U": 8}.get(marker, 0)
-        digits = text[i + 2 : i + 2 + width]
-        if width and len(digits) == width and set(digits) <= _HEX:
-            code = int(digits, 16)
-            if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
-                out.append(chr(code))
-                i += 2 + width
-                continue
-        raise HclError(line, f"invalid escape \\{marker} in a string (a '*' cannot be escaped: it is always a glob)")
     return "".join(out)
+
+
+def _escape(text: str, i: int, line: int) -> tuple[str, int]:
+    """The escape at text[i] (a backslash): what it stands for and its length."""
+    marker = text[i + 1]  # neither hcl2 token ends on a lone backslash (STRING_CHARS pairs it, $${...} ends in })
+    if marker in _ESCAPES:
+        return _ESCAPES[marker], 2
+    width = {"u": 4, "U": 8}.get(marker, 0)
+    digits = text[i + 2 : i + 2 + width]
+    if width and len(digits) == width and set(digits) <= _HEX:
+        code = int(digits, 16)
+        if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+            return chr(code), 2 + width
+    raise HclError(line, f"invalid escape \\{marker} in a string (a '*' cannot be escaped: it is always a glob)")
 
 
 def read(text: str, substitute: Callable[[str], str]) -> list[Block]:
