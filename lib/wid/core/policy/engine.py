@@ -7,6 +7,7 @@ most once), and parameter checks linear in the size of the request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -28,6 +29,9 @@ CAPABILITY_BY_METHOD = {
 }
 CAPABILITIES = ("create", "read", "update", "patch", "delete", "deny")
 _BAD_PATH_CHARS = frozenset("?#%")
+# What DigitalOcean's Go server (net/url.ParseQuery) drops while parse_qsl keeps it: a pair holding ";",
+# a "%" not followed by two hex digits. A policy must never check a parameter the upstream does not see.
+_DROPPED_BY_GO = re.compile(r";|%(?![0-9A-Fa-f]{2})")
 
 
 class ParameterError(Exception):
@@ -52,6 +56,12 @@ def request_parameters(query_string: str, body: bytes | None) -> dict[str, Any]:
             raise ParameterError('the body key "?" is reserved for the query string')
         params.update(parsed)
     if query_string:
+        dropped = _DROPPED_BY_GO.search(query_string)
+        if dropped:
+            what, fix = ("a ';'", "write %3B") if dropped.group() == ";" else (
+                "a '%' not followed by two hex digits", "write %25 for a '%'")
+            raise ParameterError(f"the query string has {what}: Go servers such as DigitalOcean's drop the pair "
+                                 f"holding it, while a policy would check it; {fix}")
         try:
             pairs = parse_qsl(query_string, keep_blank_values=True, errors="strict")
         except (UnicodeDecodeError, ValueError) as exc:
