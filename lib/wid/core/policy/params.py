@@ -93,6 +93,8 @@ class Glob:
     __slots__ = ("middle", "min_len", "prefix", "suffix")
 
     def __init__(self, pattern: str) -> None:
+        if "*" not in pattern:  # prefix and suffix would both be the whole pattern: "ab" matched "abab"
+            raise ValueError(f"glob {pattern!r} has no '*': compare it as a plain string")
         parts = pattern.split("*")
         self.prefix, self.suffix = parts[0], parts[-1]
         self.middle = [part for part in parts[1:-1] if part]
