@@ -126,11 +126,14 @@ def merge(user_data: Any, base_url: str, team_uuid: str, token: str) -> str:
 def _merge_cloud_config(user: str, ours: dict[str, Any]) -> str:
     import yaml  # only here: a user's cloud-config is the one thing that needs a YAML parser
 
+    too_deep = "user_data's #cloud-config is nested too deeply to be merged"
     try:
         theirs = yaml.safe_load(user)
     except yaml.YAMLError as exc:
         raise InvalidRequest(f"user_data starts with #cloud-config but is not valid YAML: "
                              f"{str(exc).splitlines()[0]}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise InvalidRequest(too_deep) from None
     if theirs is None:
         theirs = {}
     if not isinstance(theirs, dict):
@@ -141,7 +144,7 @@ def _merge_cloud_config(user: str, ours: dict[str, Any]) -> str:
         if value is not None and not isinstance(value, list):
             raise InvalidRequest(f"user_data's cloud-config key {key} must be a list")
     for entry in theirs.get("write_files") or []:
-        if isinstance(entry, dict) and entry.get("path") in OUR_PATHS:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"] in OUR_PATHS:
             raise InvalidRequest(f"user_data's write_files may not write {entry['path']}: the proxy's provisioning "
                                  "step installs it")
     merged["write_files"] = ours["write_files"] + list(theirs.get("write_files") or [])
@@ -149,8 +152,11 @@ def _merge_cloud_config(user: str, ours: dict[str, Any]) -> str:
     for key, value in theirs.items():
         if key not in merged:
             merged[key] = value
-    return "#cloud-config\n" + yaml.dump(merged, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
-                                         allow_unicode=True, width=4096)
+    try:
+        return "#cloud-config\n" + yaml.dump(merged, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
+                                             allow_unicode=True, width=4096)
+    except RecursionError:
+        raise InvalidRequest(too_deep) from None
 
 
 @lru_cache(maxsize=1)
