@@ -95,7 +95,7 @@ TAGGED_ONLY = {"version": 1, "api": "DigitalOcean", "actx": TEAM, "issuer": None
                "policies": {"p": {"source": "policies/p.hcl", "rules": [_TAGGED]}}, "warnings": []}
 
 
-@scaled(6)
+@scaled(4)
 @given(configs(), token_claims, methods, request_paths, queries, bodies)
 # found: allowed as a = "ab;b", while Go drops the pair and lists everything, unfiltered
 @example(TAGGED_ONLY, {"iss": THIS_ISSUER, "aud": AUD, "sub": "s1"}, "GET", "/v2", "a=ab;b", b"")
