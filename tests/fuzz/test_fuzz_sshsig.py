@@ -80,9 +80,18 @@ def corrupted(draw: st.DrawFn) -> tuple[str, bytes]:
     return name, bytes(blob)
 
 
+def _with_point_prefix(name: str, prefix: int) -> tuple[str, bytes]:
+    """A corpus signature whose ECDSA public point starts with another byte than 0x04 (uncompressed)."""
+    blob = bytearray(unarmor(CORPUS[name]))
+    blob[blob.index(b"nistp256\x00\x00\x00A\x04") + 12] = prefix
+    return name, bytes(blob)
+
+
 @scaled(3)
 @given(corrupted(), st.sampled_from([MESSAGE, MESSAGE + b"\n", MESSAGE[:-1], b""]),
        st.sampled_from([NAMESPACE, "droplet-recovery@wid", NAMESPACE + "\0", ""]))
+@example(_with_point_prefix("ecdsa256", 0x05), MESSAGE, NAMESPACE)  # found: NotImplementedError escaped
+@example(_with_point_prefix("ecdsa256", 0x02), MESSAGE, NAMESPACE)
 def test_only_what_ssh_keygen_signed_verifies(seed: tuple[str, bytes], message: bytes, namespace: str) -> None:
     name, blob = seed
     original = parse_sshsig(CORPUS[name])

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
@@ -166,7 +166,8 @@ def load_public_key(blob: bytes) -> tuple[str, object]:
         raise SignatureError(f"unsupported key type {key_type!r}")
     try:
         key = serialization.load_ssh_public_key(key_type.encode() + b" " + base64.b64encode(blob))
-    except (ValueError, TypeError, binascii.Error) as exc:
+    except (ValueError, TypeError, binascii.Error, NotImplementedError, UnsupportedAlgorithm) as exc:
+        # NotImplementedError: an EC point that is not in uncompressed form
         raise SignatureError(f"malformed {key_type} public key: {exc}") from None
     return key_type, key
 
