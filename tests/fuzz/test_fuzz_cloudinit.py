@@ -1,6 +1,6 @@
-"""Fuzz the cloud-config merge (wid.cloudinit.merge): whatever user_data a Droplet create carries, the
-only error is a 400 ApiError; otherwise the result fits DigitalOcean's limit, our provisioning step
-comes first, and the user's own configuration, scripts and parts come through unchanged."""
+"""Fuzz the cloud-config merge (wid.service.cloudinit.merge): whatever user_data a Droplet create carries,
+the only error is one the web edge answers with 400; otherwise the result fits DigitalOcean's limit, our
+provisioning step comes first, and the user's own configuration, scripts and parts come through unchanged."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
-from wid import cloudinit
-from wid.errors import ApiError
+from wid.core.errors import WidError
+from wid.service import cloudinit
+from wid.web.errors import status_of
 
 BASE, TEAM, TOKEN = "https://wid.example.test", "f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "eyJh.eyJz.c2ln"
 OURS = cloudinit.our_config(BASE, TEAM, TOKEN)
@@ -77,8 +78,8 @@ def _payload(part: Message) -> str:
 def test_merge_refuses_with_400_or_puts_our_step_first(user_data: Any) -> None:
     try:
         merged = cloudinit.merge(user_data, BASE, TEAM, TOKEN)
-    except ApiError as exc:
-        assert exc.status == 400 and exc.message
+    except WidError as exc:
+        assert status_of(exc) == 400 and exc.message
         return
     assert len(merged.encode()) <= cloudinit.USER_DATA_LIMIT
     kind = cloudinit.kind_of(user_data or "")

@@ -1,4 +1,4 @@
-"""Fuzz the pushed-pack pre-scan (wid.git_pack.scan) against a reference that inflates every entry fully:
+"""Fuzz the pushed-pack pre-scan (wid.core.git_pack.scan) against a reference that inflates every entry fully:
 only PackRejected escapes, and a pack the scan lets through never holds more than the limits allow,
 whatever its headers, deltas and zlib streams claim. Seeds: a pack written by git (corpus/git/) and
 packs built here from generated objects."""
@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
-from wid.git_pack import PackRejected, scan
+from wid.core.git_pack import PackRejected, scan
 
 CORPUS = [path.read_bytes() for path in sorted((Path(__file__).parent / "corpus" / "git").glob("*.pack"))]
 LIMITS = {"max_object_bytes": 600, "max_inflated_bytes": 2000, "max_objects": 12}

@@ -1,4 +1,4 @@
-"""Fuzz compact JWS decoding and key handling (wid.jose): only JoseError escapes; what decodes is exactly
+"""Fuzz compact JWS decoding and key handling (wid.core.jose): only JoseError escapes; what decodes is exactly
 what was encoded (one spelling per token), never with an algorithm or header outside the allowlist."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
 from tests.fuzz.strategies import json_texts, json_values, mutated
-from wid import jose
+from wid.core import jose
 
 _B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 b64url_texts = st.one_of(st.text(_B64URL, max_size=12), st.text(_B64URL + "=+/. \n", max_size=12), st.text(max_size=8))

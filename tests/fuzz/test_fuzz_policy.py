@@ -1,4 +1,4 @@
-"""Fuzz policy evaluation (wid.policy, wid.policy_params) against the reference in policy_reference.py:
+"""Fuzz policy evaluation (wid.core.policy.engine and .params) against the reference in policy_reference.py:
 the fast evaluator decides exactly as the plain reading of docs/policies.md does, and where our reading
 of a request could differ from the upstream's (the query string), it never allows what the upstream's
 reading would deny. Only ParameterError (a 400) escapes from reading a request."""
@@ -28,8 +28,8 @@ from tests.fuzz.rbac_strategies import (
     request_paths,
     token_claims,
 )
-from wid.policy import CompiledRbac, ParameterError, parse_path_pattern, request_parameters
-from wid.policy_params import Glob, build_allowed, build_denied
+from wid.core.policy.engine import CompiledRbac, ParameterError, parse_path_pattern, request_parameters
+from wid.core.policy.params import Glob, build_allowed, build_denied
 
 
 @scaled(4)

@@ -1,4 +1,4 @@
-"""Fuzz the RBAC HCL reader and compiler (wid.rbac_hcl, wid.rbac_compile): only HclError / CompileError
+"""Fuzz the RBAC HCL reader and compiler (wid.core.rbac.hcl and .compiler): only HclError / CompileError
 escape, whatever compiles is valid against rbac-schema/rbac.schema.json and loads in the evaluator, and
 a policy written as HCL compiles to exactly the data it spells (strings, escapes, numbers, nesting)."""
 
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tests.fuzz.budget import scaled
 from tests.fuzz.rbac_strategies import TEAM, capabilities, patterns
 from tests.fuzz.strategies import mutated
-from wid.rbac_compile import CompileError, compile_tree
-from wid.rbac_hcl import HclError, read
+from wid.core.rbac.compiler import CompileError, compile_tree
+from wid.core.rbac.hcl import HclError, read
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "rbac-schema" / "rbac.schema.json").read_text())
 EXAMPLES = Path(__file__).parents[2] / "rbac-schema" / "examples"

@@ -1,4 +1,5 @@
-"""Fuzz SSHSIG parsing and verification (wid.attestation.parse_sshsig / verify_sshsig): only
+"""Fuzz SSHSIG parsing and verification (wid.service.attestation.parse_sshsig /
+verify_sshsig): only
 SignatureError escapes, and a signature verifies only for the key, namespace and exact message that
 ssh-keygen signed (seeds: corpus/sshsig/, signatures by OpenSSH's ssh-keygen)."""
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
 from tests.fuzz.strategies import mutated
-from wid.attestation import ARMOR_BEGIN, ARMOR_END, SignatureError, parse_sshsig, verify_sshsig
+from wid.service.attestation import ARMOR_BEGIN, ARMOR_END, SignatureError, parse_sshsig, verify_sshsig
 
 CORPUS_DIR = Path(__file__).parent / "corpus" / "sshsig"
 CORPUS = {path.stem: path.read_text() for path in sorted(CORPUS_DIR.glob("*.sig"))}

@@ -1,4 +1,4 @@
-"""Fuzz the strict JSON parser (wid.strictjson): only StrictJsonError escapes, and whatever it accepts is
+"""Fuzz the strict JSON parser (wid.core.strictjson): only StrictJsonError escapes, and whatever it accepts is
 the one value every conforming decoder reads (no case-folded duplicate keys, finite numbers, text that is
 valid Unicode), so a policy and DigitalOcean's Go decoder never see two different requests."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
 from tests.fuzz.strategies import json_texts, json_values, mutated
-from wid.strictjson import StrictJsonError, loads
+from wid.core.strictjson import StrictJsonError, loads
 
 
 def _walk(value: Any) -> list[Any]:

@@ -1,7 +1,8 @@
-"""Fuzz token verification with real keys: our own tokens (wid.tokens.verify, signed by the app_env's key)
-and an external issuer's (wid.authz.authenticate against the GitHub OIDC stand-in). Only TokenError (or
-the 401/503 ApiError authenticate makes of it) escapes; a token verifies only when it is, byte for byte,
-one a trusted key signed, and its claims pass a plain reading of the rules (DESIGN.md, "Tokens")."""
+"""Fuzz token verification with real keys: our own tokens (wid.core.tokens.verify, signed by the app_env's
+key) and an external issuer's (wid.service.authz.authenticate against the GitHub OIDC stand-in). Only
+TokenError (or the Unauthenticated error, a 401, that authenticate makes of it) escapes; a token verifies
+only when it is, byte for byte, one a trusted key signed, and its claims pass a plain reading of the rules
+(DESIGN.md, "Tokens")."""
 
 from __future__ import annotations
 
@@ -22,8 +23,14 @@ from hypothesis import strategies as st
 from tests.fuzz.budget import scaled
 from tests.fuzz.strategies import json_scalars, json_values
 from tests.standins.github_oidc import GitHubOIDCStandIn
-from wid import authz, config, jose, keys, rbac_compile, rbac_store, storage, tokens
-from wid.errors import ApiError
+from wid import config
+from wid.core import jose, tokens
+from wid.core.errors import WidError
+from wid.core.rbac import compiler as rbac_compile
+from wid.service import authz
+from wid.store import keys, storage
+from wid.store import rbac as rbac_store
+from wid.web.errors import status_of
 
 ISSUER = "https://wid.example.test"  # app_env's THIS_ENDPOINT
 TEAM = "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
@@ -238,7 +245,9 @@ def github(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHubOID
                 f'  sub = "repo:o/r:ref:refs/heads/main"\n  policies = ["p"]\n}}\n')
         files = {"gha-roles/gha.hcl": role.encode(),
                  "policies/p.hcl": b'path "/v2/x" {\n  capabilities = ["read"]\n}\n'}
-        compiled = rbac_compile.compile_tree(files, api="DigitalOcean", actx=TEAM)
+        # The stand-in is GitHub-shaped: GitHub's owner rule (sub repo:OWNER/...) applies to it.
+        compiled = rbac_compile.compile_tree(files, api="DigitalOcean", actx=TEAM,
+                                             owner_claims={gh.issuer: ("github",)})
         with storage.database().transaction() as tx:
             rbac_store.install(tx, "DigitalOcean", TEAM, compiled, "0" * 40)
         yield gh
@@ -264,8 +273,8 @@ def test_external_tokens_verify_exactly_when_the_rules_allow(github: GitHubOIDCS
     verdict = external_verdict(claims, github.issuer, now)
     try:
         principal = authz.authenticate(token)
-    except ApiError as exc:
-        assert exc.status == 401, exc.message
+    except WidError as exc:
+        assert status_of(exc) == 401, exc.message
         assert verdict is not True, f"a token the rules accept was refused: {exc.message}"
         return
     assert verdict is not False, "a token the rules refuse verified"
