@@ -21,8 +21,8 @@ BASE, TEAM, TOKEN = "https://wid.example.test", "f81d4fae-7dec-11d0-a765-00a0c91
 OURS = cloudinit.our_config(BASE, TEAM, TOKEN)
 
 _TEXT = st.one_of(st.text(max_size=12), st.sampled_from(
-    ["", " ", "a\n", "a\nb", " lead\nx", "trail \nx", "x\n\n", "\ttab\n", "a\r\nb", "\x85", "\u2028x\ny", "- x",
-     "#cloud-config", "'q'", '"', "null", "yes", "0x1f", "1e3", "~", "|", "---", "...", "\ufeff", "é✓\n"]))
+    ["", " ", "a\n", "a\nb", "a\n\x85b", " lead\nx", "trail \nx", "x\n\n", "\ttab\n", "a\r\nb", "\x85", "\u2028x\ny",
+     "- x", "#cloud-config", "'q'", '"', "null", "yes", "0x1f", "1e3", "~", "|", "---", "...", "\ufeff", "é✓\n"]))
 _SCALARS = st.one_of(_TEXT, st.integers(), st.floats(allow_nan=False), st.booleans(), st.none())
 _VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.one_of(_TEXT, st.integers()), inner, max_size=3)), max_leaves=10)
@@ -75,6 +75,8 @@ def _payload(part: Message) -> str:
 @given(user_datas)
 @example("#cloud-config\nwrite_files:\n- path: [a]\n")  # found: TypeError (an unhashable path)
 @example("#cloud-config\na: " + "[" * 1000 + "]" * 1000 + "\n")  # found: RecursionError in PyYAML
+@example('#cloud-config\np: "\\N"')  # found: the user's NEL (U+0085) came back as a space
+@example('#cloud-config\nwrite_files:\n- path: /etc/x\n  content: "a\\nb\\N"\n')
 def test_merge_refuses_with_400_or_puts_our_step_first(user_data: Any) -> None:
     try:
         merged = cloudinit.merge(user_data, BASE, TEAM, TOKEN)

@@ -167,7 +167,11 @@ def _dumper() -> Any:
         pass
 
     def text(dumper: yaml.SafeDumper, value: str) -> Any:
-        style = "|" if "\n" in value and all(line == line.rstrip() for line in value.splitlines()) else None
+        style: str | None = None
+        if "\x85" in value:  # with allow_unicode, PyYAML writes NEL raw unless double-quoted; it reads back as a break
+            style = '"'
+        elif "\n" in value and all(line == line.rstrip() for line in value.splitlines()):
+            style = "|"
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
