@@ -28,8 +28,10 @@ from tests.fuzz.rbac_strategies import (
     request_paths,
     token_claims,
 )
+from wid.core.policy.allowed_params import build_allowed
+from wid.core.policy.denied_params import build_denied
 from wid.core.policy.engine import CompiledRbac, ParameterError, parse_path_pattern, request_parameters
-from wid.core.policy.params import Glob, build_allowed, build_denied
+from wid.core.policy.params import Glob
 
 
 @scaled(4)

@@ -28,7 +28,7 @@ from wid.core import jose, tokens
 from wid.core.errors import WidError
 from wid.core.rbac import compiler as rbac_compile
 from wid.service import authz
-from wid.store import keys, storage
+from wid.store import keys, signing, storage
 from wid.store import rbac as rbac_store
 from wid.web.errors import status_of
 
@@ -173,7 +173,7 @@ def mutations(draw: st.DrawFn, token: str, public_jwk: dict[str, Any]) -> str:
 
 @pytest.fixture
 def signed(app_env: Path) -> tuple[str, dict[str, Any]]:
-    return tokens.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    return signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
 
 
 @scaled(3, fixtures=True)
@@ -182,7 +182,7 @@ def test_only_the_token_we_signed_verifies(signed: tuple[str, dict[str, Any]], d
     token, claims = signed
     mutant = data.draw(mutations(token, keys.public_jwk(keys.active_key().kid) or {}), label="mutant")
     try:
-        verified = tokens.verify(mutant, kinds={tokens.EXCHANGED})
+        verified = signing.verify(mutant, kinds={tokens.EXCHANGED})
     except tokens.TokenError as exc:
         assert str(exc)
         return
@@ -209,7 +209,7 @@ def test_signed_claims_verify_exactly_when_the_rules_allow(
     plain = header["kid"] == key.kid and unique and _valid_text(header)
     verdict = ours_verdict(claims, now, kinds) if plain else False
     try:
-        verified = tokens.verify(token, kinds=kinds)
+        verified = signing.verify(token, kinds=kinds)
     except tokens.TokenError:
         assert verdict is not True, "a token the rules accept was refused"
         return
@@ -227,7 +227,7 @@ def test_a_token_naming_another_key_is_refused_on_either_database(backend: str, 
     claims = resolved(OUR_CLAIMS, time.time())
     token = jose.sign_rs256(key.private_key, {"alg": "RS256", "kid": kid}, claims)
     try:
-        tokens.verify(token, kinds={tokens.EXCHANGED})
+        signing.verify(token, kinds={tokens.EXCHANGED})
     except tokens.TokenError:
         assert kid != key.kid
         return
@@ -258,7 +258,7 @@ def github(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHubOID
 def external_verdict(claims: dict[str, Any], issuer: str, now: float) -> bool | None:
     plain = (_valid_text(claims) and claims.get("iss") == issuer and claims.get("aud") == AUD
              and isinstance(claims.get("sub"), str) and claims["sub"] != "")
-    return times_verdict(claims, now, tokens.max_token_ttl()) if plain else False
+    return times_verdict(claims, now, config.settings().max_token_ttl) if plain else False
 
 
 EXTERNAL_CLAIMS = {"aud": AUD, "sub": "repo:o/r:ref:refs/heads/main", "iat": At(0), "nbf": At(-300),
