@@ -20,9 +20,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from devkit.standins.github_oidc import GitHubOIDCStandIn
 from tests.fuzz.budget import scaled
 from tests.fuzz.strategies import json_scalars, json_values
-from tests.standins.github_oidc import GitHubOIDCStandIn
 from wid import config
 from wid.core import jose, tokens
 from wid.core.errors import WidError
