@@ -1,4 +1,5 @@
-"""Real components for tests: a PostgreSQL cluster, and the proxy itself under Caddy + fcgiwrap.
+"""Real components for tests: a PostgreSQL cluster, and the proxy itself under Caddy (+ fcgiwrap in CGI
+mode, + gunicorn in persistent mode).
 
 Both are expensive to start, so conftest.py shares one of each per test session.
 """
@@ -94,6 +95,14 @@ class PostgresServer:
         if os.getuid() == 0:
             shutil.chown(self.dir, "postgres")
         self._run(self.bin / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", self.user, "--no-sync")
+        self.resume()
+
+    def halt(self) -> None:
+        """An outage: the server stops (every client connection is cut) and keeps its data."""
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start (again) on the same port, with the same data."""
         self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-l", self.dir / "log", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
 
@@ -115,14 +124,35 @@ class PostgresServer:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 class ProxyServer:
-    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir.
+    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir; `mode` is its WID_MODE.
 
     `root`: the source tree to run (with its own `.venv`), by default this one; tests of rolling
     deploys run the previous release beside it.
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *, root: Path = ROOT):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, mode: str = "cgi", *,
+                 root: Path = ROOT):
         self.root = root
         self.port = free_port()
         self.data_dir = data_dir
@@ -134,6 +164,7 @@ class ProxyServer:
             "THIS_ENDPOINT": self.url,
             "DIGITALOCEAN_API_URL": "http://127.0.0.1:9",
             "WID_ALLOW_INSECURE_ISSUERS": "1",
+            "WID_MODE": mode,
             **(env or {}),
         }
         if self.env.get("DATABASE_URI") and not self.env.get("WID_SECRET_KEY"):
@@ -151,6 +182,18 @@ class ProxyServer:
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"proxy did not start; log:\n{self.log_text()[-4000:]}") from None
+
+    def gunicorn_master(self) -> int:
+        """Persistent mode: the pid of gunicorn's master (a child of run.sh)."""
+        assert self.process is not None
+        for pid in child_pids(self.process.pid):
+            if any(part.endswith("/gunicorn") for part in command_line(pid)):
+                return pid
+        raise AssertionError(f"no gunicorn under run.sh (pid {self.process.pid}); log:\n{self.log_text()[-2000:]}")
+
+    def worker_pids(self) -> list[int]:
+        """Persistent mode: gunicorn's worker processes serving now."""
+        return child_pids(self.gunicorn_master())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

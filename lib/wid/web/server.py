@@ -21,7 +21,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from wid.core.errors import NotFound
+from wid.core.errors import NotFound, WidError
 from wid.log import log
 from wid.web.app import Handler, WsgiApp, wsgi
 from wid.web.request import Request
@@ -50,10 +50,24 @@ def _not_routed(request: Request) -> Response:
 
 def _body_first(handler: Handler) -> Handler:
     def read_then_handle(request: Request) -> Response:
-        request.body()  # kept by the request for the handler; too large: 413
+        try:
+            request.body()  # kept by the request for the handler
+        except WidError:
+            # Too large (413) or malformed: take in the rest before answering, so that Caddy finishes
+            # sending (or stops at its own limit and answers 413 itself) instead of failing mid-body.
+            _discard(request.environ["wsgi.input"])
+            raise
         return handler(request)
 
     return read_then_handle
+
+
+def _discard(stream: Any, cap: int = 16 * 1024 * 1024) -> None:
+    try:
+        while cap > 0 and (chunk := stream.read(min(cap, 64 * 1024))):
+            cap -= len(chunk)
+    except OSError:  # Caddy cut the body at its limit
+        pass
 
 
 def _apps() -> dict[str, WsgiApp]:
