@@ -209,8 +209,9 @@ def test_a_killed_worker_is_replaced_while_requests_flow(world: World) -> None:
     now = world.proxy.worker_pids()
     assert len(now) == len(before) and before[0] not in now and set(before[1:]) <= set(now)
     failures = [s for s in statuses if s[0] != 200]
-    # A sync worker holds one request: at most that one is lost, as Caddy's 502 in our JSON shape.
-    assert len(failures) <= 1 and all(f == (502, "bad_gateway") for f in failures), failures
+    # Only what the killed worker held is lost (here at most one request per client), as Caddy's 502 in
+    # our JSON shape; the other workers never stop answering.
+    assert len(failures) <= len(threads) and all(f == (502, "bad_gateway") for f in failures), failures
     assert all(code == 200 for code, _ in statuses[replaced_at:])
 
 

@@ -12,7 +12,13 @@ _settings = _config.settings()
 
 wsgi_app = "wid.web.server:application"
 workers = _settings.persistent_workers()
-worker_class = "sync"
+# Threads let a worker keep serving while some of its requests wait on DigitalOcean (docs/operator.md);
+# WID_THREADS=1 is gunicorn's sync worker, one request per process.
+threads = _settings.threads
+worker_class = "gthread" if threads > 1 else "sync"
+# Caddy keeps idle connections to the socket 60 s (Caddyfile): gunicorn keeps them longer, so it is
+# always Caddy that closes one, never gunicorn just as Caddy sends a request on it (a POST would fail).
+keepalive = 75
 # Import every handler once in the master; a worker that dies is replaced by a fork, ready at once.
 preload_app = True
 # A worker silent this long is killed and replaced: longer than any request may legitimately take

@@ -1,0 +1,210 @@
+"""Serving modes side by side: persistent (gunicorn) vs CGI vs a bare Python CGI, all behind Caddy, with wrk.
+
+Starts the proxy as `make run` does, once per mode (WID_MODE=cgi: Caddy + fcgiwrap; WID_MODE=persistent:
+Caddy + gunicorn, WID_WORKERS default), each with its own DigitalOcean stand-in and a team connected
+through the OAuth flow with the articles' RBAC. The floor is a CGI script that only starts the same
+interpreter with the same flags and prints a small JSON answer, run by the CGI stack's own Caddy and
+fcgiwrap (it replaces that stack's /health/ready script, which nothing else here uses).
+
+Measured with wrk at each concurrency (one keep-alive connection each), for
+  POST /v1/oidc/issue          a workload token exchanged for the role token (policy, signing, audit row)
+  GET  /v2/databases/{uuid}    with the role token (policy, team token, the stand-in's answer)
+and printed as req/s, median, p99 and errors (non-2xx, socket errors, timeouts) per mode beside the
+floor, with persistent / floor. The DigitalOcean stand-in is Python in this process: the database read
+includes it. Also prints the gunicorn workers' memory before and after. Figures only, nothing is
+asserted; wrk and the stand-in share the machine's cores with the proxy.
+
+Targets (issue 14): persistent at 32 connections >= 6x the floor's req/s with zero errors; medians at
+one connection under a quarter of the floor's.
+
+Usage: .venv/bin/python bench/bench_serving.py [--duration S] [--connections 1,8,32,64] [--postgresql]
+                                               [--gthread]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import PostgresServer
+from tests.test_do_helpers import DATABASE_UUID, World
+
+ROLE_SOURCE = "ex-database-and-spaces-keys-access"
+ROLE_TARGET = "database-and-spaces-keys-access"
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests":%d,"us":%d,"p50":%d,"p99":%d,"status":%d,"socket":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass
+class Figures:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def cell(self) -> str:
+        return f"{self.rps:7.0f}/s {self.p50_ms:7.2f} {self.p99_ms:8.2f} {self.errors:5d}"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: str = ""
+
+
+def lua(target: Target, folder: Path) -> Path:
+    lines = [f"wrk.method = {json.dumps(target.method)}", f"wrk.path = {json.dumps(target.path)}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in target.headers.items()]
+    if target.body:
+        lines.append(f"wrk.body = {json.dumps(target.body)}")
+    path = folder / f"{abs(hash((target.name, target.url, target.path)))}.lua"
+    path.write_text("\n".join(lines) + "\n" + WRK_DONE)
+    return path
+
+
+def wrk(target: Target, connections: int, duration: int, folder: Path) -> Figures:
+    command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{duration}s",
+               "--timeout", "30s", "-s", str(lua(target, folder)), target.url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("WRK "))
+    result = json.loads(line[4:])
+    # wrk counts non-2xx/3xx answers as status errors; 4xx are not expected here either.
+    return Figures(result["requests"] / (result["us"] / 1e6), result["p50"] / 1000, result["p99"] / 1000,
+                   result["status"] + result["socket"])
+
+
+def rss_mb(world: World) -> float:
+    total = 0
+    for pid in world.proxy.worker_pids():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def start(name: str, mode: str, env: dict[str, str]) -> World:
+    return World.start(Path(tempfile.mkdtemp(prefix=f"wid-bench-{name}-")) / "data",
+                       {"WID_UPSTREAM_TIMEOUT": "30", **env}, mode=mode)
+
+
+def targets(world: World) -> list[Target]:
+    team = world.connect_team("Bench Team")
+    world.stand_in.add_database(team.uuid, "backend", ["my-tag"], uuid=DATABASE_UUID)
+    workload = world.jwt(team.uuid, ROLE_SOURCE, kind="workload", ttl=3600)
+    role = world.jwt(team.uuid, ROLE_TARGET, ttl=3600)
+    body = json.dumps({"aud": f"api://DigitalOcean?actx={team.uuid}",
+                       "sub": f"actx:{team.uuid}:role:{ROLE_TARGET}", "ttl": 300})
+    return [Target("POST /v1/oidc/issue", world.url, "POST", "/v1/oidc/issue",
+                   {"Authorization": f"Bearer {workload}", "Content-Type": "application/json"}, body),
+            Target("GET /v2/databases/{uuid}", world.url, "GET", f"/v2/databases/{DATABASE_UUID}",
+                   {"Authorization": f"Bearer {role}"})]
+
+
+def install_floor(world: World) -> Target:
+    """The bare CGI: the rendered scripts' interpreter line, then one print (no import of ours)."""
+    scripts = Path(world.proxy.env["WID_DATA_DIR"]) / "run" / "cgi-bin"
+    shebang = (scripts / "oidc_issue.py").read_text().splitlines()[0]
+    floor = scripts / "health.py"
+    floor.write_text(f"{shebang}\nprint('Status: 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n{{}}')\n")
+    return Target("bare python CGI", world.url, "GET", "/health/ready", {})
+
+
+def run(label: str, modes: dict[str, World], floor: Target, connections: list[int], duration: int,
+        folder: Path, upstream_ms: int) -> None:
+    names = list(modes)
+    print(f"\n== {label}: req/s, median ms, p99 ms, errors; each point {duration:g} s")
+    print(f"{'route':34} {'conn':>4}  {'bare python CGI (floor)':>31}  "
+          + "  ".join(f"{n:>31}" for n in names) + "  " + "  ".join(f"{n[:11] + ' / floor':>19}" for n in names[1:]))
+    per_mode = {name: targets(world) for name, world in modes.items()}
+    for name in names:  # warm up: page cache, byte code, every worker's caches
+        for target in per_mode[name]:
+            wrk(target, 4, 2, folder)
+    wrk(floor, 4, 2, folder)
+    rows = [(route.name, index) for index, route in enumerate(per_mode[names[0]])]
+    if upstream_ms:
+        rows.append((f"{per_mode[names[0]][1].name}, +{upstream_ms} ms", 1))
+    for name, index in rows:
+        if "+" in name:  # DigitalOcean answering as slowly as a real API across the internet
+            for world in modes.values():
+                world.stand_in.fail_next("/v2/databases/", None, delay_seconds=upstream_ms / 1000, times=0)
+        for c in connections:
+            base = wrk(floor, c, duration, folder)
+            got = {mode: wrk(per_mode[mode][index], c, duration, folder) for mode in names}
+            print(f"{name:34} {c:4d}  {base.cell()}  " + "  ".join(got[n].cell() for n in names)
+                  + "  " + "  ".join(ratio(got[n], base) for n in names[1:]), flush=True)
+
+
+def ratio(got: Figures, floor: Figures) -> str:
+    if not floor.rps or not floor.p50_ms:
+        return f"{'-':>19}"
+    return f"{got.rps / floor.rps:6.1f}x {got.p50_ms / floor.p50_ms:5.2f}x p50"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per point")
+    parser.add_argument("--connections", default="1,8,32,64")
+    parser.add_argument("--postgresql", action="store_true", help="also run both modes on PostgreSQL")
+    parser.add_argument("--compare-sync", action="store_true",
+                        help="also persistent mode with gunicorn's sync workers (WID_THREADS=1)")
+    parser.add_argument("--upstream-ms", type=int, default=100,
+                        help="then the database read again with the stand-in answering this much later (0: skip)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: scripts/install.sh --test (Debian package wrk)")
+    connections = [int(c) for c in args.connections.split(",")]
+    folder = Path(tempfile.mkdtemp(prefix="wid-bench-wrk-"))
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start")
+
+    pg = PostgresServer() if args.postgresql else None
+    if pg is not None:
+        pg.start()
+    try:
+        for backend in [None, pg] if pg is not None else [None]:
+            def database(server: PostgresServer | None = backend) -> dict[str, str]:  # each stack its own
+                return {"DATABASE_URI": server.fresh_database()} if server is not None else {}
+
+            modes = {"CGI": start("cgi", "cgi", database()),
+                     "persistent": start("persistent", "persistent", database())}
+            if args.compare_sync:
+                modes["persistent sync"] = start("sync", "persistent", {**database(), "WID_THREADS": "1"})
+            try:
+                floor = install_floor(modes["CGI"])
+                at_start = {n: rss_mb(w) for n, w in modes.items() if n != "CGI"}
+                run("SQLite" if backend is None else "PostgreSQL", modes, floor, connections, args.duration, folder,
+                    args.upstream_ms)
+                for name, mb in at_start.items():
+                    print(f"{name}: gunicorn workers' RSS {mb:.0f} MB at start, {rss_mb(modes[name]):.0f} MB after")
+            finally:
+                for world in modes.values():
+                    world.stop()
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
