@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,63 @@ def test_a_push_is_in_force_on_every_worker_once_acknowledged(world: World, tmp_
         assert response.status_code == 403, response.text  # ttl 300 is no longer allowed, on any worker
 
     until_every_worker(world.proxy, lambda: exchange(world.url, workload, team.uuid), denied)
+
+
+def test_upstream_connections_are_kept_alive(world: World) -> None:
+    team = world.connect_team("Keep-alive Team")
+    world.stand_in.add_database(team.uuid, "backend", ["my-tag"], uuid=DATABASE_UUID)
+    token = world.jwt(team.uuid)
+    before = world.stand_in.connections
+    for _ in range(40):
+        read = requests.get(f"{world.url}/v2/databases/{DATABASE_UUID}", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert read.status_code == 200, read.text
+    # At most one connection per worker thread (3 workers x WID_THREADS 4), each kept for the next request.
+    assert world.stand_in.connections - before <= 12
+
+
+class ClosingServer:
+    """An HTTP/1.1 server that closes every connection after one answer without saying so, as a server
+    whose keep-alive timeout has passed does: the next request on a kept connection finds it closed."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_a_kept_connection_closed_by_the_server_is_replaced_for_idempotent_requests_only() -> None:
+    from wid.net import upstream
+
+    server = ClosingServer()
+    try:
+        first = upstream.send("GET", f"{server.url}/a", headers={})
+        assert first.read() == b"ok" and first.connection.sock is not None  # kept: the answer did not say close
+        second = upstream.send("GET", f"{server.url}/b", headers={})
+        assert first.connection.sock is None  # the kept one was taken, found closed by the server, closed here
+        assert second.connection is not first.connection  # and the request sent again on a new one
+        assert second.read() == b"ok" and server.accepted == 2
+        third = upstream.send("POST", f"{server.url}/c", headers={}, body=b"{}")
+        assert third.connection is not second.connection  # a POST never takes a kept connection
+        assert third.read() == b"ok" and server.accepted == 3
+    finally:
+        server.sock.close()
 
 
 # -- faults --------------------------------------------------------------------------------------------
