@@ -541,9 +541,12 @@ def test_install_script_as_unprivileged_user(image_root: Path) -> None:
     assert "install them as root" in failed.stderr
 
 
-def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer) -> None:
+@pytest.mark.parametrize(("mode", "server"), [("cgi", "fcgiwrap"), ("persistent", "gunicorn")])
+def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer, mode: str,
+                                                server: str) -> None:
     """The ENTRYPOINT with the image's ENV plus run-time variables only, as the unprivileged user, on
-    PostgreSQL: health, readiness, issuer metadata and JWKS; every process unprivileged; SIGTERM stops it."""
+    PostgreSQL, in each WID_MODE: health, readiness, issuer metadata and JWKS; every process
+    unprivileged; SIGTERM stops it."""
     instructions = dockerfile()
     app = image_root / workdir(instructions).lstrip("/")
     entrypoint = only(instructions, "ENTRYPOINT")[0].exec_form()
@@ -552,9 +555,10 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
     endpoint = "https://wid.example.test"  # as behind App Platform: TLS ends at the platform's edge
     env = _image_env(image_root, PORT=str(port), THIS_ENDPOINT=endpoint, DATABASE_URI=postgres.fresh_database(),
                      WID_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
-                     DIGITALOCEAN_OAUTH_CLIENT_ID="client-id", DIGITALOCEAN_OAUTH_CLIENT_SECRET="client-secret")
+                     DIGITALOCEAN_OAUTH_CLIENT_ID="client-id", DIGITALOCEAN_OAUTH_CLIENT_SECRET="client-secret",
+                     WID_MODE=mode)
     data = Path(env["WID_DATA_DIR"])
-    log_path = image_root / "entrypoint.log"
+    log_path = image_root / f"entrypoint-{mode}.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(_as_user([str(image_root / entrypoint[0].lstrip("/"))]), env=env, cwd=app,
@@ -576,7 +580,7 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
         user = _unprivileged()
         processes = session_processes(process.pid)
         names = set(processes.values())
-        assert {"caddy", "fcgiwrap"} <= names, processes
+        assert {"caddy", server} <= names, processes
         for pid, name in processes.items():
             assert _uid_of(pid) == user.pw_uid, f"{name} ({pid}) does not run as {user.pw_name}"
         assert not (data / "secret.key").exists(), "with WID_SECRET_KEY set, no key is generated into the data dir"

@@ -137,7 +137,7 @@ def _memo_key(issuer: str) -> str:
 
 def _read(db: storage.Database, issuer: str) -> CachedKeys | None:
     """The shared cache's row. A process keeps the key set it parsed, reused only while the row still
-    holds the same JWKS text: a refetch or `wid issuers forget` by any process or replica is seen at once."""
+    holds the same JWKS text: a refetch or `forget()` by any process or replica is seen at once."""
     with db.transaction(write=False) as tx:
         row = tx.one("SELECT jwks, fresh_until, attempt_at, error FROM issuer_cache WHERE issuer = ?", (issuer,))
     if row is None:

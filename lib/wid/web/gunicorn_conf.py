@@ -21,7 +21,7 @@ worker_class = "gthread" if threads > 1 else "sync"
 keepalive = 75
 # Import every handler once in the master; a worker that dies is replaced by a fork, ready at once.
 preload_app = True
-# A worker silent this long is killed and replaced: longer than any request may legitimately take
+# A worker that stops reporting this long (hung) is killed and replaced: longer than any request may take
 # (an upstream call is cut at WID_UPSTREAM_TIMEOUT and becomes a 504).
 timeout = int(_settings.upstream_timeout) + 30
 # SIGTERM: stop accepting, let requests in flight finish for this long, then exit.
