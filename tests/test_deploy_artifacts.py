@@ -481,6 +481,10 @@ def image_root() -> Iterator[Path]:
     wid = venv / "bin" / "wid"
     wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli.main import main\nsys.exit(main())\n")
     wid.chmod(0o755)
+    gunicorn = venv / "bin" / "gunicorn"  # the console script pip writes (persistent mode)
+    gunicorn.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom gunicorn.app.wsgiapp import run\n"
+                        "sys.exit(run())\n")
+    gunicorn.chmod(0o755)
     stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
                            cwd=app, check=True, capture_output=True, text=True).stdout.strip()
     (venv / f".installed-runtime-{stamp}").touch()
