@@ -145,13 +145,14 @@ def command_line(pid: int) -> list[str]:
 
 
 class ProxyServer:
-    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir; `mode` is its WID_MODE.
+    """`scripts/run.sh` (what `make run` runs) on a free port with its own data dir.
 
-    `root`: the source tree to run (with its own `.venv`), by default this one; tests of rolling
-    deploys run the previous release beside it.
+    `mode` is its WID_MODE; by default `cgi`, or WID_TEST_MODE's value, so that the whole suite can be run
+    against persistent mode (`WID_TEST_MODE=persistent make test`). `root`: the source tree to run (with
+    its own `.venv`), by default this one; tests of rolling deploys run the previous release beside it.
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, mode: str = "cgi", *,
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, mode: str | None = None, *,
                  root: Path = ROOT):
         self.root = root
         self.port = free_port()
@@ -164,7 +165,7 @@ class ProxyServer:
             "THIS_ENDPOINT": self.url,
             "DIGITALOCEAN_API_URL": "http://127.0.0.1:9",
             "WID_ALLOW_INSECURE_ISSUERS": "1",
-            "WID_MODE": mode,
+            "WID_MODE": mode or os.environ.get("WID_TEST_MODE", "cgi"),
             **(env or {}),
         }
         if self.env.get("DATABASE_URI") and not self.env.get("WID_SECRET_KEY"):

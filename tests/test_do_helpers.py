@@ -45,7 +45,7 @@ class World:
 
     @classmethod
     def start(cls, data_dir: Path, env: Mapping[str, str] | None = None, *, register: bool = True,
-              mode: str = "cgi") -> World:
+              mode: str | None = None) -> World:
         stand_in = DigitalOceanStandIn()
         stand_in.start()
         proxy = ProxyServer(data_dir, {
