@@ -9,10 +9,13 @@ fcgiwrap (it replaces that stack's /health/ready script, which nothing else here
 Measured with wrk at each concurrency (one keep-alive connection each), for
   POST /v1/oidc/issue          a workload token exchanged for the role token (policy, signing, audit row)
   GET  /v2/databases/{uuid}    with the role token (policy, team token, the stand-in's answer)
-and printed as req/s, median, p99 and errors (non-2xx, socket errors, timeouts) per mode beside the
-floor, with persistent / floor. The DigitalOcean stand-in is Python in this process: the database read
-includes it. Also prints the gunicorn workers' memory before and after. Figures only, nothing is
-asserted; wrk and the stand-in share the machine's cores with the proxy.
+and printed as req/s, median, p99, errors (non-2xx, socket errors, timeouts) and the CPU time the serving
+processes (Caddy included) spent per request, per mode beside the floor, with persistent / floor. Req/s
+depend on what else the machine runs; CPU ms per request does not: 1000 / it is the requests per second
+one core gives (docs/operator.md sizes replicas with it). The DigitalOcean stand-in is Python in this
+process: the database read waits on it (its CPU is not counted). Also prints the gunicorn workers'
+memory before and after. Figures only, nothing is asserted; wrk and the stand-in share the machine's
+cores with the proxy.
 
 Targets (issue 14): persistent at 32 connections >= 6x the floor's req/s with zero errors; medians at
 one connection under a quarter of the floor's.
@@ -35,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import PostgresServer
+from tests.harness import PostgresServer, child_pids
 from tests.test_do_helpers import DATABASE_UUID, World
 
 ROLE_SOURCE = "ex-database-and-spaces-keys-access"
@@ -56,9 +59,10 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms: float  # CPU time of the serving processes (Caddy included) per request answered
 
     def cell(self) -> str:
-        return f"{self.rps:7.0f}/s {self.p50_ms:7.2f} {self.p99_ms:8.2f} {self.errors:5d}"
+        return f"{self.rps:6.0f}/s {self.p50_ms:7.2f} {self.p99_ms:8.2f} {self.errors:4d} {self.cpu_ms:6.2f}"
 
 
 @dataclass
@@ -81,17 +85,36 @@ def lua(target: Target, folder: Path) -> Path:
     return path
 
 
-def wrk(target: Target, connections: int, duration: int, folder: Path) -> Figures:
+def wrk(target: Target, connections: int, duration: int, folder: Path, server: World) -> Figures:
     command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{duration}s",
                "--timeout", "30s", "-s", str(lua(target, folder)), target.url]
+    cpu_before = cpu_seconds(server)
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+    cpu = cpu_seconds(server) - cpu_before
     if done.returncode != 0:
         raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("WRK "))
     result = json.loads(line[4:])
     # wrk counts non-2xx/3xx answers as status errors; 4xx are not expected here either.
     return Figures(result["requests"] / (result["us"] / 1e6), result["p50"] / 1000, result["p99"] / 1000,
-                   result["status"] + result["socket"])
+                   result["status"] + result["socket"], 1000 * cpu / max(1, result["requests"]))
+
+
+def cpu_seconds(world: World) -> float:
+    """CPU time used so far by what run.sh started: Caddy, gunicorn's processes or fcgiwrap's and the CGI
+    processes they reaped (their time is added to their parent's). Unlike req/s, this does not depend on
+    what else the machine is running."""
+    assert world.proxy.process is not None
+    total, pending = 0, [world.proxy.process.pid]
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        pending.extend(child_pids(pid))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(world: World) -> float:
@@ -133,14 +156,14 @@ def install_floor(world: World) -> Target:
 def run(label: str, modes: dict[str, World], floor: Target, connections: list[int], duration: int,
         folder: Path, upstream_ms: int) -> None:
     names = list(modes)
-    print(f"\n== {label}: req/s, median ms, p99 ms, errors; each point {duration:g} s")
-    print(f"{'route':34} {'conn':>4}  {'bare python CGI (floor)':>31}  "
-          + "  ".join(f"{n:>31}" for n in names) + "  " + "  ".join(f"{n[:11] + ' / floor':>19}" for n in names[1:]))
+    print(f"\n== {label}: req/s, median ms, p99 ms, errors, CPU ms per request; each point {duration:g} s")
+    print(f"{'route':34} {'conn':>4}  {'bare python CGI (floor)':>36}  "
+          + "  ".join(f"{n:>36}" for n in names) + "  " + "  ".join(f"{n[:11] + ' / floor':>19}" for n in names[1:]))
     per_mode = {name: targets(world) for name, world in modes.items()}
     for name in names:  # warm up: page cache, byte code, every worker's caches
         for target in per_mode[name]:
-            wrk(target, 4, 2, folder)
-    wrk(floor, 4, 2, folder)
+            wrk(target, 4, 2, folder, modes[name])
+    wrk(floor, 4, 2, folder, modes[names[0]])
     rows = [(route.name, index) for index, route in enumerate(per_mode[names[0]])]
     if upstream_ms:
         rows.append((f"{per_mode[names[0]][1].name}, +{upstream_ms} ms", 1))
@@ -149,8 +172,8 @@ def run(label: str, modes: dict[str, World], floor: Target, connections: list[in
             for world in modes.values():
                 world.stand_in.fail_next("/v2/databases/", None, delay_seconds=upstream_ms / 1000, times=0)
         for c in connections:
-            base = wrk(floor, c, duration, folder)
-            got = {mode: wrk(per_mode[mode][index], c, duration, folder) for mode in names}
+            base = wrk(floor, c, duration, folder, modes[names[0]])
+            got = {mode: wrk(per_mode[mode][index], c, duration, folder, modes[mode]) for mode in names}
             print(f"{name:34} {c:4d}  {base.cell()}  " + "  ".join(got[n].cell() for n in names)
                   + "  " + "  ".join(ratio(got[n], base) for n in names[1:]), flush=True)
 
@@ -185,11 +208,12 @@ def main() -> None:
             def database(server: PostgresServer | None = backend) -> dict[str, str]:  # each stack its own
                 return {"DATABASE_URI": server.fresh_database()} if server is not None else {}
 
-            modes = {"CGI": start("cgi", "cgi", database()),
-                     "persistent": start("persistent", "persistent", database())}
-            if args.compare_sync:
-                modes["persistent sync"] = start("sync", "persistent", {**database(), "WID_THREADS": "1"})
-            try:
+            modes: dict[str, World] = {}
+            try:  # each stack is stopped, whatever happens after it started
+                modes["CGI"] = start("cgi", "cgi", database())
+                modes["persistent"] = start("persistent", "persistent", database())
+                if args.compare_sync:
+                    modes["persistent sync"] = start("sync", "persistent", {**database(), "WID_THREADS": "1"})
                 floor = install_floor(modes["CGI"])
                 at_start = {n: rss_mb(w) for n, w in modes.items() if n != "CGI"}
                 run("SQLite" if backend is None else "PostgreSQL", modes, floor, connections, args.duration, folder,
