@@ -10,12 +10,13 @@ Measured with wrk at each concurrency (one keep-alive connection each), for
   POST /v1/oidc/issue          a workload token exchanged for the role token (policy, signing, audit row)
   GET  /v2/databases/{uuid}    with the role token (policy, team token, the stand-in's answer)
 and printed as req/s, median, p99, errors (non-2xx, socket errors, timeouts) and the CPU time the serving
-processes (Caddy included) spent per request, per mode beside the floor, with persistent / floor. Req/s
-depend on what else the machine runs; CPU ms per request does not: 1000 / it is the requests per second
-one core gives (docs/operator.md sizes replicas with it). The DigitalOcean stand-in is Python in this
-process: the database read waits on it (its CPU is not counted). Also prints the gunicorn workers'
-memory before and after. Figures only, nothing is asserted; wrk and the stand-in share the machine's
-cores with the proxy.
+processes (Caddy included) spent per request in persistent mode, per mode beside the floor, with
+persistent / floor. Req/s depend on what else the machine runs; CPU ms per request does not: 1000 / it
+is the requests per second one core gives (docs/operator.md sizes replicas with it). CGI processes are
+reaped by the kernel under fcgiwrap, which drops their CPU time: the CGI columns have none. The
+DigitalOcean stand-in is Python in this process: the database read waits on it (its CPU is not
+counted). Also prints the gunicorn workers' memory before and after. Figures only, nothing is
+asserted; wrk and the stand-in share the machine's cores with the proxy.
 
 Targets (issue 14): persistent at 32 connections >= 6x the floor's req/s with zero errors; medians at
 one connection under a quarter of the floor's.
@@ -59,10 +60,11 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int
-    cpu_ms: float  # CPU time of the serving processes (Caddy included) per request answered
+    cpu_ms: float | None  # CPU time of the serving processes (Caddy included) per request answered
 
     def cell(self) -> str:
-        return f"{self.rps:6.0f}/s {self.p50_ms:7.2f} {self.p99_ms:8.2f} {self.errors:4d} {self.cpu_ms:6.2f}"
+        cpu = "     -" if self.cpu_ms is None else f"{self.cpu_ms:6.2f}"
+        return f"{self.rps:6.0f}/s {self.p50_ms:7.2f} {self.p99_ms:8.2f} {self.errors:4d} {cpu}"
 
 
 @dataclass
@@ -96,14 +98,15 @@ def wrk(target: Target, connections: int, duration: int, folder: Path, server: W
     line = next(line for line in done.stdout.splitlines() if line.startswith("WRK "))
     result = json.loads(line[4:])
     # wrk counts non-2xx/3xx answers as status errors; 4xx are not expected here either.
+    # fcgiwrap lets the kernel reap CGI processes (SIGCHLD ignored), which drops their CPU time: none for CGI.
+    cpu_ms = 1000 * cpu / max(1, result["requests"]) if server.proxy.env["WID_MODE"] == "persistent" else None
     return Figures(result["requests"] / (result["us"] / 1e6), result["p50"] / 1000, result["p99"] / 1000,
-                   result["status"] + result["socket"], 1000 * cpu / max(1, result["requests"]))
+                   result["status"] + result["socket"], cpu_ms)
 
 
 def cpu_seconds(world: World) -> float:
-    """CPU time used so far by what run.sh started: Caddy, gunicorn's processes or fcgiwrap's and the CGI
-    processes they reaped (their time is added to their parent's). Unlike req/s, this does not depend on
-    what else the machine is running."""
+    """CPU time used so far by what run.sh started (Caddy, gunicorn's master and workers, and what exited
+    and was reaped by them). Unlike req/s, this does not depend on what else the machine is running."""
     assert world.proxy.process is not None
     total, pending = 0, [world.proxy.process.pid]
     while pending:
