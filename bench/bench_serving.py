@@ -1,10 +1,11 @@
 """Serving modes side by side: persistent (gunicorn) vs CGI vs a bare Python CGI, all behind Caddy, with wrk.
 
 Starts the proxy as `make run` does, once per mode (WID_MODE=cgi: Caddy + fcgiwrap; WID_MODE=persistent:
-Caddy + gunicorn, WID_WORKERS default), each with its own DigitalOcean stand-in and a team connected
-through the OAuth flow with the articles' RBAC. The floor is a CGI script that only starts the same
-interpreter with the same flags and prints a small JSON answer, run by the CGI stack's own Caddy and
-fcgiwrap (it replaces that stack's /health/ready script, which nothing else here uses).
+Caddy + gunicorn, WID_WORKERS and WID_THREADS default) and database (SQLite, then PostgreSQL), each with
+its own DigitalOcean stand-in and a team connected through the OAuth flow with the articles' RBAC. The
+floor is a CGI script that only starts the same interpreter with the same flags and prints a small JSON
+answer, run by the CGI stack's own Caddy and fcgiwrap (it replaces that stack's /health/ready script,
+which nothing else here uses).
 
 Measured with wrk at each concurrency (one keep-alive connection each), for
   POST /v1/oidc/issue          a workload token exchanged for the role token (policy, signing, audit row)
@@ -21,8 +22,8 @@ asserted; wrk and the stand-in share the machine's cores with the proxy.
 Targets (issue 14): persistent at 32 connections >= 6x the floor's req/s with zero errors; medians at
 one connection under a quarter of the floor's.
 
-Usage: .venv/bin/python bench/bench_serving.py [--duration S] [--connections 1,8,32,64] [--postgresql]
-                                               [--gthread]
+Usage: .venv/bin/python bench/bench_serving.py [--duration S] [--connections 1,8,32,64] [--sqlite-only]
+                                               [--compare-sync] [--upstream-ms MS]
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per point")
     parser.add_argument("--connections", default="1,8,32,64")
-    parser.add_argument("--postgresql", action="store_true", help="also run both modes on PostgreSQL")
+    parser.add_argument("--sqlite-only", action="store_true", help="skip the PostgreSQL run")
     parser.add_argument("--compare-sync", action="store_true",
                         help="also persistent mode with gunicorn's sync workers (WID_THREADS=1)")
     parser.add_argument("--upstream-ms", type=int, default=100,
@@ -203,7 +204,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="wid-bench-wrk-"))
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start")
 
-    pg = PostgresServer() if args.postgresql else None
+    pg = None if args.sqlite_only else PostgresServer()
     if pg is not None:
         pg.start()
     try:
