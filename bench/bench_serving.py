@@ -4,8 +4,9 @@ Starts the proxy as `make run` does, once per mode (WID_MODE=cgi: Caddy + fcgiwr
 Caddy + gunicorn, WID_WORKERS and WID_THREADS default) and database (SQLite, then PostgreSQL), each with
 its own DigitalOcean stand-in and a team connected through the OAuth flow with the articles' RBAC. The
 floor is a CGI script that only starts the same interpreter with the same flags and prints a small JSON
-answer, run by the CGI stack's own Caddy and fcgiwrap (it replaces that stack's /health/ready script,
-which nothing else here uses).
+answer, run by a CGI-mode stack of its own (the same Caddyfile, Caddy and fcgiwrap; the script replaces
+that stack's /health/ready). Each point starts once the CGI processes of the one before have finished
+(wrk gives up on requests that fcgiwrap still runs to their end).
 
 Measured with wrk at each concurrency (one keep-alive connection each), for
   POST /v1/oidc/issue          a workload token exchanged for the role token (policy, signing, audit row)
@@ -35,12 +36,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import PostgresServer, child_pids
+from tests.harness import PostgresServer, ProxyServer, child_pids, command_line
 from tests.test_do_helpers import DATABASE_UUID, World
 
 ROLE_SOURCE = "ex-database-and-spaces-keys-access"
@@ -88,9 +90,10 @@ def lua(target: Target, folder: Path) -> Path:
     return path
 
 
-def wrk(target: Target, connections: int, duration: int, folder: Path, server: World) -> Figures:
+def wrk(target: Target, connections: int, duration: int, folder: Path, server: ProxyServer) -> Figures:
     command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{duration}s",
                "--timeout", "30s", "-s", str(lua(target, folder)), target.url]
+    settle(server)
     cpu_before = cpu_seconds(server)
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
     cpu = cpu_seconds(server) - cpu_before
@@ -100,24 +103,42 @@ def wrk(target: Target, connections: int, duration: int, folder: Path, server: W
     result = json.loads(line[4:])
     # wrk counts non-2xx/3xx answers as status errors; 4xx are not expected here either.
     # fcgiwrap lets the kernel reap CGI processes (SIGCHLD ignored), which drops their CPU time: none for CGI.
-    cpu_ms = 1000 * cpu / max(1, result["requests"]) if server.proxy.env["WID_MODE"] == "persistent" else None
+    cpu_ms = 1000 * cpu / max(1, result["requests"]) if server.env["WID_MODE"] == "persistent" else None
     return Figures(result["requests"] / (result["us"] / 1e6), result["p50"] / 1000, result["p99"] / 1000,
                    result["status"] + result["socket"], cpu_ms)
 
 
-def cpu_seconds(world: World) -> float:
-    """CPU time used so far by what run.sh started (Caddy, gunicorn's master and workers, and what exited
-    and was reaped by them). Unlike req/s, this does not depend on what else the machine is running."""
-    assert world.proxy.process is not None
-    total, pending = 0, [world.proxy.process.pid]
+def tree(server: ProxyServer) -> list[int]:
+    """run.sh and every process under it."""
+    assert server.process is not None
+    found, pending = [], [server.process.pid]
     while pending:
         pid = pending.pop()
+        found.append(pid)
+        pending.extend(child_pids(pid))
+    return found
+
+
+def settle(server: ProxyServer, timeout: float = 600) -> None:
+    """Wait until no CGI process of an earlier point still runs (wrk leaves requests that Caddy gave up on
+    but fcgiwrap runs to their end), so that no point measures the previous one's backlog."""
+    deadline = time.monotonic() + timeout
+    while any("/cgi-bin/" in " ".join(command_line(pid)) for pid in tree(server)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{server.url} still runs CGI processes after {timeout:g} s")
+        time.sleep(0.2)
+
+
+def cpu_seconds(server: ProxyServer) -> float:
+    """CPU time used so far by what run.sh started (Caddy, gunicorn's master and workers, and what exited
+    and was reaped by them). Unlike req/s, this does not depend on what else the machine is running."""
+    total = 0
+    for pid in tree(server):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # ended meanwhile
         total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-        pending.extend(child_pids(pid))
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -148,17 +169,20 @@ def targets(world: World) -> list[Target]:
                    {"Authorization": f"Bearer {role}"})]
 
 
-def install_floor(world: World) -> Target:
-    """The bare CGI: the rendered scripts' interpreter line, then one print (no import of ours)."""
-    scripts = Path(world.proxy.env["WID_DATA_DIR"]) / "run" / "cgi-bin"
+def start_floor() -> tuple[ProxyServer, Target]:
+    """The bare CGI on a CGI-mode stack of its own (its Caddy and fcgiwrap as the proxy's): the rendered
+    scripts' interpreter line, then one print (no import of ours), as that stack's /health/ready."""
+    server = ProxyServer(Path(tempfile.mkdtemp(prefix="wid-bench-floor-")) / "data", mode="cgi")
+    server.start()
+    scripts = Path(server.env["WID_DATA_DIR"]) / "run" / "cgi-bin"
     shebang = (scripts / "oidc_issue.py").read_text().splitlines()[0]
     floor = scripts / "health.py"
     floor.write_text(f"{shebang}\nprint('Status: 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n{{}}')\n")
-    return Target("bare python CGI", world.url, "GET", "/health/ready", {})
+    return server, Target("bare python CGI", server.url, "GET", "/health/ready", {})
 
 
-def run(label: str, modes: dict[str, World], floor: Target, connections: list[int], duration: int,
-        folder: Path, upstream_ms: int) -> None:
+def run(label: str, modes: dict[str, World], floor: tuple[ProxyServer, Target], connections: list[int],
+        duration: int, folder: Path, upstream_ms: int) -> None:
     names = list(modes)
     print(f"\n== {label}: req/s, median ms, p99 ms, errors, CPU ms per request; each point {duration:g} s")
     print(f"{'route':34} {'conn':>4}  {'bare python CGI (floor)':>36}  "
@@ -166,8 +190,8 @@ def run(label: str, modes: dict[str, World], floor: Target, connections: list[in
     per_mode = {name: targets(world) for name, world in modes.items()}
     for name in names:  # warm up: page cache, byte code, every worker's caches
         for target in per_mode[name]:
-            wrk(target, 4, 2, folder, modes[name])
-    wrk(floor, 4, 2, folder, modes[names[0]])
+            wrk(target, 4, 2, folder, modes[name].proxy)
+    wrk(floor[1], 4, 2, folder, floor[0])
     rows = [(route.name, index) for index, route in enumerate(per_mode[names[0]])]
     if upstream_ms:
         rows.append((f"{per_mode[names[0]][1].name}, +{upstream_ms} ms", 1))
@@ -176,8 +200,8 @@ def run(label: str, modes: dict[str, World], floor: Target, connections: list[in
             for world in modes.values():
                 world.stand_in.fail_next("/v2/databases/", None, delay_seconds=upstream_ms / 1000, times=0)
         for c in connections:
-            base = wrk(floor, c, duration, folder, modes[names[0]])
-            got = {mode: wrk(per_mode[mode][index], c, duration, folder, modes[mode]) for mode in names}
+            base = wrk(floor[1], c, duration, folder, floor[0])
+            got = {mode: wrk(per_mode[mode][index], c, duration, folder, modes[mode].proxy) for mode in names}
             print(f"{name:34} {c:4d}  {base.cell()}  " + "  ".join(got[n].cell() for n in names)
                   + "  " + "  ".join(ratio(got[n], base) for n in names[1:]), flush=True)
 
@@ -207,6 +231,7 @@ def main() -> None:
     pg = None if args.sqlite_only else PostgresServer()
     if pg is not None:
         pg.start()
+    floor = start_floor()
     try:
         for backend in [None, pg] if pg is not None else [None]:
             def database(server: PostgresServer | None = backend) -> dict[str, str]:  # each stack its own
@@ -218,7 +243,6 @@ def main() -> None:
                 modes["persistent"] = start("persistent", "persistent", database())
                 if args.compare_sync:
                     modes["persistent sync"] = start("sync", "persistent", {**database(), "WID_THREADS": "1"})
-                floor = install_floor(modes["CGI"])
                 at_start = {n: rss_mb(w) for n, w in modes.items() if n != "CGI"}
                 run("SQLite" if backend is None else "PostgreSQL", modes, floor, connections, args.duration, folder,
                     args.upstream_ms)
@@ -228,6 +252,7 @@ def main() -> None:
                 for world in modes.values():
                     world.stop()
     finally:
+        floor[0].stop()
         if pg is not None:
             pg.stop()
         shutil.rmtree(folder, ignore_errors=True)
