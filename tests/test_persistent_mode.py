@@ -229,6 +229,21 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_for_idempotent_reque
         server.sock.close()
 
 
+def test_what_a_process_remembers_is_bounded(app_env: Path) -> None:
+    from wid.store import keys, storage
+
+    active = keys.active_key()
+    db = storage.database()
+    for n in range(50):  # kids named by tokens that no key of ours has
+        assert keys.public_jwk(f"unknown-{n}") is None
+    assert not [k for k in db.cache if k.startswith("keys:public:unknown-")]
+    assert keys.public_jwk(active.kid) is not None and f"keys:public:{active.kid}" in db.cache
+    for n in range(storage.BoundedCache.MAX_ENTRIES + 100):
+        db.cache[f"test:{n}"] = n
+    assert len(db.cache) == storage.BoundedCache.MAX_ENTRIES
+    assert "test:0" not in db.cache and f"test:{storage.BoundedCache.MAX_ENTRIES + 99}" in db.cache
+
+
 # -- faults --------------------------------------------------------------------------------------------
 
 
