@@ -44,7 +44,8 @@ class World:
     teams: dict[str, Team] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, data_dir: Path, env: Mapping[str, str] | None = None, *, register: bool = True) -> World:
+    def start(cls, data_dir: Path, env: Mapping[str, str] | None = None, *, register: bool = True,
+              mode: str | None = None) -> World:
         stand_in = DigitalOceanStandIn()
         stand_in.start()
         proxy = ProxyServer(data_dir, {
@@ -54,7 +55,7 @@ class World:
             "DIGITALOCEAN_OAUTH_CLIENT_SECRET": "wid-test-secret-do-not-show",
             "WID_UPSTREAM_TIMEOUT": "2",
             **(env or {}),
-        })
+        }, mode=mode)
         client = stand_in.add_oauth_client(proxy.env["DIGITALOCEAN_OAUTH_CLIENT_ID"],
                                            proxy.env["DIGITALOCEAN_OAUTH_CLIENT_SECRET"],
                                            redirect_uri=f"{proxy.url}{CALLBACK}")

@@ -51,6 +51,26 @@ def kill_session(sid: int) -> None:
             continue
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def wait_for(url: str, timeout: float = 30.0, status: int = 200,
              process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
@@ -76,7 +96,8 @@ class ProxyServer:
     deploys run the previous release beside it.
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *, root: Path = ROOT):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, mode: str | None = None, *,
+                 root: Path = ROOT):
         self.root = root
         self.port = free_port()
         self.data_dir = data_dir
@@ -88,6 +109,8 @@ class ProxyServer:
             "THIS_ENDPOINT": self.url,
             "DIGITALOCEAN_API_URL": "http://127.0.0.1:9",
             "WID_ALLOW_INSECURE_ISSUERS": "1",
+            # WID_TEST_MODE=persistent runs every test's proxy in persistent mode (`make test` uses cgi).
+            "WID_MODE": mode or os.environ.get("WID_TEST_MODE", "cgi"),
             **(env or {}),
         }
         if self.env.get("DATABASE_URI") and not self.env.get("WID_SECRET_KEY"):
@@ -105,6 +128,18 @@ class ProxyServer:
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"proxy did not start; log:\n{self.log_text()[-4000:]}") from None
+
+    def gunicorn_master(self) -> int:
+        """Persistent mode: the pid of gunicorn's master (a child of run.sh)."""
+        assert self.process is not None
+        for pid in child_pids(self.process.pid):
+            if any(part.endswith("/gunicorn") for part in command_line(pid)):
+                return pid
+        raise AssertionError(f"no gunicorn under run.sh (pid {self.process.pid}); log:\n{self.log_text()[-2000:]}")
+
+    def worker_pids(self) -> list[int]:
+        """Persistent mode: gunicorn's worker processes serving now."""
+        return child_pids(self.gunicorn_master())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: install what is missing, prepare the database and keys, then serve on $PORT:
-# Caddy in front, fcgiwrap running the cgi-bin/ executables. Ctrl-C (or SIGTERM) stops everything.
+# `make run`: install what is missing, prepare the database and keys, then serve on $PORT: Caddy in
+# front, and behind it the Python routes either as cgi-bin/ executables under fcgiwrap (WID_MODE=cgi,
+# the default) or in long-lived gunicorn workers (WID_MODE=persistent). Ctrl-C (or SIGTERM) stops
+# everything, letting requests in flight finish.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/scripts/install.sh" ${WID_INSTALL_FLAGS:-}
@@ -18,13 +20,18 @@ if ! mkdir -p "$WID_RUN_DIR" 2>/dev/null || [[ ! -w "$WID_RUN_DIR" ]]; then
   exit 2
 fi
 
+# The mode and worker count, validated by wid.config (a bad value stops here, naming the variable).
+serving=$("$ROOT/.venv/bin/wid" config serving)
+read -r WID_MODE workers <<<"$serving"
+export WID_MODE
+
 "$ROOT/.venv/bin/wid" setup --render-cgi "$WID_RUN_DIR/cgi-bin" --cgi-source "$ROOT/cgi-bin"
 
 # Job control: each background job below is a process group of its own (its group id is $!), so stop() ends
-# a job with every process it started (fcgiwrap's workers, the publisher's `sleep` and `wid`) using kill
-# alone: the image has no pkill (procps). All of them stay in this script's session.
+# a job with every process it started (fcgiwrap's or gunicorn's workers, the publisher's `sleep` and `wid`)
+# using kill alone: the image has no pkill (procps). All of them stay in this script's session.
 set -m
-fcgi_pid="" caddy_pid="" publisher_pid=""
+python_pid="" caddy_pid="" publisher_pid=""
 stop_group() {  # stop_group SIGNAL PGID: signal a job's process group, if it is still there
   [[ -n "$2" ]] && kill -0 -- "-$2" 2>/dev/null && kill "-$1" -- "-$2"
 }
@@ -34,17 +41,32 @@ stop() {
   # Caddy first: it stops accepting and lets requests in flight finish.
   stop_group TERM "$caddy_pid" && wait "$caddy_pid"
   stop_group TERM "$publisher_pid"
-  # fcgiwrap's workers ignore SIGTERM until their next request (libfcgi), and now none can come.
-  stop_group KILL "$fcgi_pid"
+  if [[ "$WID_MODE" == persistent ]]; then
+    # Gunicorn's graceful stop: workers finish what they hold (up to WID_UPSTREAM_TIMEOUT + 5 s).
+    stop_group TERM "$python_pid"
+  else
+    # fcgiwrap's workers ignore SIGTERM until their next request (libfcgi), and now none can come.
+    stop_group KILL "$python_pid"
+  fi
   wait
-  rm -f "$WID_RUN_DIR/fcgiwrap.sock"
+  rm -f "$socket"
 }
+socket="$WID_RUN_DIR/fcgiwrap.sock"
+[[ "$WID_MODE" == persistent ]] && socket="$WID_RUN_DIR/gunicorn.sock"
 trap stop INT TERM EXIT
 
-rm -f "$WID_RUN_DIR/fcgiwrap.sock"
-fcgiwrap -c "${WID_CGI_WORKERS:-8}" -s "unix:$WID_RUN_DIR/fcgiwrap.sock" &
-fcgi_pid=$!
-for _ in $(seq 100); do [[ -S "$WID_RUN_DIR/fcgiwrap.sock" ]] && break; sleep 0.05; done
+rm -f "$socket"
+if [[ "$WID_MODE" == persistent ]]; then
+  "$ROOT/.venv/bin/gunicorn" -c python:wid.web.gunicorn_conf --bind "unix:$socket" &
+else
+  fcgiwrap -c "$workers" -s "unix:$socket" &
+fi
+python_pid=$!
+for _ in $(seq 200); do
+  [[ -S "$socket" ]] && break
+  kill -0 "$python_pid" 2>/dev/null || { echo "wid: the $WID_MODE-mode server exited at start" >&2; exit 1; }
+  sleep 0.05
+done
 
 # Caddy shares a port another process listens on (SO_REUSEPORT): refuse a taken PORT, naming it.
 "$ROOT/.venv/bin/wid" config check-port
@@ -55,5 +77,5 @@ caddy_pid=$!
 (while sleep "${WID_PUBLISH_INTERVAL:-60}"; do "$ROOT/.venv/bin/wid" keys publish || true; done) &
 publisher_pid=$!
 
-echo "wid: serving $THIS_ENDPOINT on port $PORT (data in $WID_DATA_DIR)" >&2
-wait -n "$fcgi_pid" "$caddy_pid" "$publisher_pid"
+echo "wid: serving $THIS_ENDPOINT on port $PORT in $WID_MODE mode ($workers workers; data in $WID_DATA_DIR)" >&2
+wait -n "$python_pid" "$caddy_pid" "$publisher_pid"

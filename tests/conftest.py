@@ -6,6 +6,7 @@ import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +16,9 @@ from devkit.standins.github_oidc import GitHubOIDCStandIn
 from tests.harness import PostgresServer
 from wid import config
 from wid.store import storage
+
+if TYPE_CHECKING:
+    from devkit.do_world import World
 
 OAUTH_CLIENT_ID = "wid-test-client"
 OAUTH_CLIENT_SECRET = "wid-test-client-secret"
@@ -60,6 +64,19 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def persistent_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The DigitalOcean world (its own stand-in, the proxy as `make run` serves it) in persistent mode:
+    Caddy in front of three gunicorn workers, SQLite. For what can differ between the modes
+    (tests/test_persistent_mode.py); the rest of the suite runs in CGI mode."""
+    from devkit.do_world import World  # pydo and azure only for the tests that use it
+
+    world = World.start(tmp_path_factory.mktemp("persistent") / "data", {"WID_WORKERS": "3"}, mode="persistent")
+    yield world
+    world.stop()
+    assert world.stand_in.handler_errors == []
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,14 @@ class PostgresServer:
         if os.getuid() == 0:
             shutil.chown(self.dir, "postgres")
         self._run(self.bin / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", self.user, "--no-sync")
+        self.resume()
+
+    def halt(self) -> None:
+        """An outage: the server stops (every client connection is cut) and keeps its data."""
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start (again) on the same port, with the same data."""
         self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-w", "-l", self.dir / "log", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
 

@@ -308,7 +308,8 @@ def _requirements_closure(roots: set[str]) -> set[str]:
 
 def test_runtime_lock_is_what_lib_and_cgi_bin_import() -> None:
     """requirements.lock pins exactly the distributions the service imports and what they require (and
-    setuptools, the build backend of the editable install): no test, lint or demo tool."""
+    setuptools, the build backend of the editable install; gunicorn, which scripts/run.sh runs in persistent
+    mode and which imports wid, not the other way round): no test, lint or demo tool."""
     by_module = importlib.metadata.packages_distributions()
     imported = _imported_top_level_modules()
     unknown = sorted(m for m in imported if m not in by_module)
@@ -316,7 +317,7 @@ def test_runtime_lock_is_what_lib_and_cgi_bin_import() -> None:
     direct = {_normalise(d) for m in imported for d in by_module[m]}
     pins = runtime_pins()
     assert direct <= set(pins), f"imported but not in requirements.lock: {sorted(direct - set(pins))}"
-    needed = _requirements_closure(direct) | {"setuptools"}
+    needed = _requirements_closure(direct | {"gunicorn"}) | {"setuptools"}
     assert set(pins) == needed, (f"requirements.lock holds what the service never loads: {sorted(set(pins) - needed)}"
                                  f"; lacks: {sorted(needed - set(pins))}")
     for name, version in pins.items():
@@ -490,6 +491,10 @@ def image_root() -> Iterator[Path]:
     wid = venv / "bin" / "wid"
     wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli.main import main\nsys.exit(main())\n")
     wid.chmod(0o755)
+    gunicorn = venv / "bin" / "gunicorn"  # the console script pip writes (persistent mode)
+    gunicorn.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom gunicorn.app.wsgiapp import run\n"
+                        "sys.exit(run())\n")
+    gunicorn.chmod(0o755)
     stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
                            cwd=app, check=True, capture_output=True, text=True).stdout.strip()
     (venv / f".installed-runtime-{stamp}").touch()
@@ -564,9 +569,12 @@ def test_install_script_as_unprivileged_user(image_root: Path) -> None:
     assert "install them as root" in failed.stderr
 
 
-def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer) -> None:
+@pytest.mark.parametrize(("mode", "server"), [("cgi", "fcgiwrap"), ("persistent", "gunicorn")])
+def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer, mode: str,
+                                                server: str) -> None:
     """The ENTRYPOINT with the image's ENV plus run-time variables only, as the unprivileged user, on
-    PostgreSQL: health, readiness, issuer metadata and JWKS; every process unprivileged; SIGTERM stops it."""
+    PostgreSQL, in each WID_MODE: health, readiness, issuer metadata and JWKS; every process
+    unprivileged; SIGTERM stops it."""
     instructions = dockerfile()
     app = image_root / workdir(instructions).lstrip("/")
     entrypoint = only(instructions, "ENTRYPOINT")[0].exec_form()
@@ -575,9 +583,10 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
     endpoint = "https://wid.example.test"  # as behind App Platform: TLS ends at the platform's edge
     env = _image_env(image_root, PORT=str(port), THIS_ENDPOINT=endpoint, DATABASE_URI=postgres.fresh_database(),
                      WID_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
-                     DIGITALOCEAN_OAUTH_CLIENT_ID="client-id", DIGITALOCEAN_OAUTH_CLIENT_SECRET="client-secret")
+                     DIGITALOCEAN_OAUTH_CLIENT_ID="client-id", DIGITALOCEAN_OAUTH_CLIENT_SECRET="client-secret",
+                     WID_MODE=mode)
     data = Path(env["WID_DATA_DIR"])
-    log_path = image_root / "entrypoint.log"
+    log_path = image_root / f"entrypoint-{mode}.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(_as_user([str(image_root / entrypoint[0].lstrip("/"))]), env=env, cwd=app,
@@ -599,7 +608,7 @@ def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: Post
         user = _unprivileged()
         processes = session_processes(process.pid)
         names = set(processes.values())
-        assert {"caddy", "fcgiwrap"} <= names, processes
+        assert {"caddy", server} <= names, processes
         for pid, name in processes.items():
             assert _uid_of(pid) == user.pw_uid, f"{name} ({pid}) does not run as {user.pw_name}"
         assert not (data / "secret.key").exists(), "with WID_SECRET_KEY set, no key is generated into the data dir"

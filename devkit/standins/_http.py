@@ -350,6 +350,8 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
+        with self.owner.lock:
+            self.owner.connections += 1
         if self._tls_context is not None:
             sock = self._tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
@@ -382,6 +384,7 @@ class StandInServer:
         self._faults: list[Fault] = []
         self.lock = threading.RLock()
         self.requests: list[RecordedRequest] = []
+        self.connections = 0  # TCP connections accepted (a client that keeps them alive opens few)
         # Tracebacks of exceptions raised inside handle(): the client got a 500; tests of the
         # stand-ins assert this stays empty.
         self.handler_errors: list[str] = []

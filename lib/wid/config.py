@@ -48,6 +48,10 @@ FIXED_TOKEN_LIFETIME = 15 * 60
 # fcgiwrap's socket lives at $WID_RUN_DIR/fcgiwrap.sock; a Unix socket path holds at most 107 bytes.
 MAX_SOCKET_PATH = 107
 CADDY_LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+# How Python requests are served (docs/operator.md, "Choose a serving mode"): a CGI process per
+# request under fcgiwrap, or long-lived gunicorn workers (wid.web.server) behind the same Caddy.
+MODES = ("cgi", "persistent")
+MAX_WORKERS = 256
 # Read by scripts/run.sh, install.sh or the Caddyfile only; known, so they are not reported as unknown.
 OTHER_VARIABLES = frozenset({"WID_INSTALL_FLAGS"})
 
@@ -85,6 +89,9 @@ class Settings(NamedTuple):
     git_max_push_bytes: int
     git_max_repo_bytes: int
     git_max_body_size: str
+    mode: str
+    workers: int | None  # WID_WORKERS, persistent mode; None: persistent_workers() chooses
+    threads: int  # WID_THREADS: requests each persistent worker serves at once (1: gunicorn's sync worker)
     cgi_workers: int
     publish_interval: int  # seconds between a replica's re-publications of its JWKS file
     jwks_max_age: int  # Cache-Control max-age of the issuer metadata and JWKS responses
@@ -96,6 +103,10 @@ class Settings(NamedTuple):
     atproto_timeout: float
     atproto_did_cache_seconds: int
     atproto_max_response_bytes: int
+
+    def persistent_workers(self) -> int:
+        """Gunicorn worker processes: WID_WORKERS, else two per CPU this process may use."""
+        return self.workers if self.workers is not None else min(MAX_WORKERS, 2 * available_cpus())
 
     @property
     def public_dir(self) -> Path:
@@ -205,7 +216,10 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
         git_max_push_bytes=r.read("WID_GIT_MAX_PUSH_BYTES", whole(64 * KIB, GIB, "bytes"), 8 * MIB),
         git_max_repo_bytes=r.read("WID_GIT_MAX_REPO_BYTES", whole(64 * KIB, GIB, "bytes"), 64 * MIB),
         git_max_body_size=r.read("WID_GIT_MAX_BODY_SIZE", caddy_size, "64MB"),
-        cgi_workers=r.read("WID_CGI_WORKERS", whole(1, 256, "processes"), 8),
+        mode=r.read("WID_MODE", one_of(*MODES), "cgi"),
+        workers=r.read("WID_WORKERS", whole(1, MAX_WORKERS, "processes"), None),
+        threads=r.read("WID_THREADS", whole(1, 64, "threads"), 4),
+        cgi_workers=r.read("WID_CGI_WORKERS", whole(1, MAX_WORKERS, "processes"), 8),
         publish_interval=r.read("WID_PUBLISH_INTERVAL", whole(5, 3600, "seconds"), 60),
         jwks_max_age=r.read("WID_JWKS_MAX_AGE", whole(1, 86400, "seconds"), 300),
         caddy_log_level=r.read("WID_CADDY_LOG_LEVEL", one_of(*CADDY_LOG_LEVELS), "WARN"),
@@ -271,6 +285,18 @@ def check_socket_path(s: Settings) -> None:
         name = "WID_DATA_DIR" if s.run_dir == s.data_dir / "run" else "WID_RUN_DIR"
         raise ConfigError(f"{name} is too long for fcgiwrap's socket: {s.fcgi_socket} has {length} bytes, at most "
                           f"{MAX_SOCKET_PATH} fit; set WID_RUN_DIR to a directory with a shorter path")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 quota (containers, App Platform)."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
 
 
 def is_loopback_host(host: str | None) -> bool:

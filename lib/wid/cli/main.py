@@ -80,7 +80,12 @@ def _stamp(timestamp: int) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     """Each setting, its value (never a secret's) and where it came from; what is wrong, one line each.
 
-    check-port: exit 2 naming PORT when something already listens on it (scripts/run.sh, before Caddy)."""
+    check-port: exit 2 naming PORT when something already listens on it (scripts/run.sh, before Caddy).
+    serving: `MODE WORKERS` for scripts/run.sh (WID_MODE; WID_WORKERS or WID_CGI_WORKERS), validated."""
+    if args.action == "serving":
+        s = config.settings()
+        print(s.mode, s.persistent_workers() if s.mode == "persistent" else s.cgi_workers)
+        return 0
     if args.action == "check-port":
         from wid.cli.port import check_port_free
 
@@ -219,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = sub.add_parser("config", help="check the settings: each one's value and source (default or "
                               "environment), secrets hidden; exit 2 if any is invalid")
-    settings.add_argument("action", choices=["check", "check-port"],
-                          help="check: validate and list every setting; check-port: is PORT free (exit 2 if not)")
+    settings.add_argument("action", choices=["check", "check-port", "serving"],
+                          help="check: validate and list every setting; check-port: is PORT free (exit 2 if not); "
+                               "serving: the serving mode and its worker count")
     settings.add_argument("--json", action="store_true", help="one JSON object per line: name, source, shown")
     settings.set_defaults(func=cmd_config)
 

@@ -3,19 +3,31 @@ its answer read with a size cap or streamed, and an upstream 5xx as this proxy's
 
 The standard library's client (no `requests` on request paths). Untrusted URLs (issuers, PDSes) go
 through lib/wid/net/safe_http.py instead; which upstreams exist is lib/wid/upstreams/registry.py.
+
+Keep-alive: a connection whose response was read to its end waits, one per origin and thread, for the
+next request to the same origin (a persistent-mode worker saves a TCP and TLS handshake per call; a
+CGI process simply exits). Only idempotent requests take a waiting connection, and only they are
+sent again, once, on a new connection when the kept one turns out to have been closed by the server.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from functools import cache
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
 
 CHUNK = 64 * 1024
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# What a server that closed a kept-alive connection looks like to the next request sent on it.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_idle = threading.local()  # .pool: origin -> the connection kept for it by this thread
 
 
 @dataclass
@@ -24,6 +36,7 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     connection: http.client.HTTPConnection
     raw: http.client.HTTPResponse
+    origin: tuple[str, str, int | None]
 
     def header(self, name: str) -> str | None:
         return self.raw.getheader(name)
@@ -33,20 +46,50 @@ class UpstreamResponse:
         try:
             data = self.raw.read(limit + 1)
         except (OSError, http.client.HTTPException) as exc:
+            self.connection.close()
             raise UpstreamFailed("upstream connection failed while reading the response: "
                                  f"{type(exc).__name__}") from None
-        finally:
-            self.connection.close()
         if len(data) > limit:
+            self.connection.close()
             raise UpstreamFailed(f"upstream response is larger than {limit} bytes")
+        self._finished()
         return data
 
     def stream(self) -> Iterator[bytes]:
+        finished = False
         try:
             while chunk := self.raw.read(CHUNK):
                 yield chunk
+            finished = True
         finally:
+            if finished:
+                self._finished()
+            else:
+                self.connection.close()
+
+    def _finished(self) -> None:
+        """The body was read to its end: keep the connection for the next request unless it must close."""
+        if self.raw.will_close:
             self.connection.close()
+            return
+        pool: dict[tuple[str, str, int | None], http.client.HTTPConnection] = _idle.__dict__.setdefault("pool", {})
+        previous = pool.pop(self.origin, None)
+        if previous is not None and previous is not self.connection:
+            previous.close()
+        pool[self.origin] = self.connection
+
+
+@cache
+def _tls_context() -> Any:
+    import ssl  # only for https upstreams: tests and loopback stand-ins stay cheaper
+
+    return ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
+
+
+def _connect(parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=_tls_context())
+    return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
 
 
 def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None,
@@ -55,27 +98,31 @@ def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | Non
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise UpstreamFailed(f"upstream URL {url!r} is not http(s)")
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        import ssl  # only for https upstreams: tests and loopback stand-ins stay cheaper
-
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    origin = (parts.scheme, parts.hostname, parts.port)
+    kept = _idle.__dict__.get("pool", {}).pop(origin, None) if method.upper() in _IDEMPOTENT else None
     target = parts.path or "/"
     if parts.query:
         target += f"?{parts.query}"
-    try:
-        conn.request(method, target, body=body, headers=dict(headers))
-        raw = conn.getresponse()
-    except TimeoutError:
-        conn.close()
-        raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
-    except (OSError, http.client.HTTPException) as exc:
-        conn.close()
-        raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
-    return UpstreamResponse(raw.status, raw.getheaders(), conn, raw)
+    conn = kept or _connect(parts, timeout)
+    while True:
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            conn.request(method, target, body=body, headers=dict(headers))
+            raw = conn.getresponse()
+        except _STALE as exc:
+            conn.close()
+            if conn is not kept:
+                raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
+            conn = _connect(parts, timeout)  # the kept connection had been closed by the server: once more
+            continue
+        except TimeoutError:
+            conn.close()
+            raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
+        return UpstreamResponse(raw.status, raw.getheaders(), conn, raw, origin)
 
 
 def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> WidError:

@@ -136,17 +136,23 @@ def _memo_key(issuer: str) -> str:
 
 
 def _read(db: storage.Database, issuer: str) -> CachedKeys | None:
+    """The shared cache's row. A process keeps the key set it parsed, reused only while the row still
+    holds the same JWKS text: a refetch or `forget()` by any process or replica is seen at once."""
     with db.transaction(write=False) as tx:
         row = tx.one("SELECT jwks, fresh_until, attempt_at, error FROM issuer_cache WHERE issuer = ?", (issuer,))
     if row is None:
         return None
     keys = None
     if row[0] is not None:
-        keys = {jwk["kid"]: jwk for jwk in json.loads(row[0])}
-    entry = CachedKeys(keys, int(row[1] or 0), int(row[2]), row[3])
-    with db.cache_lock:
-        db.cache[_memo_key(issuer)] = entry
-    return entry
+        with db.cache_lock:
+            memo: tuple[str, dict[str, dict[str, Any]]] | None = db.cache.get(_memo_key(issuer))
+        if memo is not None and memo[0] == row[0]:
+            keys = memo[1]
+        else:
+            keys = {jwk["kid"]: jwk for jwk in json.loads(row[0])}
+            with db.cache_lock:
+                db.cache[_memo_key(issuer)] = (row[0], keys)
+    return CachedKeys(keys, int(row[1] or 0), int(row[2]), row[3])
 
 
 def _claim(db: storage.Database, issuer: str, kid: str, now: int) -> bool:
@@ -188,10 +194,6 @@ def key_for(issuer: str, kid: str) -> dict[str, Any]:
     """The issuer's public JWK with this kid, from the shared cache, fetching when due (see module doc)."""
     db = storage.database()
     now = time.time()
-    with db.cache_lock:
-        memo: CachedKeys | None = db.cache.get(_memo_key(issuer))
-    if memo is not None and memo.keys is not None and now < memo.fresh_until and kid in memo.keys:
-        return memo.keys[kid]
     entry = _read(db, issuer)
     if entry is not None and entry.keys is not None and now < entry.fresh_until and kid in entry.keys:
         return entry.keys[kid]

@@ -177,7 +177,9 @@ def public_jwk(kid: str) -> dict[str, Any] | None:
         row = tx.one("SELECT public_jwk FROM signing_keys WHERE kid = ? AND "
                      "(state IN ('active', 'next') OR (state = 'retired' AND verify_until > ?))",
                      (kid, int(time.time())))
-    jwk = json.loads(row[0]) if row else None
+    if row is None:
+        return None  # not remembered: the kid comes from a token, and a cache of misses would grow without end
+    jwk: dict[str, Any] = json.loads(row[0])
     _remember(db, f"keys:public:{kid}", jwk)
     return jwk
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,6 +81,19 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
+class BoundedCache(OrderedDict[str, Any]):
+    """The per-database memo: at most MAX_ENTRIES entries, the oldest dropped first, so what a long-lived
+    process remembers stays bounded whatever its requests name. Each user states its own staleness bound."""
+
+    MAX_ENTRIES = 4096
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.MAX_ENTRIES:
+            self.popitem(last=False)
+
+
 class Database:
     def __init__(self, uri: str | None, data_dir: Path):
         self.uri = uri
@@ -88,7 +102,7 @@ class Database:
         self._local = threading.local()
         self._migrated = False
         # Per-database memo for modules that cache what they read (signing keys, compiled RBAC...).
-        self.cache: dict[str, Any] = {}
+        self.cache = BoundedCache()
         self.cache_lock = threading.Lock()
 
     @property
@@ -139,31 +153,63 @@ class Database:
 
     @contextmanager
     def _raw_transaction(self, write: bool) -> Iterator[Transaction]:
-        conn = self._connection()
         if self.dialect == "postgresql":
-            try:
-                with conn.transaction():
-                    yield Transaction(self, conn.cursor())
-            except Exception as exc:
-                if getattr(conn, "closed", False):
-                    self._local.conn = None
-                raise _translate(exc) from exc
+            with self._postgresql_transaction() as tx:
+                yield tx
             return
-        cursor = conn.cursor()
+        conn = self._connection()
         try:
+            cursor = conn.cursor()
             cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        try:
-            yield Transaction(self, cursor)
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
             try:
-                conn.commit()
-            except sqlite3.Error as exc:
-                raise _translate(exc) from exc
+                yield Transaction(self, cursor)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        except Exception as exc:
+            error = self._failed(conn, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    @contextmanager
+    def _postgresql_transaction(self) -> Iterator[Transaction]:
+        """A connection kept from an earlier request may have died with its server (a restart, a failover):
+        when BEGIN fails on it, nothing of this transaction has run, so it is retried once on a new one."""
+        reused = getattr(self._local, "conn", None) is not None
+        conn = self._connection()
+        try:
+            with ExitStack() as stack:
+                try:
+                    stack.enter_context(conn.transaction())
+                except Exception:
+                    if not (reused and getattr(conn, "closed", False)):
+                        raise
+                    self._local.conn = None
+                    conn = self._connection()
+                    stack.enter_context(conn.transaction())
+                yield Transaction(self, conn.cursor())
+        except Exception as exc:
+            error = self._failed(conn, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _failed(self, conn: Any, exc: Exception) -> Exception:
+        """The error as ours; a connection that can no longer serve is dropped (the next transaction opens one)."""
+        error = _translate(exc)
+        if self.dialect == "postgresql":
+            broken = bool(getattr(conn, "closed", False))
+        else:
+            cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
+            broken = isinstance(error, DatabaseUnavailable) and not _sqlite_busy(cause)
+        kept = getattr(self._local, "conn", None)
+        if broken and kept is not None and kept is conn:
+            self._local.conn = None
+            if self.dialect == "sqlite":
+                kept.close()
+        return error
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; safe when several processes start at the same moment."""
@@ -208,6 +254,11 @@ class Database:
     def ping(self) -> None:
         with self._raw_transaction(write=False) as tx:
             tx.execute("SELECT 1")
+
+
+def _sqlite_busy(exc: BaseException | None) -> bool:
+    """Another writer holds the lock: the connection is fine, the moment is not."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 def _statements(sql: str) -> list[str]:

@@ -61,7 +61,7 @@ def wsgi(handler: Handler) -> WsgiApp:
             request.drain()
             start_response(f"{response.status} {status_phrase(response.status)}",
                            [*response.headers, ("X-Request-Id", request_id.get())])
-            log("request", method=request.method, path=request.raw_path, status=response.status,
+            log("request", method=request.method, path=request.raw_path, status=response.status, pid=os.getpid(),
                 ms=round((time.perf_counter() - started) * 1000, 2))
         finally:
             request_id.reset(token)

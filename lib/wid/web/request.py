@@ -81,6 +81,8 @@ class Request:
                 if len(data) != length:
                     raise InvalidRequest("request body ended before Content-Length bytes arrived")
             self._body = data
+        elif limit is not None and len(self._body) > limit:  # read before, under a larger limit
+            raise TooLarge(f"request body of {len(self._body)} bytes exceeds {limit}")
         return self._body
 
     def drain(self) -> None:

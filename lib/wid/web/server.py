@@ -1,0 +1,95 @@
+"""Persistent mode (WID_MODE=persistent): every route family's handler in one WSGI application.
+
+Caddy routes a request to its family exactly as in CGI mode (Caddyfile: `import python_{$WID_MODE} FAMILY`);
+in persistent mode the `python_persistent` snippet proxies it to gunicorn's unix socket and names the
+family in the X-Wid-Family request header, replacing any a client sent. Gunicorn drops header names
+with an underscore (`header_map = "drop"`, its default), so `X_Wid_Family` cannot stand in for it. The
+family table mirrors cgi-bin/ (one script per family; tests/test_persistent_mode.py checks the two agree).
+
+What differs between gunicorn's environ and a CGI one is smoothed out here, so handlers see the same
+request and clients the same answers in both modes: REQUEST_URI is the raw request target (the
+handlers check the undecoded path); a chunked body has CONTENT_LENGTH -1 (what Caddy's FastCGI
+passes: read to the end); and, as Caddy's FastCGI transport reads a whole body before the script
+answers, every family but git reads its body (at most WID_MAX_BODY_BYTES) before the handler runs,
+so an oversized body is a 413 whatever else is wrong with the request. Git streams its bodies and
+enforces its own limits (docs/git.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from wid.core.errors import NotFound, WidError
+from wid.log import log
+from wid.web.app import Handler, WsgiApp, wsgi
+from wid.web.request import Request
+from wid.web.response import Response
+
+FAMILY_HEADER = "HTTP_X_WID_FAMILY"
+# Caddy's family name (the cgi-bin/ script's) -> the module whose `handler` serves it.
+FAMILIES = {
+    "api_proxy": "wid.web.handlers.do_proxy",
+    "atproto": "wid.web.handlers.atproto",
+    "callback": "wid.web.handlers.callback",
+    "db_read": "wid.web.handlers.do_proxy",
+    "droplet_create": "wid.web.handlers.droplet_create",
+    "git": "wid.web.handlers.git",
+    "health": "wid.web.handlers.health",
+    "oidc_issue": "wid.web.handlers.oidc_issue",
+    "oidc_prove": "wid.web.handlers.oidc_prove",
+    "spaces_keys": "wid.web.handlers.do_proxy",
+    "wellknown": "wid.web.handlers.wellknown",
+}
+
+
+def _not_routed(request: Request) -> Response:
+    raise NotFound(f"no route for {request.method} {request.raw_path}")
+
+
+def _body_first(handler: Handler) -> Handler:
+    def read_then_handle(request: Request) -> Response:
+        try:
+            request.body()  # kept by the request for the handler
+        except WidError:
+            # Too large (413) or malformed: take in the rest before answering, so that Caddy finishes
+            # sending (or stops at its own limit and answers 413 itself) instead of failing mid-body.
+            _discard(request.environ["wsgi.input"])
+            raise
+        return handler(request)
+
+    return read_then_handle
+
+
+def _discard(stream: Any, cap: int = 16 * 1024 * 1024) -> None:
+    try:
+        while cap > 0 and (chunk := stream.read(min(cap, 64 * 1024))):
+            cap -= len(chunk)
+    except OSError:  # Caddy cut the body at its limit
+        pass
+
+
+def _apps() -> dict[str, WsgiApp]:
+    apps = {}
+    for family, module in FAMILIES.items():
+        handler: Handler = importlib.import_module(module).handler
+        apps[family] = wsgi(handler if family == "git" else _body_first(handler))
+    return apps
+
+
+# Imported once, in gunicorn's master (preload_app): workers fork with every handler ready.
+_APPS = _apps()
+_NOT_ROUTED = wsgi(_not_routed)
+
+
+def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    family = environ.pop(FAMILY_HEADER, "")
+    environ["REQUEST_URI"] = environ.get("RAW_URI") or "/"
+    if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        environ["CONTENT_LENGTH"] = "-1"
+    app = _APPS.get(family)
+    if app is None:  # only a request that did not come through the Caddyfile's routes
+        log("unrouted_request", level="warning", family=family[:40])
+        return _NOT_ROUTED(environ, start_response)
+    return app(environ, start_response)
