@@ -308,6 +308,9 @@ def test_upstream_errors_come_back_unchanged_and_5xx_as_502(world: World, team: 
     assert broken.status_code == 502 and broken.json()["id"] == "bad_gateway"  # DESIGN.md: upstream 5xx -> 502
     assert broken.json()["message"].startswith("DigitalOcean answered HTTP 500 to GET /v2/droplets")
     assert "Unexpected server-side error" in broken.json()["message"]
+    logged = [json.loads(line) for line in world.proxy.log_text().splitlines() if '"error_response"' in line]
+    assert any(e["request_id"] == broken.headers["X-Request-Id"] and e["status"] == 502 and e["level"] == "error"
+               and e["message"] == broken.json()["message"] for e in logged), "a 5xx is in the operator's log"
     missing = requests.get(f"{world.url}/v2/droplets/1", headers=bearer(token), timeout=10)
     assert missing.status_code == 404 and missing.json()["id"] == "not_found"
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -86,6 +87,41 @@ def test_oversized_body_is_413_json(proxy: ProxyServer) -> None:
                              headers={"Content-Type": "application/json"}, timeout=10)
     assert response.status_code == 413
     assert response.json()["id"] == "request_too_large"
+    assert response.json()["message"] == "request body larger than 1048576 bytes, the limit set by WID_MAX_BODY_BYTES"
+
+
+def _caddy_log_entry(proxy: ProxyServer, rid: str) -> dict[str, Any]:
+    for line in proxy.log_text().splitlines():
+        if line.startswith("{") and rid in line:
+            entry: dict[str, Any] = json.loads(line)
+            if entry.get("resp_headers", {}).get("X-Request-Id") == [rid]:
+                return entry
+    raise AssertionError(f"no log line for request {rid}")
+
+
+def test_a_passthrough_failure_names_the_upstream_and_is_logged(proxy: ProxyServer) -> None:
+    """A DigitalOcean token passes straight through Caddy; when DigitalOcean cannot be reached (here: nothing on
+    port 9), the 502 says which upstream and what failed, and the proxy's log has one line for it."""
+    token = "dop_v1_" + "5" * 64
+    response = requests.get(f"{proxy.url}/v2/account?code=oauth-code-never-logged", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 502
+    body = response.json()
+    assert body["id"] == "bad_gateway" and body["request_id"] == response.headers["X-Request-Id"]
+    assert body["message"] == ("Bad Gateway: the DigitalOcean API (DIGITALOCEAN_API_URL) at 127.0.0.1:9 failed: "
+                               "dial tcp 127.0.0.1:9: connect: connection refused")
+    entry = _caddy_log_entry(proxy, body["request_id"])
+    assert entry["status"] == 502 and entry["level"] == "error"
+    assert entry["resp_headers"]["X-Wid-Error"] == [body["message"]]
+    assert entry["request"]["uri"] == "/v2/account?code=REDACTED"
+    assert token not in proxy.log_text() and "oauth-code-never-logged" not in proxy.log_text()
+
+
+def test_requests_caddy_answers_well_are_not_logged_by_caddy(proxy: ProxyServer) -> None:
+    rid = requests.get(f"{proxy.url}/health", timeout=5).headers["X-Request-Id"]
+    missing = requests.get(f"{proxy.url}/no/such/route", timeout=5)
+    assert missing.status_code == 404
+    assert rid not in proxy.log_text() and missing.headers["X-Request-Id"] not in proxy.log_text()
 
 
 def test_a_body_the_handler_did_not_read_keeps_its_answer(proxy: ProxyServer) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from wid import config
 from wid.core.errors import MethodNotAllowed, Misconfigured, NotFound, Unavailable, WidError
 from wid.log import log, request_id
-from wid.web.errors import error_response
+from wid.web.errors import error_response, status_of
 from wid.web.request import METHODS, Request
 from wid.web.response import Response, status_phrase
 
@@ -83,6 +83,8 @@ def _respond(handler: Handler, request: Request) -> Response:
         config.settings()  # every setting valid, or no route runs (each names the variable to fix)
         return handler(request)
     except WidError as err:
+        if status_of(err) >= 500:  # an upstream or dependency failed: the operator's log says which, and how
+            log("error_response", level="error", status=status_of(err), id=err.code, message=err.message)
         return error_response(err)
     except config.ConfigError as err:
         log("config_error", level="error", message=str(err))

@@ -62,7 +62,9 @@ class Request:
         return values[0] if values else None
 
     def body(self, limit: int | None = None) -> bytes:
+        """The body, up to WID_MAX_BODY_BYTES or this endpoint's own (smaller, fixed) `limit`."""
         if self._body is None:
+            source = "the limit set by WID_MAX_BODY_BYTES" if limit is None else "this endpoint's fixed limit"
             limit = config.settings().max_body_bytes if limit is None else limit
             length_raw = self.environ.get("CONTENT_LENGTH") or "0"
             try:
@@ -70,12 +72,12 @@ class Request:
             except ValueError:
                 raise InvalidRequest(f"Content-Length {length_raw!r} is not a number") from None
             if length > limit:
-                raise TooLarge(f"request body of {length} bytes exceeds {limit}")
+                raise TooLarge(f"request body of {length} bytes is larger than {limit} bytes, {source}")
             stream = self.environ["wsgi.input"]
             if length < 0:  # a chunked body: Caddy's FastCGI passes CONTENT_LENGTH -1, the body up to EOF
                 data = stream.read(limit + 1)
                 if len(data) > limit:
-                    raise TooLarge(f"request body exceeds {limit} bytes")
+                    raise TooLarge(f"request body larger than {limit} bytes, {source}")
             else:
                 data = stream.read(length) if length else b""
                 if len(data) != length:
