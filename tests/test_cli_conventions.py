@@ -86,3 +86,10 @@ def test_listing_atproto_client_keys_creates_none(ready: Path) -> None:
     assert done.returncode == 0 and done.stdout == "" and "none yet" in done.stderr
     with storage.database().transaction(write=False) as tx:
         assert tx.execute("SELECT count(*) FROM atproto_client_keys") == [(0,)]
+
+
+@pytest.mark.parametrize("fault", ["foo", "GET /v2 abc", "GET v2 500"])
+def test_demo_fault_usage_errors_exit_2(fault: str) -> None:
+    done = wid("demo", "--fault", fault)
+    assert done.returncode == 2 and "--fault wants 'METHOD PATH STATUS'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ class Fault:
 def parse_fault(spec: str) -> Fault:
     parts = spec.split()
     if len(parts) != 3 or not parts[1].startswith("/") or not parts[2].isdigit():
-        raise SystemExit(f"wid demo: --fault wants 'METHOD PATH STATUS', e.g. 'POST /v2/spaces/keys 500'; got {spec!r}")
+        print(f"wid demo: --fault wants 'METHOD PATH STATUS', e.g. 'POST /v2/spaces/keys 500'; got {spec!r}",
+              file=sys.stderr)
+        raise SystemExit(2)  # a usage error, as argparse's
     return Fault(parts[0].upper(), parts[1], int(parts[2]))
 
 
