@@ -76,6 +76,8 @@ def _payload(part: Message) -> str:
 @example("#cloud-config\nwrite_files:\n- path: [a]\n")  # found: TypeError (an unhashable path)
 @example("#cloud-config\na: " + "[" * 1000 + "]" * 1000 + "\n")  # found: RecursionError in PyYAML
 @example('#cloud-config\np: "\\N"')  # found: the user's NEL (U+0085) came back as a space
+@example("0\r")  # found: a script's CR (and CRLF) came back as LF
+@example("#!/bin/sh\r\necho a\rb\n")
 @example('#cloud-config\nwrite_files:\n- path: /etc/x\n  content: "a\\nb\\N"\n')
 def test_merge_refuses_with_400_or_puts_our_step_first(user_data: Any) -> None:
     try:

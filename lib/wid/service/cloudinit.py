@@ -216,5 +216,6 @@ def _multipart(user: str, kind: str, ours: str) -> str:
 def _text_part(text: str, subtype: str) -> Any:
     from email.mime.text import MIMEText
 
-    # 7bit when ASCII (readable); otherwise UTF-8 in base64, which keeps every character intact.
-    return MIMEText(text, subtype, "us-ascii" if text.isascii() else "utf-8")
+    # 7bit when ASCII without a CR (readable); otherwise UTF-8 in base64, which keeps every character intact
+    # (in a 7bit part the email generator would rewrite a CR, or CRLF, as the line break it writes).
+    return MIMEText(text, subtype, "us-ascii" if text.isascii() and "\r" not in text else "utf-8")
