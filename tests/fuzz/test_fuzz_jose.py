@@ -99,8 +99,8 @@ def test_public_key_raises_only_jose_error(jwk: dict[str, Any]) -> None:
 
 
 @scaled(2)
-@given(jwks, headers.filter(lambda h: h["alg"] in jose.ALLOWED_ALGS and "Alg" not in h
-                           and not jose.FORBIDDEN_HEADERS.intersection(h)),
+@given(jwks, st.fixed_dictionaries({"alg": st.sampled_from(sorted(jose.ALLOWED_ALGS))},
+                                   optional={"kid": st.text(max_size=8), "typ": st.just("JWT")}),
        st.binary(min_size=1, max_size=140))
 def test_verify_raises_only_jose_error(jwk: dict[str, Any], header: dict[str, Any], signature: bytes) -> None:
     jws = jose.decode(f"{b64(json.dumps(header).encode())}.{b64(b'{}')}.{b64(signature)}")
