@@ -9,6 +9,7 @@ certificate authority so clients that insist on TLS (pydo, OIDC discovery) can b
 
 from __future__ import annotations
 
+import abc
 import datetime
 import ipaddress
 import json
@@ -371,7 +372,7 @@ class _Server(ThreadingHTTPServer):
         return
 
 
-class StandInServer:
+class StandInServer(abc.ABC):
     """Base class: lifecycle, recording and fault injection for a loopback HTTP(S) stand-in."""
 
     def __init__(self, port: int = 0, tls: bool = False) -> None:
@@ -571,8 +572,9 @@ class StandInServer:
                 self.handler_errors.append(traceback.format_exc())
             return Response.json(500, {"id": "server_error", "message": "Unexpected server-side error"})
 
+    @abc.abstractmethod
     def handle(self, request: RecordedRequest) -> Response:
-        raise NotImplementedError
+        """The stand-in's answer to one request (faults are applied before it is asked)."""
 
 
 def json_dumps(value: Any) -> str:

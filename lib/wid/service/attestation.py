@@ -164,10 +164,14 @@ def load_public_key(blob: bytes) -> tuple[str, object]:
     key_type = _Reader(blob).text()
     if key_type not in _SIGNATURE_ALGORITHMS:
         raise SignatureError(f"unsupported key type {key_type!r}")
+    if key_type.startswith("ecdsa-"):
+        reader = _Reader(blob)
+        reader.text(), reader.text()  # the key type, the curve name
+        if reader.string()[:1] != b"\x04":  # RFC 5656 3.1: the point is uncompressed (SEC1 0x04)
+            raise SignatureError(f"malformed {key_type} public key: the EC point must be in uncompressed form")
     try:
         key = serialization.load_ssh_public_key(key_type.encode() + b" " + base64.b64encode(blob))
-    except (ValueError, TypeError, binascii.Error, NotImplementedError, UnsupportedAlgorithm) as exc:
-        # NotImplementedError: an EC point that is not in uncompressed form
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"malformed {key_type} public key: {exc}") from None
     return key_type, key
 
