@@ -269,6 +269,21 @@ def test_setup_warns_about_unknown_variables_and_still_sets_up(tmp_path: Path) -
     assert oct((tmp_path / "data").stat().st_mode & 0o777) == "0o700"
 
 
+def test_setup_by_hand_under_a_permissive_umask_keeps_the_data_private(tmp_path: Path) -> None:
+    # An operator's shell usually has umask 022; the database holds sealed credentials and the audit log.
+    previous = os.umask(0o022)
+    try:
+        result = run_wid(tmp_path, "setup")
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    data = tmp_path / "data"
+    files = [p for p in data.iterdir() if p.name.startswith(("wid.sqlite3", "secret.key"))]
+    assert data / "wid.sqlite3" in files
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode & 0o777)}"
+
+
 def test_setup_refuses_a_socket_path_fcgiwrap_cannot_bind(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 40)
     result = run_wid(tmp_path, "setup", "--render-cgi", str(tmp_path / "cgi"), "--cgi-source", str(ROOT / "cgi-bin"),

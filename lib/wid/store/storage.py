@@ -122,6 +122,7 @@ class Database:
                                           f"{str(exc).splitlines()[0]}") from exc
         ensure_data_dir(self.data_dir)
         try:
+            _create_private(self.sqlite_path)
             conn = sqlite3.connect(self.sqlite_path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -278,6 +279,17 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def migration_names() -> list[str]:
     return sorted(name for name in os.listdir(MIGRATIONS_DIR) if name.endswith(".sql"))
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file readable by the service user only, whatever the umask of whoever runs first
+    (`wid setup` by hand included); SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise sqlite3.OperationalError(exc.strerror) from exc
 
 
 def ensure_data_dir(path: Path) -> None:
