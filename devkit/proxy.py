@@ -160,6 +160,9 @@ class ProxyServer:
         """
         from wid.cli.main import render_cgi
 
+        if self.env["WID_MODE"] != "cgi":
+            raise RuntimeError(f"cgi_replaced({name!r}) needs a CGI-mode server; this one runs in "
+                               f"{self.env['WID_MODE']} mode, where no cgi-bin/ script serves a request")
         script = Path(self.env.get("WID_RUN_DIR") or self.data_dir / "run", "cgi-bin", f"{name}.py")
         rendered = script.read_bytes()
         with tempfile.TemporaryDirectory() as source:

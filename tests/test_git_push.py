@@ -99,18 +99,35 @@ def do_api() -> Iterator[DigitalOceanStandIn]:
         yield do
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-           do_api: DigitalOceanStandIn) -> Iterator[GitServer]:
+def start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 do_api: DigitalOceanStandIn, mode: str | None = None) -> GitServer:
     base = tmp_path_factory.mktemp(f"git-{request.param}")
     env = {"DIGITALOCEAN_API_URL": do_api.url, "WID_GIT_MAX_PUSH_BYTES": str(3 * MiB)}
     if request.param == "postgresql":
         env["DATABASE_URI"] = request.getfixturevalue("postgres").fresh_database()
-    proxy = ProxyServer(base / "data", env)
+    proxy = ProxyServer(base / "data", env, mode)
     proxy.env.pop("WID_TRUSTED_ISSUERS", None)  # the default allowlist: GitHub Actions only
     proxy.start()
-    yield GitServer(proxy, do_api, str(request.param))
-    proxy.stop()
+    return GitServer(proxy, do_api, str(request.param))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           do_api: DigitalOceanStandIn) -> Iterator[GitServer]:
+    server = start_server(request, tmp_path_factory, do_api)
+    yield server
+    server.proxy.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cgi_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+               do_api: DigitalOceanStandIn) -> Iterator[GitServer]:
+    """In CGI mode whatever WID_TEST_MODE says: the test replaces the git CGI script to hold a push at its
+    commit point (ProxyServer.cgi_replaced). The commit is the same code in persistent mode, where a worker
+    killed in the middle of a request is tests/test_persistent_mode.py's."""
+    server = start_server(request, tmp_path_factory, do_api, "cgi")
+    yield server
+    server.proxy.stop()
 
 
 def new_team(server: GitServer, **token_args: Any) -> Team:
@@ -599,8 +616,10 @@ def test_twenty_concurrent_pushes_lose_nothing(server: GitServer, team: Team, ad
     print(f"20 concurrent pushes on {server.backend}: {elapsed:.1f}s")
 
 
-def test_kill_9_in_the_middle_of_a_push_keeps_the_previous_configuration(
-        server: GitServer, team: Team, admin: GitUser, tmp_path: Path) -> None:
+def test_kill_9_in_the_middle_of_a_push_keeps_the_previous_configuration(cgi_server: GitServer, tmp_path: Path) -> None:
+    server = cgi_server
+    team = new_team(server)
+    admin = GitUser(tmp_path / "admin", server.url, team.token)
     repo, main = push_initial(admin)
     before = state(server, team.uuid)
     attempted = admin.commit(repo, {"policies/late.hcl": 'path "/v2/late" {\n  capabilities = ["read"]\n}\n'},
