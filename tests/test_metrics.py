@@ -15,6 +15,8 @@ import re
 import secrets
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -280,3 +282,11 @@ def test_the_token_is_validated_and_needs_persistent_mode() -> None:
         assert TOKEN not in str(refused.value)
     shown = {s.name: s.shown for s in config.sources({**base, "WID_METRICS_TOKEN": TOKEN})[0]}
     assert shown["WID_METRICS_TOKEN"] == "(set)"
+
+
+def test_cgi_request_paths_never_import_prometheus_client() -> None:
+    """CGI mode pays nothing for metrics: no family's handler (nor the WSGI layer) loads the library."""
+    modules = ", ".join(sorted(set(FAMILIES.values())))
+    code = (f"import sys, wid.web.app, {modules}; "
+            "sys.exit(1 if any(m.split('.')[0] == 'prometheus_client' for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
