@@ -285,8 +285,12 @@ def test_the_token_is_validated_and_needs_persistent_mode() -> None:
 
 
 def test_cgi_request_paths_never_import_prometheus_client() -> None:
-    """CGI mode pays nothing for metrics: no family's handler (nor the WSGI layer) loads the library."""
+    """CGI mode pays nothing for metrics: wid.metrics loads no module of its own, and no family's handler
+    (nor the WSGI layer) loads the library."""
     modules = ", ".join(sorted(set(FAMILIES.values())))
-    code = (f"import sys, wid.web.app, {modules}; "
-            "sys.exit(1 if any(m.split('.')[0] == 'prometheus_client' for m in sys.modules) else 0)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+    code = ("import sys, wid.config, wid.log; before = set(sys.modules); import wid.metrics; "
+            "print(','.join(sorted(set(sys.modules) - before - {'wid.metrics'}))); "
+            f"import wid.web.app, {modules}; "
+            "print(','.join(m for m in sys.modules if m.split('.')[0] == 'prometheus_client'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["", ""]

@@ -16,7 +16,6 @@ team or a path: callers pass only such names (wid.web.app names a method it does
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ def enable(directory: Path) -> None:
     global _metrics, _directory
     if _metrics is not None:
         return
+    import shutil  # here only: it loads bz2 and lzma, milliseconds a CGI process must not pay
+
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(mode=0o700, parents=True)
     # prometheus_client reads its directory from the environment when it is imported and when it writes.
