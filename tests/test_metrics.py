@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,7 +28,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.do_world import DATABASE_UUID, World
-from devkit.proxy import ProxyServer
+from devkit.proxy import ProxyServer, free_port, wait_for
 from tests.test_persistent_mode import DROPLET_ROLE, exchange, exchange_body, served_by
 from wid import config
 from wid.store import storage
@@ -262,6 +263,41 @@ def test_metrics_are_an_unknown_route_when_not_enabled(stack: ProxyServer) -> No
         assert response.status_code == 404 and "WWW-Authenticate" not in response.headers
         assert {k: v for k, v in response.json().items() if k != "request_id"} == \
             {k: v for k, v in unknown.items() if k != "request_id"}
+
+
+def test_a_real_prometheus_scrapes_with_the_documented_configuration(world: World, tmp_path: Path) -> None:
+    """Debian's Prometheus with docs/operator.md's `authorization` block: the holder of the token scrapes,
+    a scraper with another token is refused."""
+    (tmp_path / "token").write_text(f"{TOKEN}\n")
+    (tmp_path / "other").write_text(secrets.token_hex(32))
+    target = urlsplit(world.url).netloc
+    jobs = [{"job_name": job, "scrape_interval": "1s", "metrics_path": "/metrics",
+             "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / job)},
+             "static_configs": [{"targets": [target]}]} for job in ("token", "other")]
+    (tmp_path / "prometheus.yml").write_text(json.dumps({"scrape_configs": jobs}))  # JSON is YAML
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+    with subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as prometheus:
+        try:
+            wait_for(f"http://127.0.0.1:{port}/-/ready", process=prometheus)
+            health: dict[str, tuple[str, str]] = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                targets = requests.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]
+                health = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in targets}
+                if all(state != "unknown" for state, _ in health.values()) and len(health) == 2:
+                    break
+                time.sleep(0.2)
+            assert health["token"] == ("up", ""), health
+            assert health["other"][0] == "down" and "401" in health["other"][1], health
+            found = requests.get(f"{api}/query", params={"query": 'wid_http_requests_total{route="metrics"}'},
+                                 timeout=10).json()["data"]["result"]
+            assert {r["metric"]["job"] for r in found} == {"token"}
+            assert {r["metric"]["status"] for r in found} >= {"200"}
+        finally:
+            prometheus.terminate()
 
 
 # -- the setting ---------------------------------------------------------------------------------------
