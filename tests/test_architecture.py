@@ -14,8 +14,8 @@ from pathlib import Path
 LIB = Path(__file__).resolve().parent.parent / "lib"
 MAX_LINES = 400
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
-LAYERS = (("config", "config_parsers", "log"), ("core",), ("store",), ("net",), ("upstreams",), ("service",), ("web",),
-          ("cli",))
+LAYERS = (("config", "config_parsers", "log", "metrics"), ("core",), ("store",), ("net",), ("upstreams",), ("service",),
+          ("web",), ("cli",))
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def test_which_urls_may_be_fetched(app_env: Path, url: str, insecure_allowed: bo
                                  "https://0.0.0.0/x", "https://100.64.0.1/x"])
 def test_private_and_loopback_addresses_are_never_contacted(app_env: Path, url: str) -> None:
     with pytest.raises(WidError) as err:
-        identity.request("GET", url, what="test", allow_insecure=False, timeout=2)
+        identity.request("GET", url, service="atproto_identity", what="test", allow_insecure=False, timeout=2)
     assert err.value.code == "address_refused", err.value.message
 
 
@@ -136,14 +136,14 @@ def local_server() -> Iterator[str]:
 
 
 def test_loopback_only_when_insecure_is_allowed(insecure: None, local_server: str) -> None:
-    assert identity.request("GET", f"{local_server}/", what="test").body == b"x" * 10
+    assert identity.request("GET", f"{local_server}/", service="atproto_identity", what="test").body == b"x" * 10
     with pytest.raises(WidError) as err:
-        identity.request("GET", f"{local_server}/", what="test", allow_insecure=False)
+        identity.request("GET", f"{local_server}/", service="atproto_identity", what="test", allow_insecure=False)
     assert err.value.code == "insecure_url_refused"
     with pytest.raises(WidError) as err:
-        identity.request("GET", f"{local_server}/big", what="test", limit=1000)
+        identity.request("GET", f"{local_server}/big", service="atproto_identity", what="test", limit=1000)
     assert err.value.code == "response_too_large"
-    redirect = identity.request("GET", f"{local_server}/redirect", what="test")
+    redirect = identity.request("GET", f"{local_server}/redirect", service="atproto_identity", what="test")
     assert redirect.status == 302  # returned, never followed
 
 

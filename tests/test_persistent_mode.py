@@ -217,13 +217,13 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_for_idempotent_reque
 
     server = ClosingServer()
     try:
-        first = upstream.send("GET", f"{server.url}/a", headers={})
+        first = upstream.send("GET", f"{server.url}/a", service="digitalocean_api", headers={})
         assert first.read() == b"ok" and first.connection.sock is not None  # kept: the answer did not say close
-        second = upstream.send("GET", f"{server.url}/b", headers={})
+        second = upstream.send("GET", f"{server.url}/b", service="digitalocean_api", headers={})
         assert first.connection.sock is None  # the kept one was taken, found closed by the server, closed here
         assert second.connection is not first.connection  # and the request sent again on a new one
         assert second.read() == b"ok" and server.accepted == 2
-        third = upstream.send("POST", f"{server.url}/c", headers={}, body=b"{}")
+        third = upstream.send("POST", f"{server.url}/c", service="digitalocean_api", headers={}, body=b"{}")
         assert third.connection is not second.connection  # a POST never takes a kept connection
         assert third.read() == b"ok" and server.accepted == 3
     finally:

@@ -232,7 +232,8 @@ def resolve_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
 
 def fetch(url: str, *, insecure: bool = False) -> FetchError:
     with pytest.raises(FetchError) as caught:
-        safe_http.request("GET", url, what="issuer discovery", timeout=5, allow_insecure=insecure, limit=1000)
+        safe_http.request("GET", url, service="issuer_keys", what="issuer discovery", timeout=5,
+                          allow_insecure=insecure, limit=1000)
     return caught.value
 
 

@@ -21,6 +21,7 @@ from wid.config_parsers import (
     MIB,
     atproto_scope,
     base_url,
+    bearer_secret,
     caddy_size,
     caddy_size_bytes,
     client_credential,
@@ -93,6 +94,7 @@ class Settings(NamedTuple):
     workers: int | None  # WID_WORKERS, persistent mode; None: persistent_workers() chooses
     threads: int  # WID_THREADS: requests each persistent worker serves at once (1: gunicorn's sync worker)
     cgi_workers: int
+    metrics_token: str | None  # WID_METRICS_TOKEN: what a scraper of /metrics sends; None: /metrics is off
     publish_interval: int  # seconds between a replica's re-publications of its JWKS file
     jwks_max_age: int  # Cache-Control max-age of the issuer metadata and JWKS responses
     caddy_log_level: str
@@ -112,6 +114,11 @@ class Settings(NamedTuple):
     def public_dir(self) -> Path:
         """Files Caddy serves directly (issuer metadata, JWKS)."""
         return self.data_dir / "public"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Persistent mode's per-worker metric files (wid.metrics), emptied whenever gunicorn starts."""
+        return self.run_dir / "metrics"
 
     @property
     def fcgi_socket(self) -> Path:
@@ -220,6 +227,7 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
         workers=r.read("WID_WORKERS", whole(1, MAX_WORKERS, "processes"), None),
         threads=r.read("WID_THREADS", whole(1, 64, "threads"), 4),
         cgi_workers=r.read("WID_CGI_WORKERS", whole(1, MAX_WORKERS, "processes"), 8),
+        metrics_token=r.read("WID_METRICS_TOKEN", bearer_secret, None, secret=True),
         publish_interval=r.read("WID_PUBLISH_INTERVAL", whole(5, 3600, "seconds"), 60),
         jwks_max_age=r.read("WID_JWKS_MAX_AGE", whole(1, 86400, "seconds"), 300),
         caddy_log_level=r.read("WID_CADDY_LOG_LEVEL", one_of(*CADDY_LOG_LEVELS), "WARN"),
@@ -241,6 +249,10 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
         missing = client[1] if values.do_oauth_client_id else client[0]
         r.problems.append(f"{missing} is unset while its pair is set: set both (the OAuth application's client "
                           "id and secret) or neither")
+    if r.valid("WID_MODE", "WID_METRICS_TOKEN") and values.metrics_token and values.mode != "persistent":
+        # A CGI process lives for one request: it has no counters to show (docs/operator.md, "Metrics").
+        r.problems.append("WID_METRICS_TOKEN is set but WID_MODE is cgi: /metrics is served in persistent mode "
+                          "only; set WID_MODE=persistent or unset WID_METRICS_TOKEN")
     push, body = values.git_max_push_bytes, caddy_size_bytes(values.git_max_body_size)
     if r.valid("WID_GIT_MAX_PUSH_BYTES", "WID_GIT_MAX_BODY_SIZE") and not push <= body <= 4 * GIB:
         r.fail("WID_GIT_MAX_BODY_SIZE", f"WID_GIT_MAX_BODY_SIZE must be from WID_GIT_MAX_PUSH_BYTES ({push} bytes) "

@@ -144,6 +144,18 @@ def client_credential(raw: str) -> str:
     return raw
 
 
+def bearer_secret(raw: str) -> str:
+    """A shared secret a client sends as `Authorization: Bearer <secret>`: long enough not to be guessed,
+    and only characters RFC 6750's b64token allows (so it reaches us unchanged in the header)."""
+    if not 32 <= len(raw) <= 512 or not _B64TOKEN.match(raw):
+        raise ValueError("must be 32 to 512 characters of A-Z a-z 0-9 - . _ ~ + / = (for example the output "
+                         "of `openssl rand -hex 32`)")
+    return raw
+
+
+_B64TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
+
+
 def directory(raw: str) -> Path:
     if "\0" in raw:
         raise ValueError("must be a directory path")

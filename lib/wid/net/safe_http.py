@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from wid import config
+from wid import config, metrics
 from wid.core.errors import UpstreamFailed, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -260,9 +260,28 @@ def _connect(conn: http.client.HTTPConnection, addresses: list[tuple[Any, Any]],
     raise last or OSError("no address to connect to")
 
 
-def request(method: str, url: str, *, what: str, timeout: float, allow_insecure: bool, limit: int,
+def request(method: str, url: str, *, service: str, what: str, timeout: float, allow_insecure: bool, limit: int,
             headers: dict[str, str] | None = None, body: bytes | None = None) -> HttpResult:
-    """One HTTP exchange under the rules above. Never follows redirects: a 3xx is returned as is."""
+    """One HTTP exchange under the rules above. Never follows redirects: a 3xx is returned as is.
+
+    `service` names the kind of server in the metrics (wid.metrics), never its host: these URLs come from
+    users and documents."""
+    started = time.monotonic()
+    try:
+        result = _request(method, url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit,
+                          headers=headers, body=body)
+    except FetchTimeout:
+        metrics.upstream(service, "timeout", time.monotonic() - started)
+        raise
+    except FetchError:
+        metrics.upstream(service, "error", time.monotonic() - started)
+        raise
+    metrics.upstream(service, result.status, time.monotonic() - started)
+    return result
+
+
+def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure: bool, limit: int,
+             headers: dict[str, str] | None, body: bytes | None) -> HttpResult:
     import http.client
     import socket
     import threading
@@ -342,11 +361,11 @@ def request(method: str, url: str, *, what: str, timeout: float, allow_insecure:
         conn.close()
 
 
-def get_json(url: str, what: str, *, timeout: float, allow_insecure: bool, limit: int,
-             headers: dict[str, str] | None = None) -> dict[str, Any]:
+def get_json(url: str, what: str, *, service: str, timeout: float, allow_insecure: bool, limit: int,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
     """GET a JSON object; any status but 200 is a 502 naming it."""
-    result = request("GET", url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit,
-                     headers={"Accept": "application/json", **(headers or {})})
+    result = request("GET", url, service=service, what=what, timeout=timeout, allow_insecure=allow_insecure,
+                     limit=limit, headers={"Accept": "application/json", **(headers or {})})
     if result.status != 200:
         raise FetchError(f"{what} answered HTTP {result.status}",
                          retryable=result.status >= 500)

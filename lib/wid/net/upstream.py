@@ -15,12 +15,14 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from wid import metrics
 from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
 
 CHUNK = 64 * 1024
@@ -92,9 +94,26 @@ def _connect(parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
 
 
-def send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None,
+def send(method: str, url: str, *, service: str, headers: Mapping[str, str], body: bytes | None = None,
          timeout: float = 30.0) -> UpstreamResponse:
-    """One HTTP request; timeouts become 504 and connection failures 502, with nothing half-done here."""
+    """One HTTP request; timeouts become 504 and connection failures 502, with nothing half-done here.
+
+    `service` names the upstream in the metrics (wid.metrics): a fixed name such as digitalocean_api."""
+    started = time.perf_counter()
+    try:
+        response = _send(method, url, headers=headers, body=body, timeout=timeout)
+    except UpstreamTimeout:
+        metrics.upstream(service, "timeout", time.perf_counter() - started)
+        raise
+    except UpstreamFailed:
+        metrics.upstream(service, "error", time.perf_counter() - started)
+        raise
+    metrics.upstream(service, response.status, time.perf_counter() - started)
+    return response
+
+
+def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
+          timeout: float) -> UpstreamResponse:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise UpstreamFailed(f"upstream URL {url!r} is not http(s)")

@@ -28,7 +28,7 @@ import re
 import time
 from typing import Any, NamedTuple
 
-from wid import config
+from wid import config, metrics
 from wid.core import jose, tokens
 from wid.core.errors import Unavailable, WidError
 from wid.core.policy.engine import CompiledRbac
@@ -146,6 +146,7 @@ def _read(db: storage.Database, issuer: str) -> CachedKeys | None:
     if row[0] is not None:
         with db.cache_lock:
             memo: tuple[str, dict[str, dict[str, Any]]] | None = db.cache.get(_memo_key(issuer))
+        metrics.cache("issuer_keys", hit=memo is not None and memo[0] == row[0])
         if memo is not None and memo[0] == row[0]:
             keys = memo[1]
         else:
@@ -297,7 +298,7 @@ def fetch_json(url: str, limit: int) -> tuple[dict[str, Any], str | None]:
     bytes, one total deadline); status 200 only. Returns it with the response's Cache-Control."""
     timeout = config.settings().issuer_fetch_timeout  # connect + TLS + headers + body, for one document
     try:
-        result = safe_http.request("GET", url, what=url, timeout=timeout, limit=limit,
+        result = safe_http.request("GET", url, service="issuer_keys", what=url, timeout=timeout, limit=limit,
                                    allow_insecure=config.settings().allow_insecure_issuers,
                                    headers={"Accept": "application/json", "User-Agent": USER_AGENT})
     except safe_http.FetchError as exc:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from wid import metrics
 from wid.log import log, request_id
 from wid.store import storage
 
@@ -30,6 +31,7 @@ def record(event: str, decision: str, *, api: str | None = None, actx: str | Non
         with storage.database().transaction() as own:
             own.execute(sql, row)
     log("audit", audit_event=event, decision=decision, actx=actx, sub=sub, jti=jti)
+    metrics.decision(event, decision)
 
 
 def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | None, jti: str | None,
@@ -46,6 +48,7 @@ def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | N
                        "request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", row)
     assert found is not None
     log("audit", audit_event=event, decision="allow", actx=actx, sub=sub, jti=jti, method=method, path=path)
+    metrics.decision(event, "allow")
     return int(found[0])
 
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wid import config
+from wid import config, metrics
 from wid.core import jose
 from wid.store import encryption, storage
 
@@ -68,8 +68,10 @@ def activation_delay() -> int:
 def _cached(db: storage.Database, key: str) -> Any:
     with db.cache_lock:
         entry = db.cache.get(key)
-    if entry and time.monotonic() - entry[0] < ACTIVE_KEY_CACHE_SECONDS:
+    if entry is not None and time.monotonic() - entry[0] < ACTIVE_KEY_CACHE_SECONDS:
+        metrics.cache("signing_keys", hit=True)
         return entry[1]
+    metrics.cache("signing_keys", hit=False)
     return _MISSING
 
 

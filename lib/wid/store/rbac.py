@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any, NamedTuple
 
+from wid import metrics
 from wid.core.policy.engine import CompiledRbac
 from wid.store import storage
 
@@ -35,9 +36,11 @@ def compiled(api: str, actx: str) -> CompiledRbac | None:
             return None
         with db.cache_lock:
             cached = db.cache.get(key)
-        if cached and cached[0] == row[0]:
+        if cached is not None and cached[0] == row[0]:
+            metrics.cache("rbac", hit=True)
             rbac: CompiledRbac = cached[1]
             return rbac
+        metrics.cache("rbac", hit=False)
         data = tx.one("SELECT version, compiled FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
     if data is None:
         return None

@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from wid import config
+from wid import config, metrics
 
 Row = tuple[Any, ...]
 _DIALECT_WORDS = {
@@ -31,7 +31,13 @@ SQLITE_NAME = "wid.sqlite3"  # in WID_DATA_DIR
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached or used right now: the caller answers 503, never a guess."""
+    """The database cannot be reached or used right now: the caller answers 503, never a guess.
+
+    Each one is counted as it is made (wid.metrics), so no place that raises one can be missed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        metrics.database_error()
 
 
 class Conflict(Exception):

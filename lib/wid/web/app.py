@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from wid import config
+from wid import config, metrics
 from wid.core.errors import MethodNotAllowed, Misconfigured, NotFound, Unavailable, WidError
 from wid.log import log, request_id
 from wid.web.errors import error_response, status_of
@@ -48,8 +48,9 @@ class Router:
         raise NotFound(f"no route for {request.method} {request.path}")
 
 
-def wsgi(handler: Handler) -> WsgiApp:
-    """Wrap a handler: request id, JSON errors (never a traceback), one access log line."""
+def wsgi(handler: Handler, route: str = "") -> WsgiApp:
+    """Wrap a handler: request id, JSON errors (never a traceback), one access log line; in persistent mode
+    the request counted under `route`, its family (wid.metrics)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
@@ -61,8 +62,10 @@ def wsgi(handler: Handler) -> WsgiApp:
             request.drain()
             start_response(f"{response.status} {status_phrase(response.status)}",
                            [*response.headers, ("X-Request-Id", request_id.get())])
+            seconds = time.perf_counter() - started
             log("request", method=request.method, path=request.raw_path, status=response.status, pid=os.getpid(),
-                ms=round((time.perf_counter() - started) * 1000, 2))
+                ms=round(seconds * 1000, 2))
+            metrics.request(route, request.method if request.method in METHODS else "other", response.status, seconds)
         finally:
             request_id.reset(token)
         if request.method == "HEAD":

@@ -6,9 +6,15 @@ Gunicorn reads every public module-level name as a setting: helpers here start w
 
 from __future__ import annotations
 
+from typing import Any as _Any
+
 from wid import config as _config
+from wid import metrics as _metrics
 
 _settings = _config.settings()
+if _settings.metrics_token:
+    # Here, in the master, before the application is preloaded and workers fork (this module is read once).
+    _metrics.enable(_settings.metrics_dir)
 
 wsgi_app = "wid.web.server:application"
 workers = _settings.persistent_workers()
@@ -33,3 +39,8 @@ header_map = "drop"
 accesslog = None  # wid.web logs one JSON line per request
 errorlog = "-"
 loglevel = "warning"
+
+
+def child_exit(server: _Any, worker: _Any) -> None:
+    """A worker exited (or was killed): its counts stay in the metrics (wid.metrics)."""
+    _metrics.worker_exited(worker.pid)

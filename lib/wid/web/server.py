@@ -37,6 +37,7 @@ FAMILIES = {
     "droplet_create": "wid.web.handlers.droplet_create",
     "git": "wid.web.handlers.git",
     "health": "wid.web.handlers.health",
+    "metrics": "wid.web.handlers.metrics",
     "oidc_issue": "wid.web.handlers.oidc_issue",
     "oidc_prove": "wid.web.handlers.oidc_prove",
     "spaces_keys": "wid.web.handlers.do_proxy",
@@ -74,13 +75,13 @@ def _apps() -> dict[str, WsgiApp]:
     apps = {}
     for family, module in FAMILIES.items():
         handler: Handler = importlib.import_module(module).handler
-        apps[family] = wsgi(handler if family == "git" else _body_first(handler))
+        apps[family] = wsgi(handler if family == "git" else _body_first(handler), route=family)
     return apps
 
 
 # Imported once, in gunicorn's master (preload_app): workers fork with every handler ready.
 _APPS = _apps()
-_NOT_ROUTED = wsgi(_not_routed)
+_NOT_ROUTED = wsgi(_not_routed, route="unrouted")
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wid import config
+from wid import config, metrics
 from wid.core import dpop
 from wid.core.errors import Unavailable, UpstreamFailed
 from wid.store import encryption, storage
@@ -96,6 +96,7 @@ def client_key(kid: str | None = None) -> ClientKey:
     cache_key = f"atproto:client_key:{kid or 'active'}"
     with db.cache_lock:
         cached = db.cache.get(cache_key)
+    metrics.cache("atproto_client_key", hit=cached is not None and time.monotonic() - cached[0] < 30)
     if cached is not None and time.monotonic() - cached[0] < 30:
         key: ClientKey = cached[1]
         return key

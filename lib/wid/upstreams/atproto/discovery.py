@@ -32,7 +32,7 @@ def discover(pds: str) -> AuthServer:
     """The PDS's one authorization server, from its protected-resource metadata (RFC 9728) and the
     server's own metadata (RFC 8414), with what the ATProto profile requires of it checked."""
     prm_url = f"{pds}/.well-known/oauth-protected-resource"
-    prm = identity.get_json(prm_url, f"the PDS's resource metadata ({prm_url})")
+    prm = identity.get_json(prm_url, f"the PDS's resource metadata ({prm_url})", service="atproto_pds")
     if not isinstance(prm.get("resource"), str) or not _same_url(prm["resource"], pds):
         raise FetchError(f"{prm_url} describes the resource "
                          f"{str(prm.get('resource'))[:120]!r}, not {pds}", code="pds_metadata_invalid")
@@ -44,7 +44,7 @@ def discover(pds: str) -> AuthServer:
     if urlsplit(issuer).path not in ("", "/"):
         raise FetchError(f"the authorization server {issuer!r} is not an origin", code="pds_metadata_invalid")
     as_url = f"{issuer}/.well-known/oauth-authorization-server"
-    meta = identity.get_json(as_url, f"the authorization server's metadata ({as_url})")
+    meta = identity.get_json(as_url, f"the authorization server's metadata ({as_url})", service="atproto_auth")
     if meta.get("issuer") != issuer:
         raise FetchError(f"{as_url} names the issuer {str(meta.get('issuer'))[:120]!r}, "
                          f"not {issuer}", code="as_metadata_invalid")

@@ -68,7 +68,7 @@ def wants_nonce(result: HttpResult) -> bool:
     return False
 
 
-def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, what: str, nonces: Nonces,
+def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, service: str, what: str, nonces: Nonces,
                  body: Callable[[], bytes | None] | None = None, headers: dict[str, str] | None = None,
                  access_token: str | None = None, limit: int = TOKEN_RESPONSE_LIMIT) -> HttpResult:
     """Send with a fresh DPoP proof; on `use_dpop_nonce` send once more with the server's nonce.
@@ -82,7 +82,8 @@ def dpop_request(method: str, url: str, key: ec.EllipticCurvePrivateKey, *, what
         sent["DPoP"] = dpop.proof(key, method, url, nonce=nonce, access_token=access_token)
         if access_token:
             sent["Authorization"] = f"DPoP {access_token}"
-        result = identity.request(method, url, what=what, headers=sent, body=body() if body else None, limit=limit)
+        result = identity.request(method, url, service=service, what=what, headers=sent,
+                                  body=body() if body else None, limit=limit)
         fresh = result.header("DPoP-Nonce")
         if fresh:
             nonces.seen(origin, fresh.strip())

@@ -59,21 +59,22 @@ def check_url(url: str, what: str, *, allow_insecure: bool | None = None) -> tup
     return safe_http.check_url(url, what, allow_insecure=insecure)
 
 
-def request(method: str, url: str, *, what: str, headers: dict[str, str] | None = None,
+def request(method: str, url: str, *, service: str, what: str, headers: dict[str, str] | None = None,
             body: bytes | None = None, limit: int = JSON_LIMIT, timeout: float | None = None,
             allow_insecure: bool | None = None) -> HttpResult:
     """One HTTP exchange by the rules of lib/wid/net/safe_http.py, with the ATProto settings as defaults."""
     settings = config.settings()
     insecure = settings.allow_insecure_issuers if allow_insecure is None else allow_insecure
-    return safe_http.request(method, url, what=what, headers={"User-Agent": USER_AGENT, **(headers or {})},
+    return safe_http.request(method, url, service=service, what=what,
+                             headers={"User-Agent": USER_AGENT, **(headers or {})},
                              body=body, limit=limit, timeout=settings.atproto_timeout if timeout is None else timeout,
                              allow_insecure=insecure)
 
 
-def get_json(url: str, what: str, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
+def get_json(url: str, what: str, *, service: str, limit: int = JSON_LIMIT) -> dict[str, Any]:
     """GET a JSON object; any status but 200 is a 502 naming it."""
     settings = config.settings()
-    return safe_http.get_json(url, what, timeout=settings.atproto_timeout,
+    return safe_http.get_json(url, what, service=service, timeout=settings.atproto_timeout,
                               allow_insecure=settings.allow_insecure_issuers, limit=limit,
                               headers={"User-Agent": USER_AGENT})
 
@@ -133,7 +134,7 @@ def _by_dns(handle: str) -> str:
 
 def _by_well_known(handle: str) -> str:
     url = f"https://{handle}/.well-known/atproto-did"
-    result = request("GET", url, what=url, limit=WELL_KNOWN_DID_LIMIT, allow_insecure=False,
+    result = request("GET", url, service="atproto_identity", what=url, limit=WELL_KNOWN_DID_LIMIT, allow_insecure=False,
                      timeout=min(5.0, config.settings().atproto_timeout))
     if result.status != 200:
         raise ValueError(f"HTTP {result.status}")
@@ -145,7 +146,8 @@ def _by_well_known(handle: str) -> str:
 
 def _by_resolver(handle: str, resolver: str) -> str:
     url = f"{resolver}/xrpc/com.atproto.identity.resolveHandle?handle={quote(handle)}"
-    result = request("GET", url, what=f"handle resolver {resolver}", headers={"Accept": "application/json"})
+    result = request("GET", url, service="atproto_identity", what=f"handle resolver {resolver}",
+                     headers={"Accept": "application/json"})
     if result.status != 200:
         message = ""
         try:
@@ -263,8 +265,8 @@ def parse_document(did: str, doc: dict[str, Any]) -> DidDocument:
 def fetch_document(did: str) -> DidDocument:
     """The DID document, fetched now (no cache)."""
     url = did_document_url(did)
-    result = request("GET", url, what=f"the DID document of {did} ({url})", limit=DID_DOC_LIMIT,
-                     headers={"Accept": "application/did+ld+json, application/json"})
+    result = request("GET", url, service="atproto_identity", what=f"the DID document of {did} ({url})",
+                     limit=DID_DOC_LIMIT, headers={"Accept": "application/did+ld+json, application/json"})
     if result.status in (404, 410):
         raise FetchError(f"{did} does not resolve: {url} answered HTTP {result.status} "
                          "(unknown or deactivated DID)", code="did_unresolved")

@@ -82,7 +82,8 @@ def start(identifier: str) -> FlowStart:
     form = {"response_type": "code", "redirect_uri": redirect_uri(), "scope": scope, "state": state,
             "code_challenge": challenge, "code_challenge_method": "S256", "login_hint": who.handle or who.did}
     nonces = Nonces()
-    result = dpop_request("POST", server.par_endpoint, dpop_key, what=f"the authorization server {server.issuer} "
+    result = dpop_request("POST", server.par_endpoint, dpop_key, service="atproto_auth",
+                          what=f"the authorization server {server.issuer} "
                           "(pushed authorization request)", nonces=nonces,
                           headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
                           body=lambda: urlencode({**form, **client_auth(key, server.issuer)}).encode())

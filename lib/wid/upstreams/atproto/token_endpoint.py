@@ -50,7 +50,7 @@ def token_request(data: dict[str, Any], form: dict[str, str], *, nonces: Nonces)
     key = client_key(data.get("client_kid"))
     dpop_key = dpop.key_from_pem(data["dpop_key"])
     issuer = str(data["issuer"])
-    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key,
+    result = dpop_request("POST", str(data["token_endpoint"]), dpop_key, service="atproto_auth",
                           what=f"the authorization server {issuer} (token endpoint)", nonces=nonces,
                           headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
                           body=lambda: urlencode({**form, **client_auth(key, issuer)}).encode())
@@ -94,7 +94,8 @@ def revoke_tokens(data: dict[str, Any], *tokens_: str) -> None:
             return lambda: urlencode({"token": token, **client_auth(key, issuer)}).encode()
 
         for token in tokens_:
-            dpop_request("POST", revocation, dpop_key, what="the authorization server (revocation)", nonces=nonces,
+            dpop_request("POST", revocation, dpop_key, service="atproto_auth",
+                         what="the authorization server (revocation)", nonces=nonces,
                          headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form(token))
         nonces.flush()
     except (WidError, ValueError) as exc:

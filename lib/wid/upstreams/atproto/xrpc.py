@@ -94,8 +94,9 @@ def send(did: str, method: str, nsid: str, query_string: str, *, body: bytes, he
     limit = config.settings().atproto_max_response_bytes
     nonces = Nonces()
     for attempt in (1, 2):
-        result = dpop_request(method, url, session.dpop_key, what=f"the PDS {data['pds']} ({nsid})",
-                              nonces=nonces, body=(lambda: body) if method == "POST" else None,
+        result = dpop_request(method, url, session.dpop_key, service="atproto_pds",
+                              what=f"the PDS {data['pds']} ({nsid})", nonces=nonces,
+                              body=(lambda: body) if method == "POST" else None,
                               headers=headers, access_token=session.access_token, limit=limit)
         if attempt == 1 and _refused_token(result):
             log("atproto_token_refused", level="warning", did=did, nsid=nsid)

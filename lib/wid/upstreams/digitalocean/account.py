@@ -31,7 +31,8 @@ def api_json(method: str, path: str, token: str, body: dict[str, Any] | None = N
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    response = upstream.send(method, f"{s.do_api_url}{path}", headers=headers, body=data, timeout=s.upstream_timeout)
+    response = upstream.send(method, f"{s.do_api_url}{path}", service="digitalocean_api", headers=headers, body=data,
+                             timeout=s.upstream_timeout)
     raw = response.read()
     try:
         return response.status, json.loads(raw) if raw else None

@@ -155,8 +155,8 @@ def send_as_team(team_uuid: str, method: str, target: str, *, body: bytes | None
     s = config.settings()
     token = team_token(team_uuid)
     for attempt in (1, 2):
-        response = upstream.send(method, f"{s.do_api_url}{target}", body=body, timeout=s.upstream_timeout,
-                                 headers={**headers, "Authorization": f"Bearer {token}"})
+        response = upstream.send(method, f"{s.do_api_url}{target}", service="digitalocean_api", body=body,
+                                 timeout=s.upstream_timeout, headers={**headers, "Authorization": f"Bearer {token}"})
         if response.status != 401:
             return response
         response.connection.close()

@@ -139,7 +139,7 @@ def _token_request(params: dict[str, str]) -> Grant:
     # Secrets go in a form body, never in the query string (which servers log).
     body = urlencode({**params, "client_id": client_id, "client_secret": client_secret}).encode()
     response = upstream.send("POST", f"{config.settings().do_oauth_url}/v1/oauth/token",
-                             headers={"Content-Type": "application/x-www-form-urlencoded",
+                             service="digitalocean_oauth", headers={"Content-Type": "application/x-www-form-urlencoded",
                                       "Accept": "application/json"},
                              body=body, timeout=config.settings().upstream_timeout)
     raw = response.read(_TOKEN_RESPONSE_LIMIT)
@@ -186,6 +186,7 @@ def revoke(token: str) -> None:
         client_id, client_secret = _client()
         body = urlencode({"token": token, "client_id": client_id, "client_secret": client_secret}).encode()
         response = upstream.send("POST", f"{config.settings().do_oauth_url}/v1/oauth/revoke",
+                                 service="digitalocean_oauth",
                                  headers={"Content-Type": "application/x-www-form-urlencoded"},
                                  body=body, timeout=config.settings().upstream_timeout)
         response.read(_TOKEN_RESPONSE_LIMIT)

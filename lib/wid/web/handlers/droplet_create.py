@@ -135,8 +135,8 @@ def create(request: Request) -> Response:
         if upstream_token is None:
             response = upstream_digitalocean.send_as_team(team, "POST", target, body=data, headers=headers)
         else:
-            response = upstream.send("POST", f"{settings.do_api_url}{target}", body=data,
-                                     headers={**headers, "Authorization": f"Bearer {upstream_token}"},
+            response = upstream.send("POST", f"{settings.do_api_url}{target}", service="digitalocean_api",
+                                     body=data, headers={**headers, "Authorization": f"Bearer {upstream_token}"},
                                      timeout=settings.upstream_timeout)
         raw = response.read()
     except WidError as exc:
