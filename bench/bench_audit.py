@@ -141,6 +141,7 @@ def audit_rows(world: World) -> int:
 def requests(label: str, postgres: PostgresServer | None, costs: dict[str, Cost], duration: int,
              folder: Path) -> None:
     for mode in ("cgi", "persistent"):
+        print(f"-- starting a {mode} stack on {label}", flush=True)
         world = start(f"audit-{mode}", mode, {"DATABASE_URI": postgres.fresh_database()} if postgres else {})
         try:
             for target in targets(world):

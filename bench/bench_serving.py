@@ -13,7 +13,7 @@ Measured with wrk at each concurrency (one keep-alive connection each), for
   GET  /v2/databases/{uuid}    with the role token (policy, team token, the stand-in's answer)
 and printed as req/s, median, p99, errors (non-2xx, socket errors, timeouts) and the CPU time the serving
 processes (Caddy included) spent per request in persistent mode, per mode beside the floor, with
-persistent / floor. Req/s depend on what else the machine runs; CPU ms per request does not: 1000 / it
+each mode / floor (req/s, median). Req/s depend on what else the machine runs; CPU ms per request does not: 1000 / it
 is the requests per second one core gives (docs/operator.md sizes replicas with it). CGI processes are
 reaped by the kernel under fcgiwrap, which drops their CPU time: the CGI columns have none. The
 DigitalOcean stand-in is Python in this process: the database read waits on it (its CPU is not
@@ -25,7 +25,8 @@ replica B started as production starts another replica (same DATABASE_URI, WID_S
 and OAuth client, its own Caddy, workers and data directory). At each total concurrency C, one replica
 alone at C connections, then both at once with C/2 each (two wrk processes): each replica's and the
 combined req/s, errors, medians, and where the CPU went (each replica's processes, PostgreSQL's, the
-stand-in's, wrk's, the rest of the machine from /proc/stat). On one machine both replicas share its
+stand-in's, wrk's, the rest of the machine from /proc/stat: in CGI mode that rest holds the CGI
+processes, whose CPU time is otherwise lost). On one machine both replicas share its
 cores, so when the cores are busy the pair cannot beat one replica: the line "what limits it" says
 whether the point was CPU-bound, and the CPU ms per request of a replica and of PostgreSQL, which
 convert to requests per second per core for sizing real replicas (docs/operator.md "Sizing").
@@ -36,6 +37,9 @@ audit writes included): persistent mode, SQLite, 32 connections: >= 6x the floor
 concurrency in the same run, with zero errors; persistent exchange and database-read medians at one
 connection under a quarter of the floor's; CGI mode: those medians at most 5.5x the floor's (at one
 connection). The PostgreSQL run is checked against the same thresholds, for reference.
+
+At the defaults: 72 points in the tables and 24 with the replicas, 5 s each, plus starting 9 stacks and
+warming each up; progress lines (--) say what starts.
 
 Usage: .venv/bin/python bench/bench_serving.py [--duration S] [--connections 1,8,32,64] [--sqlite-only]
                                                [--compare-sync] [--upstream-ms MS]
@@ -180,6 +184,7 @@ def main() -> None:
 
             label = "SQLite" if backend is None else "PostgreSQL"
             modes: dict[str, World] = {}
+            print(f"\n-- {label}: starting a CGI and a persistent stack, connecting a team through each", flush=True)
             try:  # each stack is stopped, whatever happens after it started
                 modes["CGI"] = start("cgi", "cgi", database())
                 modes["persistent"] = start("persistent", "persistent", database())

@@ -38,6 +38,7 @@ def run_replicas(postgres: PostgresServer, mode: str, connections: list[int], du
                  folder: Path) -> list[str]:
     """Prints every point; returns a line per route (its largest point) for the summary."""
     label = "persistent" if mode == "persistent" else "CGI"
+    print(f"\n-- starting two {label} replicas on one PostgreSQL database, connecting a team", flush=True)
     world = start(f"replica-a-{mode}", mode, {"DATABASE_URI": postgres.fresh_database()})
     other: ProxyServer | None = None
     try:
