@@ -104,7 +104,13 @@ def wrk_at_once(runs: list[tuple[Target, int, ProxyServer]], duration: int, fold
                                    "30s", "-s", str(lua(target, folder)), target.url],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for target, c, _ in runs]
-    outputs = [process.communicate(timeout=duration + 120) for process in processes]
+    try:
+        outputs = [process.communicate(timeout=duration + 120) for process in processes]
+    finally:  # a wrk that hangs past its duration is not left behind
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     usage = snapshot(servers, postgres).since(before)
     figures = []
     for process, (out, err), spent, server in zip(processes, outputs, usage.stacks, servers, strict=True):
