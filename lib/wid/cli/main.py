@@ -136,7 +136,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(emergency: bool) -> int:
-    from wid.store import audit, keys, wellknown
+    from wid.store import audit, keyring, keys, wellknown
 
     if emergency:
         rotation = keys.rotate_emergency()
@@ -151,7 +151,7 @@ def _rotate(emergency: bool) -> int:
         return 0
     try:
         rotation = keys.rotate(config.settings().max_token_ttl)
-    except keys.RotationError as exc:
+    except keyring.RotationError as exc:
         print(f"wid: {exc}", file=sys.stderr)
         return 1
     audit.record("operator_keys_rotate", "info", operator=operator(), active=rotation.previous, next=rotation.kid,
