@@ -46,14 +46,14 @@ def fresh_process() -> None:
     storage.database().cache.clear()
 
 
-def time_passes_until_activation() -> None:
+def time_passes_until_activation(table: str = "signing_keys") -> None:
     """Move the next key's times back by what separates now from its activation (the rows' view of the
     clock reaching activate_at)."""
     with storage.database().transaction() as tx:
-        row = tx.one("SELECT activate_at FROM signing_keys WHERE state = 'next'")
+        row = tx.one(f"SELECT activate_at FROM {table} WHERE state = 'next'")  # noqa: S608
         assert row is not None
         shift = int(row[0]) - int(time.time()) + 1
-        tx.execute("UPDATE signing_keys SET activate_at = activate_at - ?, verify_until = verify_until - ? "
+        tx.execute(f"UPDATE {table} SET activate_at = activate_at - ?, verify_until = verify_until - ? "  # noqa: S608
                    "WHERE state = 'next'", (shift, shift))
     fresh_process()
 

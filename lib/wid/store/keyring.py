@@ -232,7 +232,9 @@ def published(kind: KeyKind[Any]) -> list[dict[str, Any]]:
 def listing(kind: KeyKind[Any]) -> list[KeyInfo]:
     with storage.database().transaction(write=False) as tx:
         rows = tx.execute(f"SELECT kid, state, created_at, retired_at, verify_until, activate_at, "  # noqa: S608
-                          f"public_jwk FROM {kind.table} ORDER BY created_at DESC")
+                          f"public_jwk FROM {kind.table} ORDER BY created_at DESC, "
+                          # Within one second the states say which key is newer (a rotation's next key...).
+                          "CASE state WHEN 'next' THEN 0 WHEN 'active' THEN 1 WHEN 'retired' THEN 2 ELSE 3 END")
     return [KeyInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
 
@@ -247,7 +249,7 @@ def rotate(kind: KeyKind[Any], grace: int) -> Rotation:
         pending = tx.one(f"SELECT kid, activate_at FROM {kind.table} WHERE state = 'next'")  # noqa: S608
         if pending is not None:
             raise RotationError(f"key {pending[0]} is already published and starts signing at "
-                                f"{_when(pending[1])}; rotate again after that, or use --emergency to drop the "
+                                f"{stamp(pending[1])}; rotate again after that, or use --emergency to drop the "
                                 "active key now")
         current = tx.one(f"SELECT kid FROM {kind.table} WHERE state = 'active'")  # noqa: S608
         if current is None:
@@ -280,19 +282,19 @@ def rotate_emergency(kind: KeyKind[Any]) -> Rotation:
     return Rotation(current[0] if current else None, kid, now)
 
 
-def _when(timestamp: int) -> str:
+def stamp(timestamp: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def prune(kind: KeyKind[Any], keep: frozenset[str] = frozenset()) -> list[str]:
-    """Delete revoked keys and retired keys past their window, except those in `keep` (still needed)."""
+    """Delete revoked keys, and retired keys past their window except those in `keep` (still needed)."""
     now = int(time.time())
     with storage.database().transaction() as tx:
         tx.lock(kind.lock)
         # A retired row written before verify_until was set for this kind counts from its retired_at.
-        rows = tx.execute(f"SELECT kid FROM {kind.table} WHERE state IN ('retired', 'revoked') AND "  # noqa: S608
+        rows = tx.execute(f"SELECT kid, state FROM {kind.table} WHERE state IN ('retired', 'revoked') AND "  # noqa: S608
                           "COALESCE(verify_until, retired_at) <= ?", (now,))
-        gone = [str(r[0]) for r in rows if r[0] not in keep]
+        gone = [str(r[0]) for r in rows if r[1] == "revoked" or r[0] not in keep]
         for kid in gone:
             tx.execute(f"DELETE FROM {kind.table} WHERE kid = ?", (kid,))  # noqa: S608
         if gone:
