@@ -210,12 +210,12 @@ def test_client_metadata_keys_and_rotation(app_env: Path) -> None:
     assert meta["redirect_uris"] == ["https://wid.example.test/auth/atproto/callback"]
     first = client.jwks()["keys"]
     assert len(first) == 1 and first[0]["kid"] == client.client_key().kid
-    old, new = client.rotate_client_key()
+    old, new, _ = client.rotate_client_key()
     assert old == first[0]["kid"] and new != old
     published = [k["kid"] for k in client.jwks()["keys"]]
-    assert published == [new, old]  # the old key keeps serving the sessions authorized with it
-    assert client.client_key().kid == new
-    assert client.client_key(old).kid == old
+    assert published == [old, new]  # the next key is published before it serves a sign-in
+    assert client.client_key().kid == old  # staged: tests/test_client_key_rotation.py follows it to activation
+    assert client.client_key(new).kid == new
     with pytest.raises(WidError):
         client.client_key("no-such-kid")
 
@@ -421,11 +421,14 @@ def test_wid_atproto_commands(app_env: Path, capsys: pytest.CaptureFixture[str])
     empty = capsys.readouterr()
     assert empty.out == "" and "none yet" in empty.err
     rotate = parser.parse_args(["atproto", "client-keys", "rotate"])
-    assert rotate.func(rotate) == 0 and "new sign-ins use client key" in capsys.readouterr().out
+    assert rotate.func(rotate) == 0 and "serves new sign-ins from now on (the first key)" in capsys.readouterr().out
     assert listing.func(listing) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "active"
     assert rotate.func(rotate) == 0
-    assert "stays published" in capsys.readouterr().out
+    assert "is published now and serves new sign-ins from" in capsys.readouterr().out
+    assert listing.func(listing) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["state"] for r in rows] == ["active", "next"] and rows[1]["activate_at"] > rows[0]["created_at"]
     bad = parser.parse_args(["atproto", "tail", "did:example:nope"])
     assert bad.func(bad) == 1
     assert "not a did:plc or did:web" in capsys.readouterr().err

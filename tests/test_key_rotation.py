@@ -25,9 +25,9 @@ from devkit.proxy import ProxyServer
 from tests.test_foundation_http import AUD, SUB, verify_by_discovery
 from wid import config
 from wid.core import tokens
-from wid.store import keys, signing, storage, wellknown
+from wid.store import keyring, keys, signing, storage, wellknown
 
-GRACE = 600 + keys.ACTIVE_KEY_CACHE_SECONDS + 60  # the retired key's verify window for max_token_ttl=600
+GRACE = 600 + keyring.ACTIVE_KEY_CACHE_SECONDS + 60  # the retired key's verify window for max_token_ttl=600
 
 
 def kid_of(token: str) -> str:
@@ -46,14 +46,14 @@ def fresh_process() -> None:
     storage.database().cache.clear()
 
 
-def time_passes_until_activation() -> None:
+def time_passes_until_activation(table: str = "signing_keys") -> None:
     """Move the next key's times back by what separates now from its activation (the rows' view of the
     clock reaching activate_at)."""
     with storage.database().transaction() as tx:
-        row = tx.one("SELECT activate_at FROM signing_keys WHERE state = 'next'")
+        row = tx.one(f"SELECT activate_at FROM {table} WHERE state = 'next'")  # noqa: S608
         assert row is not None
         shift = int(row[0]) - int(time.time()) + 1
-        tx.execute("UPDATE signing_keys SET activate_at = activate_at - ?, verify_until = verify_until - ? "
+        tx.execute(f"UPDATE {table} SET activate_at = activate_at - ?, verify_until = verify_until - ? "  # noqa: S608
                    "WHERE state = 'next'", (shift, shift))
     fresh_process()
 
@@ -63,11 +63,11 @@ def states() -> dict[str, str]:
 
 
 def test_the_activation_delay_covers_republishing_and_caching(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert keys.activation_delay() == 60 + 300 + keys.ACTIVATION_SLACK_SECONDS  # the defaults
+    assert keys.activation_delay() == 60 + 300 + keyring.ACTIVATION_SLACK_SECONDS  # the defaults
     monkeypatch.setenv("WID_PUBLISH_INTERVAL", "30")
     monkeypatch.setenv("WID_JWKS_MAX_AGE", "600")
     config.settings.cache_clear()
-    assert keys.activation_delay() == 30 + 600 + keys.ACTIVATION_SLACK_SECONDS
+    assert keys.activation_delay() == 30 + 600 + keyring.ACTIVATION_SLACK_SECONDS
     assert wellknown.cache_control() == "public, max-age=600"
     monkeypatch.setenv("WID_JWKS_MAX_AGE", "0")
     config.settings.cache_clear()
@@ -90,7 +90,7 @@ def test_a_scheduled_rotation_publishes_the_next_key_before_it_signs(backend: st
     assert kid_of(sign()) == old  # until activate_at, the old key signs everywhere
     assert keys.public_jwk(new) is not None  # and its tokens will verify the moment it does
 
-    with pytest.raises(keys.RotationError, match=f"key {new} is already published.*--emergency"):
+    with pytest.raises(keyring.RotationError, match=f"key {new} is already published.*--emergency"):
         keys.rotate(max_token_ttl=600)
 
     time_passes_until_activation()
@@ -144,6 +144,20 @@ def test_an_emergency_rotation_signs_with_the_published_next_key(backend: str) -
     assert kid_of(sign()) == pending
     assert states() == {pending: "active", compromised: "revoked"}
     assert wellknown.publish() == [pending]
+
+
+def test_a_process_with_cached_keys_sees_another_process_revoke_at_once(backend: str) -> None:
+    """A long-lived process (persistent mode) caches both keys; another process's emergency rotation
+    bumps the key set's generation, which this process reads at its next use."""
+    compromised_token = sign()
+    compromised = kid_of(compromised_token)
+    assert signing.verify(compromised_token, kinds={tokens.EXCHANGED})["sub"] == SUB  # both keys cached now
+    code = "from wid.store import keys; print(keys.rotate_emergency().kid)"
+    new = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), text=True, capture_output=True,
+                         check=True, timeout=120).stdout.strip()
+    with pytest.raises(tokens.TokenError, match="does not know"):
+        signing.verify(compromised_token, kinds={tokens.EXCHANGED})
+    assert kid_of(sign()) == new != compromised
 
 
 def test_rows_stay_readable_by_the_code_before_scheduled_rotation(backend: str) -> None:

@@ -47,7 +47,7 @@ BOUNDED = {
     "outcome": {"allow", "deny", "info"},
     "service": {"digitalocean_api", "digitalocean_oauth", "atproto_pds", "atproto_auth", "atproto_identity",
                 "issuer_keys"},
-    "cache": {"signing_keys", "rbac", "issuer_keys", "atproto_client_key"},
+    "cache": {"signing_keys", "rbac", "issuer_keys", "atproto_client_keys"},
     "result": {"hit", "miss"},
     "le": {"+Inf", *(str(bound) for bound in (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                                               30.0, 60.0))},

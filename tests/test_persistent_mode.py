@@ -237,8 +237,8 @@ def test_what_a_process_remembers_is_bounded(app_env: Path) -> None:
     db = storage.database()
     for n in range(50):  # kids named by tokens that no key of ours has
         assert keys.public_jwk(f"unknown-{n}") is None
-    assert not [k for k in db.cache if k.startswith("keys:public:unknown-")]
-    assert keys.public_jwk(active.kid) is not None and f"keys:public:{active.kid}" in db.cache
+    assert not [k for k in db.cache if k.startswith("keyring:signing:public:unknown-")]
+    assert keys.public_jwk(active.kid) is not None and f"keyring:signing:public:{active.kid}" in db.cache
     for n in range(storage.BoundedCache.MAX_ENTRIES + 100):
         db.cache[f"test:{n}"] = n
     assert len(db.cache) == storage.BoundedCache.MAX_ENTRIES

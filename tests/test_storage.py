@@ -78,3 +78,20 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
             storage.database().migrate()
     finally:
         config.settings.cache_clear()
+
+
+def test_a_single_read_outside_a_transaction(backend: str) -> None:
+    """read_one (the per-request key generation check, lib/wid/store/keyring.py) on a kept connection, on
+    PostgreSQL also one that died with its server: nothing ran on it, so the read is repeated once."""
+    db = storage.database()
+    assert db.read_one("SELECT count(*) FROM schema_migrations") == (len(storage.migration_names()),)
+    assert db.read_one("SELECT name FROM schema_migrations WHERE name = ?", ("no such",)) is None
+    if backend == "postgresql":
+        import psycopg
+
+        pid = db.read_one("SELECT pg_backend_pid()")
+        assert pid is not None
+        with psycopg.connect(str(db.uri), autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid[0],))
+        again = db.read_one("SELECT pg_backend_pid()")
+        assert again is not None and again != pid

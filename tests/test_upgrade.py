@@ -3,7 +3,8 @@
 The old tree is taken from this repository's history (`git archive`, nothing checked out in place)
 and run as its own process with its own `wid setup`. Then this code's `wid setup` upgrades the same
 database, on SQLite and on PostgreSQL: the signing key keeps its kid and keeps signing and verifying,
-the stored team credential decrypts, the compiled RBAC keeps its version and keeps deciding, and every
+the ATProto client keys keep serving (the retired one its sessions), the stored team credential
+decrypts, the compiled RBAC keeps its version and keeps deciding, and every
 migration is recorded once.
 """
 
@@ -35,7 +36,7 @@ TARGET_ROLE = "role:database-and-spaces-keys-access"
 # Run by the old code (PYTHONPATH=<old tree>/lib): its setup, a team credential, the articles' RBAC, a token.
 OLD_SCRIPT = r"""
 import json, sys
-from wid import cli, credentials, rbac_compile, rbac_store, storage, tokens
+from wid import atproto_oauth, cli, credentials, rbac_compile, rbac_store, storage, tokens
 
 job = json.load(sys.stdin)
 actx = job["actx"]
@@ -47,9 +48,11 @@ with storage.database().transaction() as tx:
     version = rbac_store.install(tx, "DigitalOcean", actx,
                                  rbac_compile.compile_tree(files, api="DigitalOcean", actx=actx), "0" * 40)
 token, claims = tokens.sign({"aud": job["aud"], "sub": job["sub"]}, kind=tokens.WORKLOAD, lifetime=600)
+atproto_oauth.rotate_client_key()
+client_keys = atproto_oauth.rotate_client_key()  # (retired, active), rotated at once as this code did
 with storage.database().transaction(write=False) as tx:
     migrations = [row[0] for row in tx.execute("SELECT name FROM schema_migrations ORDER BY name")]
-print(json.dumps({"token": token, "version": version, "migrations": migrations}))
+print(json.dumps({"token": token, "version": version, "migrations": migrations, "client_keys": client_keys}))
 """
 
 
@@ -86,6 +89,7 @@ def test_a_database_from_before_the_package_move_keeps_working(backend: str, old
     from wid.service import exchange
     from wid.store import credentials, keys
     from wid.store import rbac as rbac_store
+    from wid.upstreams.atproto import client
     from wid.web.errors import status_of
 
     actx = new_team()
@@ -115,6 +119,16 @@ def test_a_database_from_before_the_package_move_keeps_working(backend: str, old
     assert keys.active_key().kid == old_kid
     assert signing.verify(old_token, kinds={tokens.WORKLOAD})["sub"] == f"actx:{actx}:{WORKLOAD_ROLE}"
     assert keys.public_jwk(old_kid) is not None
+
+    # The ATProto client keys: the active one keeps serving sign-ins, the retired one its sessions, until
+    # prune finds no session bound to it (a retired row of the old code has no verify_until).
+    retired, active = old["client_keys"]
+    assert client.client_key().kid == active and client.client_key(retired).kid == retired
+    assert [k["kid"] for k in client.jwks()["keys"]] == [active, retired]
+    credentials.store("ATProto", "did:plc:ewvi7nxzyoun6zhxrhs64oiz", {"client_kid": retired})
+    assert client.prune_client_keys() == []
+    credentials.store("ATProto", "did:plc:ewvi7nxzyoun6zhxrhs64oiz", {"client_kid": active})
+    assert client.prune_client_keys() == [retired]
 
     # The team credential sealed by the old code decrypts.
     stored = credentials.get("DigitalOcean", actx)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import getpass
 import json
 import os
 import sys
@@ -47,14 +46,6 @@ def _line(row: audit.AuditEntry) -> str:
         where += f" -> {row.status}" + (f" {row.outcome}" if row.outcome else "")
     return (f"{_stamp(row.ts)} {row.event:10} {row.decision:5} actx={row.actx or '-'} sub={row.sub or '-'} "
             f"jti={row.jti or '-'}{where} {json.dumps(row.detail, sort_keys=True)}")
-
-
-def operator() -> str:
-    """Who ran an operator command: the login name (recorded with each operator action)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
 
 
 def _filter(args: argparse.Namespace) -> audit.Filter:
@@ -121,7 +112,7 @@ def _prune(args: argparse.Namespace) -> int:
     finally:
         if handle is not None:
             handle.close()
-    audit.record("audit_prune", "info", operator=operator(), before=before, pruned=pruned,
+    audit.record("audit_prune", "info", operator=audit.operator(), before=before, pruned=pruned,
                  exported_to=os.path.abspath(args.export) if args.export else None)
     print(f"pruned {pruned} audit entr{'y' if pruned == 1 else 'ies'} older than {_stamp(before)}"
           + (f"; exported to {args.export}" if args.export else ""))

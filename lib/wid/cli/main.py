@@ -13,7 +13,6 @@ from pathlib import Path
 
 from wid import config
 from wid.cli import server
-from wid.cli.audit import operator
 from wid.store import storage
 
 # Subcommand families that live in their own modules; each exposes register(subparsers).
@@ -127,7 +126,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         raise config.ConfigError("--emergency goes with `wid keys rotate` only")
     if args.action == "prune":
         pruned = keys.prune()
-        audit.record("operator_keys_prune", "info", operator=operator(), pruned=pruned)
+        audit.record("operator_keys_prune", "info", operator=audit.operator(), pruned=pruned)
         wellknown.publish()
         print(f"pruned {len(pruned)} key(s)" + (": " + ", ".join(pruned) if pruned else ""))
         return 0
@@ -136,12 +135,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(emergency: bool) -> int:
-    from wid.store import audit, keys, wellknown
+    from wid.store import audit, keyring, keys, wellknown
 
     if emergency:
         rotation = keys.rotate_emergency()
-        audit.record("operator_keys_rotate", "info", operator=operator(), emergency=True, revoked=rotation.previous,
-                     active=rotation.kid)
+        audit.record("operator_keys_rotate", "info", operator=audit.operator(), emergency=True,
+                     revoked=rotation.previous, active=rotation.kid)
         wellknown.publish()
         dropped = (f"key {rotation.previous} is dropped: it no longer verifies, so every token it signed is refused "
                    "from now on; ") if rotation.previous else ""
@@ -151,11 +150,11 @@ def _rotate(emergency: bool) -> int:
         return 0
     try:
         rotation = keys.rotate(config.settings().max_token_ttl)
-    except keys.RotationError as exc:
+    except keyring.RotationError as exc:
         print(f"wid: {exc}", file=sys.stderr)
         return 1
-    audit.record("operator_keys_rotate", "info", operator=operator(), active=rotation.previous, next=rotation.kid,
-                 activate_at=rotation.activate_at)
+    audit.record("operator_keys_rotate", "info", operator=audit.operator(), active=rotation.previous,
+                 next=rotation.kid, activate_at=rotation.activate_at)
     wellknown.publish()
     if rotation.previous is None:
         print(f"key {rotation.kid} signs from now on (the first key)")
@@ -190,7 +189,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     # A token signed by hand (an rbac token can push configuration) is an operator action: audited by jti.
     audience = tokens.parse_audience(claims["aud"])
     audit.record("operator_token", "info", api=audience.api, actx=audience.actx, sub=claims["sub"], jti=claims["jti"],
-                 operator=operator(), kind=args.kind, ttl=args.ttl, claims=sorted(extra))
+                 operator=audit.operator(), kind=args.kind, ttl=args.ttl, claims=sorted(extra))
     print(token)
     return 0
 

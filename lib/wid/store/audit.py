@@ -7,7 +7,9 @@ Rows are pruned only by an operator (`wid audit prune`, docs/operator.md "Audit 
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -15,6 +17,14 @@ from typing import Any, NamedTuple
 from wid import metrics
 from wid.log import log, request_id
 from wid.store import storage
+
+
+def operator() -> str:
+    """Who ran an operator command: the login name (recorded with each operator action)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def record(event: str, decision: str, *, api: str | None = None, actx: str | None = None,

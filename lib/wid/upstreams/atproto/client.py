@@ -3,25 +3,25 @@
 Client metadata at `{THIS_ENDPOINT}/oauth/atproto/client-metadata.json` (that URL is the
 `client_id`), keys at `{THIS_ENDPOINT}/oauth/atproto/jwks.json`, redirect URI
 `{THIS_ENDPOINT}/auth/atproto/callback`; THIS_ENDPOINT must be a public https URL. The keys (ES256)
-are generated at the first sign-in (or by `wid atproto client-keys rotate`), stored sealed; a
-retired key stays published and keeps serving the sessions authorized with it. `client_auth()` is
-the `private_key_jwt` assertion every request to an authorization server carries.
+are generated at the first sign-in (or by `wid atproto client-keys rotate`), stored sealed, and rotate
+as our signing keys do (lib/wid/store/keyring.py): a next key is published before it signs, a retired
+key stays published and keeps serving the sessions authorized with it, an emergency rotation drops
+it. `client_auth()` is the `private_key_jwt` assertion every request to an authorization server carries.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wid import config, metrics
+from wid import config
 from wid.core import dpop
 from wid.core.errors import Unavailable, UpstreamFailed
-from wid.store import encryption, storage
+from wid.store import credentials, keyring
+from wid.upstreams.atproto.context import API
 
 METADATA_PATH = "/oauth/atproto/client-metadata.json"
 JWKS_PATH = "/oauth/atproto/jwks.json"
@@ -69,8 +69,15 @@ def client_metadata() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Client keys (ES256), generated on first need
+# Client keys (ES256): their lifecycle is lib/wid/store/keyring.py, shared with our signing keys
 # --------------------------------------------------------------------------------------------------
+
+# The Cache-Control max-age of the client metadata and JWKS (lib/wid/web/handlers/atproto.py): how long an
+# authorization server may keep a copy of our key set without a key published since.
+JWKS_MAX_AGE = 300
+# A sign-in started with a key completes with it (its PAR and its token request): the retiring key stays
+# at least as long as a started sign-in may take (lib/wid/upstreams/atproto/oauth.py, BINDING).
+SIGNIN_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -79,76 +86,73 @@ class ClientKey:
     private_key: ec.EllipticCurvePrivateKey
 
 
-def _insert_client_key(tx: storage.Transaction) -> ClientKey:
+def _new_client_key() -> tuple[ClientKey, dict[str, Any], bytes]:
     key = dpop.generate_key()
-    jwk = dpop.public_jwk(key)
     kid = dpop.jwk_thumbprint(key)
-    published = {**jwk, "kid": kid, "use": "sig", "alg": "ES256"}
-    tx.execute("INSERT INTO atproto_client_keys (kid, state, private_key, public_jwk, created_at) "
-               "VALUES (?, 'active', ?, ?, ?)",
-               (kid, encryption.seal(dpop.key_to_pem(key).encode()), json.dumps(published), int(time.time())))
-    return ClientKey(kid, key)
+    published = {**dpop.public_jwk(key), "kid": kid, "use": "sig", "alg": "ES256"}
+    return ClientKey(kid, key), published, dpop.key_to_pem(key).encode()
+
+
+def _load_client_key(kid: str, pem: bytes) -> ClientKey:
+    return ClientKey(kid, dpop.key_from_pem(pem))
+
+
+def activation_delay() -> int:
+    """Seconds between publishing a next client key and signing new sign-ins with it: every copy of the
+    JWKS an authorization server fetched before has expired by then."""
+    return JWKS_MAX_AGE + keyring.ACTIVATION_SLACK_SECONDS
+
+
+# A retired client key stays published and usable while a session authorized with it lives (it is bound
+# to the session: `client_kid` in the stored session, lib/wid/upstreams/atproto/token_endpoint.py), so
+# only prune_client_keys() drops it, once no session names it.
+CLIENT_KEYS = keyring.KeyKind[ClientKey](name="atproto_client", table="atproto_client_keys", generate=_new_client_key,
+                                         load=_load_client_key, activation_delay=activation_delay,
+                                         retired_until_pruned=True)
 
 
 def client_key(kid: str | None = None) -> ClientKey:
     """The active key (created on first need), or the key `kid` a session was authorized with."""
-    db = storage.database()
-    cache_key = f"atproto:client_key:{kid or 'active'}"
-    with db.cache_lock:
-        cached = db.cache.get(cache_key)
-    metrics.cache("atproto_client_key", hit=cached is not None and time.monotonic() - cached[0] < 30)
-    if cached is not None and time.monotonic() - cached[0] < 30:
-        key: ClientKey = cached[1]
-        return key
-    sql, params = (("SELECT kid, private_key FROM atproto_client_keys WHERE kid = ?", (kid,)) if kid else
-                   ("SELECT kid, private_key FROM atproto_client_keys WHERE state = 'active'", ()))
-    with db.transaction(write=False) as tx:
-        row = tx.one(sql, params)
-    if row is None and kid:
-        raise UpstreamFailed(f"the client key {kid} this session was authorized with is gone; sign in again",
-                             code="atproto_client_key_missing")
-    if row is None:
-        with db.transaction() as tx:
-            tx.lock("wid-atproto-client-keys")
-            encryption.check_key(tx)
-            row = tx.one(sql, params)
-            found = ClientKey(row[0], dpop.key_from_pem(encryption.unseal(bytes(row[1])))) if row else \
-                _insert_client_key(tx)
-    else:
-        found = ClientKey(row[0], dpop.key_from_pem(encryption.unseal(bytes(row[1]))))
-    with db.cache_lock:
-        db.cache[cache_key] = (time.monotonic(), found)
-    return found
+    if kid is None:
+        return keyring.active(CLIENT_KEYS)
+    key = keyring.usable_key(CLIENT_KEYS, kid)
+    if key is None:
+        raise UpstreamFailed(f"the client key {kid} this session was authorized with was revoked or is gone; "
+                             "sign in again", code="atproto_client_key_missing")
+    return key
 
 
 def jwks() -> dict[str, Any]:
     client_key()  # make sure one exists before the first authorization server asks
-    with storage.database().transaction(write=False) as tx:
-        rows = tx.execute("SELECT public_jwk FROM atproto_client_keys ORDER BY state = 'active' DESC, created_at DESC")
-    return {"keys": [json.loads(r[0]) for r in rows]}
+    return {"keys": keyring.published(CLIENT_KEYS)}
 
 
-def rotate_client_key() -> tuple[str | None, str]:
-    """New sign-ins use a new key; the old one stays published and keeps serving its sessions."""
-    db = storage.database()
-    with db.transaction() as tx:
-        tx.lock("wid-atproto-client-keys")
-        encryption.check_key(tx)
-        row = tx.one("SELECT kid FROM atproto_client_keys WHERE state = 'active'")
-        if row:
-            tx.execute("UPDATE atproto_client_keys SET state = 'retired', retired_at = ? WHERE kid = ?",
-                       (int(time.time()), row[0]))
-        new = _insert_client_key(tx)
-    with db.cache_lock:
-        for name in [k for k in db.cache if k.startswith("atproto:client_key:")]:
-            del db.cache[name]
-    return (row[0] if row else None), new.kid
+def rotate_client_key(*, emergency: bool = False) -> keyring.Rotation:
+    """Scheduled: a next key is published now and serves new sign-ins from activation_delay() on; the
+    active key then retires and keeps serving its sessions. Emergency: the active key is dropped at once."""
+    if emergency:
+        return keyring.rotate_emergency(CLIENT_KEYS)
+    return keyring.rotate(CLIENT_KEYS, SIGNIN_SECONDS + keyring.ACTIVE_KEY_CACHE_SECONDS + 60)
+
+
+def sessions_kids() -> frozenset[str]:
+    """The client keys that living sessions were authorized with (and sign their refreshes)."""
+    kids = set()
+    for actx, status, _reason, _updated in credentials.contexts(API):
+        cred = credentials.get(API, actx) if status == credentials.ACTIVE else None
+        if cred is not None and cred.data.get("client_kid"):
+            kids.add(str(cred.data["client_kid"]))
+    return frozenset(kids)
+
+
+def prune_client_keys() -> list[str]:
+    """Drop revoked client keys, and retired ones that no living session needs."""
+    return keyring.prune(CLIENT_KEYS, keep=sessions_kids())
 
 
 def client_keys() -> list[dict[str, Any]]:
-    with storage.database().transaction(write=False) as tx:
-        rows = tx.execute("SELECT kid, state, created_at, retired_at FROM atproto_client_keys ORDER BY created_at")
-    return [{"kid": r[0], "state": r[1], "created_at": r[2], "retired_at": r[3]} for r in rows]
+    return [{"kid": k.kid, "state": k.state, "created_at": k.created_at, "retired_at": k.retired_at,
+             "activate_at": k.activate_at} for k in reversed(keyring.listing(CLIENT_KEYS))]
 
 
 def client_auth(key: ClientKey, issuer: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from wid.upstreams.atproto import identity
 from wid.upstreams.atproto.client import (
     JWKS_PATH,
     SIGNIN_PATH,
+    SIGNIN_SECONDS,
     client_auth,
     client_id,
     client_key,
@@ -48,7 +49,7 @@ from wid.upstreams.oauth_client import TokenEndpointError
 
 START_PATH = "/auth/atproto/authorize"
 COOKIE_PATH = "/auth/atproto/"
-BINDING = browser_state.Binding("atproto", "wid_atproto_oauth", COOKIE_PATH, ttl_seconds=600)
+BINDING = browser_state.Binding("atproto", "wid_atproto_oauth", COOKIE_PATH, ttl_seconds=SIGNIN_SECONDS)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -221,11 +221,18 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_client_keys(args: argparse.Namespace) -> int:
+    from wid.store import audit
     from wid.upstreams.atproto import client
 
+    if args.emergency and args.action != "rotate":
+        print("wid atproto client-keys: --emergency goes with rotate only", file=sys.stderr)
+        return 2
     if args.action == "rotate":
-        old, new = client.rotate_client_key()
-        print(f"new sign-ins use client key {new}" + (f"; {old} stays published for its sessions" if old else ""))
+        return _rotate_client_key(args.emergency)
+    if args.action == "prune":
+        pruned = client.prune_client_keys()
+        audit.record("operator_atproto_client_keys_prune", "info", operator=audit.operator(), pruned=pruned)
+        print(f"pruned {len(pruned)} client key(s)" + (": " + ", ".join(pruned) if pruned else ""))
         return 0
     rows = client.client_keys()  # listing creates nothing: the first key comes with the first sign-in
     for row in rows:
@@ -233,6 +240,32 @@ def cmd_client_keys(args: argparse.Namespace) -> int:
     if not rows:
         print("wid atproto client-keys: none yet (the first is created at the first ATProto sign-in, or by rotate)",
               file=sys.stderr)
+    return 0
+
+
+def _rotate_client_key(emergency: bool) -> int:
+    from wid.store import audit, keyring
+    from wid.upstreams.atproto import client
+
+    try:
+        rotation = client.rotate_client_key(emergency=emergency)
+    except keyring.RotationError as exc:
+        print(f"wid atproto client-keys: {exc}", file=sys.stderr)
+        return 1
+    audit.record("operator_atproto_client_keys_rotate", "info", operator=audit.operator(), emergency=emergency,
+                 previous=rotation.previous, kid=rotation.kid, activate_at=rotation.activate_at)
+    if emergency:
+        dropped = (f"client key {rotation.previous} is dropped: it is no longer published, and every session "
+                   "authorized with it fails until its DID signs in again; ") if rotation.previous else ""
+        print(f"{dropped}client key {rotation.kid} serves new sign-ins from now on. Authorization servers that "
+              f"cached the old JWKS may refuse it (and accept the dropped key) for up to {client.JWKS_MAX_AGE}s")
+    elif rotation.previous is None:
+        print(f"client key {rotation.kid} serves new sign-ins from now on (the first key)")
+    else:
+        print(f"client key {rotation.kid} is published now and serves new sign-ins from "
+              f"{keyring.stamp(rotation.activate_at)} (in {client.activation_delay()}s, once every authorization "
+              f"server's cached copy of the JWKS lists it); {rotation.previous} serves them until then, then "
+              "retires and keeps serving the sessions authorized with it until `prune` finds none")
     return 0
 
 
@@ -248,8 +281,12 @@ def register(subparsers: Any) -> None:
     follow.set_defaults(func=cmd_tail)
     listing = commands.add_parser("sessions", help="DIDs signed in to this proxy (JSON lines, never a token)")
     listing.set_defaults(func=cmd_sessions)
-    keys = commands.add_parser("client-keys", help="the OAuth client's ES256 keys: list, rotate")
-    keys.add_argument("action", choices=["list", "rotate"], help="list them (JSON lines), or rotate to a new one")
+    keys = commands.add_parser("client-keys", help="the OAuth client's ES256 keys: list, rotate, prune")
+    keys.add_argument("action", choices=["list", "rotate", "prune"],
+                      help="list them (JSON lines); rotate: publish a next key that serves new sign-ins once "
+                      "authorization servers can know it; prune: drop keys no session needs")
+    keys.add_argument("--emergency", action="store_true",
+                      help="rotate: drop the active key now (its sessions must sign in again)")
     keys.set_defaults(func=cmd_client_keys)
 
 

@@ -116,12 +116,12 @@ def _browser_errors(handler: Callable[[Request], Response]) -> Callable[[Request
 
 def client_metadata(request: Request) -> Response:
     return Response(200, Response.json(client.client_metadata()).body,
-                    [("Content-Type", "application/json"), ("Cache-Control", "public, max-age=300")])
+                    [("Content-Type", "application/json"), ("Cache-Control", f"public, max-age={client.JWKS_MAX_AGE}")])
 
 
 def jwks(request: Request) -> Response:
     return Response(200, Response.json(client.jwks()).body,
-                    [("Content-Type", "application/json"), ("Cache-Control", "public, max-age=300")])
+                    [("Content-Type", "application/json"), ("Cache-Control", f"public, max-age={client.JWKS_MAX_AGE}")])
 
 
 # -- sign-in --------------------------------------------------------------------------------------------------
