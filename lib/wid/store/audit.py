@@ -7,7 +7,6 @@ Rows are pruned only by an operator (`wid audit prune`, docs/operator.md "Audit 
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import time
@@ -21,6 +20,8 @@ from wid.store import storage
 
 def operator() -> str:
     """Who ran an operator command: the login name (recorded with each operator action)."""
+    import getpass  # operator commands only: a request would pay for termios
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

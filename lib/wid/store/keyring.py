@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from wid import metrics
@@ -39,15 +38,22 @@ ACTIVATION_SLACK_SECONDS = 60
 K = TypeVar("K")
 
 
-@dataclass(frozen=True)
 class KeyKind(Generic[K]):
-    name: str  # its row in key_generations, its lock and its cache entries
-    table: str
-    generate: Callable[[], tuple[K, dict[str, Any], bytes]]  # a new key, its public JWK (with kid), what is sealed
-    load: Callable[[str, bytes], K]  # kid and unsealed bytes: the key
-    activation_delay: Callable[[], int]  # seconds between publishing a next key and signing with it
-    retired_until_pruned: bool = False  # retired keys stay usable (for their sessions) until prune drops them
-    columns: dict[str, str] = field(default_factory=dict)  # constant columns of the table (signing_keys.alg)
+    """One kind of key kept by this module. A plain class, not a dataclass: `dataclasses` imports `inspect`,
+    which a CGI process would pay for on every request (bench/bench_exchange.py prints the import times)."""
+
+    __slots__ = ("activation_delay", "columns", "generate", "load", "name", "retired_until_pruned", "table")
+
+    def __init__(self, *, name: str, table: str, generate: Callable[[], tuple[K, dict[str, Any], bytes]],
+                 load: Callable[[str, bytes], K], activation_delay: Callable[[], int],
+                 retired_until_pruned: bool = False, columns: dict[str, str] | None = None) -> None:
+        self.name = name  # its row in key_generations, its lock and its cache entries
+        self.table = table
+        self.generate = generate  # a new key, its public JWK (with kid), what is sealed
+        self.load = load  # kid and unsealed bytes: the key
+        self.activation_delay = activation_delay  # seconds between publishing a next key and signing with it
+        self.retired_until_pruned = retired_until_pruned  # retired keys serve their sessions until pruned
+        self.columns = columns or {}  # constant columns of the table (signing_keys.alg)
 
     @property
     def lock(self) -> str:
