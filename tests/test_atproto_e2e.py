@@ -260,10 +260,10 @@ def forget_did(proxy: ProxyServer, did: str) -> None:
 
 
 def audit_count(proxy: ProxyServer, event: str, decision: str, did: str) -> int:
-    from wid.store import audit
+    from wid.store import audit_queries
 
     with configured(proxy):
-        return len(audit.entries(actx=did, event=event, decision=decision, limit=1000))
+        return len(audit_queries.entries(actx=did, event=event, decision=decision, limit=1000))
 
 
 # -- RBAC for a DID and a team ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devkit.proxy import ROOT
-from wid.store import audit, storage
+from wid.store import audit_queries, storage
 
 DB = "/v2/databases/9cc10173-e9ea-4176-9dbc-a4cee4c4ff30"
 TEAM = "5a5c4f2e-6d8e-4a43-9f70-0e6f5b8a1c2d"
@@ -94,7 +94,7 @@ def test_prune_exports_then_deletes_only_older_rows(migrated: str, tmp_path: Pat
     assert "pruned 7 audit entries" in done.stdout
     exported = [json.loads(line) for line in export.read_text().splitlines()]
     assert sorted(r["jti"] for r in exported) == sorted(f"old{n}" for n in range(7))
-    left = audit.entries(limit=1000)
+    left = audit_queries.entries(limit=1000)
     assert [e.jti for e in left if e.event == "forward"] == ["recent"]
     [pruned] = [e for e in left if e.event == "audit_prune"]
     assert pruned.detail["pruned"] == 7 and pruned.detail["exported_to"] == str(export)
@@ -102,7 +102,7 @@ def test_prune_exports_then_deletes_only_older_rows(migrated: str, tmp_path: Pat
     write(now - 50 * DAY, "forward", path=DB, jti="older")
     again = wid("audit", "prune", "--before", cutoff, "--export", str(export))
     assert again.returncode == 2 and "--export" in again.stderr
-    assert "older" in [e.jti for e in audit.entries(limit=1000)]
+    assert "older" in [e.jti for e in audit_queries.entries(limit=1000)]
 
 
 def test_prune_in_batches_keeps_every_row_in_the_export(migrated: str, tmp_path: Path) -> None:
@@ -110,8 +110,8 @@ def test_prune_in_batches_keeps_every_row_in_the_export(migrated: str, tmp_path:
     for n in range(23):
         write(now - 10 * DAY - n, "forward", path=DB, jti=f"b{n}")
     seen: list[str] = []
-    assert audit.prune(now - DAY, lambda e: seen.append(str(e.jti)), batch=5) == 23
-    assert sorted(seen) == sorted(f"b{n}" for n in range(23)) and audit.entries(limit=100) == []
+    assert audit_queries.prune(now - DAY, lambda e: seen.append(str(e.jti)), batch=5) == 23
+    assert sorted(seen) == sorted(f"b{n}" for n in range(23)) and audit_queries.entries(limit=100) == []
 
 
 def test_operator_actions_are_audited(migrated: str) -> None:

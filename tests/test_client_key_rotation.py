@@ -17,7 +17,7 @@ import pytest
 
 from tests.test_key_rotation import time_passes_until_activation
 from wid.core.errors import WidError
-from wid.store import audit, credentials, keyring, keys, storage
+from wid.store import audit, audit_queries, credentials, keyring, keys, storage
 from wid.upstreams.atproto import client
 from wid.upstreams.atproto import tail as atproto_tail
 from wid.upstreams.atproto.context import API
@@ -148,7 +148,7 @@ def test_client_key_commands_are_audited(app_env: Any, capsys: pytest.CaptureFix
     output = capsys.readouterr().out
     assert "is dropped" in output and "signs in again" in output
     assert run("prune") == 0 and "pruned 1 client key(s)" in capsys.readouterr().out
-    rotations = [e.detail for e in audit.entries(event="operator_atproto_client_keys_rotate")]
+    rotations = [e.detail for e in audit_queries.entries(event="operator_atproto_client_keys_rotate")]
     assert [r["emergency"] for r in rotations] == [False, False, True]
     assert all(r["operator"] == audit.operator() for r in rotations)
-    assert len(audit.entries(event="operator_atproto_client_keys_prune")) == 1
+    assert len(audit_queries.entries(event="operator_atproto_client_keys_prune")) == 1

@@ -449,7 +449,7 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
     from wid.core.errors import WidError
     from wid.core.rbac import compiler as rbac_compile
     from wid.service import exchange as wid_exchange
-    from wid.store import audit, signing, storage
+    from wid.store import audit_queries, signing, storage
     from wid.store import rbac as rbac_store
 
     actx = new_team()
@@ -464,7 +464,7 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
     with pytest.raises(WidError) as refused:
         wid_exchange.issue_json(presented, lambda: article_body(actx, ttl=301), status_of)
     assert status_of(refused.value) == 403
-    rows = audit.entries(actx=actx, event="exchange")
+    rows = audit_queries.entries(actx=actx, event="exchange")
     assert [r.decision for r in rows] == ["allow", "deny"]
     assert rows[0].detail["issued_jti"] == issued.claims["jti"]
 

@@ -148,7 +148,7 @@ def admin(tmp_path: Path, server: GitServer, team: Team) -> GitUser:
 def state(server: GitServer, actx: str) -> dict[str, Any]:
     """What the server holds for a DigitalOcean team's repo, read from its database."""
     with server.proxy.configured():
-        from wid.store import audit, storage
+        from wid.store import audit_queries, storage
         from wid.store.rbac_repo import RepoId, read_refs
 
         refs = read_refs(RepoId("DigitalOcean", actx))
@@ -157,7 +157,7 @@ def state(server: GitServer, actx: str) -> dict[str, Any]:
                          ("DigitalOcean", actx))
             objects = tx.execute("SELECT sha FROM rbac_repo_objects WHERE api = ? AND actx = ?",
                                  ("DigitalOcean", actx))
-        pushes = audit.entries(actx=actx, event="rbac_push", limit=1000)
+        pushes = audit_queries.entries(actx=actx, event="rbac_push", limit=1000)
     return {
         "refs": refs,
         "version": row[0] if row else None,

@@ -10,7 +10,7 @@ import pytest
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 
 from wid.core.rbac.compiler import compile_tree
-from wid.store import audit, rbac_repo, storage
+from wid.store import audit_queries, rbac_repo, storage
 from wid.store import rbac as rbac_store
 from wid.store.rbac_repo import MAIN, SCHEMA, ZERO, DbObjectStore, Limits, Pusher, RepoId
 
@@ -93,7 +93,8 @@ def test_push_stores_main_schema_and_configuration_together(backend: str) -> Non
     assert push(second, main).accepted
     schema2 = DbObjectStore(REPO)[rbac_repo.read_refs(REPO)[SCHEMA].encode()]
     assert isinstance(schema2, Commit) and schema2.parents == [schema.id]
-    assert [e.detail["new"] for e in audit.entries(actx=TEAM, event="rbac_push")] == [main, second[-1].id.decode()]
+    pushes = audit_queries.entries(actx=TEAM, event="rbac_push")
+    assert [e.detail["new"] for e in pushes] == [main, second[-1].id.decode()]
 
 
 def test_a_push_from_a_stale_main_is_refused_and_changes_nothing(backend: str) -> None:
@@ -106,7 +107,7 @@ def test_a_push_from_a_stale_main_is_refused_and_changes_nothing(backend: str) -
     assert not refused.accepted and refused.reason.startswith(f"main moved to {winner[-1].id.decode()[:12]}")
     assert rbac_repo.read_refs(REPO)[MAIN] == winner[-1].id.decode() == rbac_store.main_commit(REPO.api, REPO.actx)
     assert loser[-1].id not in DbObjectStore(REPO).stored([loser[-1].id])
-    assert [e.decision for e in audit.entries(actx=TEAM, event="rbac_push")] == ["allow", "allow", "deny"]
+    assert [e.decision for e in audit_queries.entries(actx=TEAM, event="rbac_push")] == ["allow", "allow", "deny"]
 
 
 def test_concurrent_pushes_from_one_main_have_exactly_one_winner(backend: str) -> None:

@@ -23,7 +23,7 @@ import requests
 from devkit.standins.digitalocean import PROXY_OAUTH_SCOPES, DigitalOceanStandIn
 from wid import config
 from wid.core.errors import Forbidden, Unavailable, UpstreamFailed
-from wid.store import audit, credentials, storage
+from wid.store import audit, audit_queries, credentials, storage
 from wid.upstreams import credential_refresh
 from wid.upstreams.digitalocean import api as upstream_digitalocean
 
@@ -112,7 +112,7 @@ def lease_row(team: str) -> tuple[str, int] | None:
 
 
 def audited(team: str, decision: str) -> int:
-    return len(audit.entries(actx=team, event="oauth_refresh", decision=decision))
+    return len(audit_queries.entries(actx=team, event="oauth_refresh", decision=decision))
 
 
 def test_a_refresh_in_flight_blocks_no_one(do_env: DigitalOceanStandIn) -> None:

@@ -93,12 +93,14 @@ def owner_claims(raw: str) -> dict[str, tuple[str, ...]]:
     return declared
 
 
-_DO_SCOPE = re.compile(r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$")
+# Patterns used on some paths only are strings compiled at first use (re caches them): a CGI process that
+# never needs one does not pay for compiling it (docs/architecture.md, "What a request imports").
+_DO_SCOPE = r"^(read|write|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)$"
 
 
 def do_scopes(raw: str) -> tuple[str, ...]:
     values = tuple(dict.fromkeys(s for s in re.split(r"[\s,]+", raw) if s))
-    bad = [s for s in values if not _DO_SCOPE.match(s)]
+    bad = [s for s in values if not re.match(_DO_SCOPE, s)]
     if bad:
         raise ValueError(f"must be DigitalOcean scope names such as 'database:read', separated by spaces; "
                          f"malformed: {bad}")
@@ -147,13 +149,13 @@ def client_credential(raw: str) -> str:
 def bearer_secret(raw: str) -> str:
     """A shared secret a client sends as `Authorization: Bearer <secret>`: long enough not to be guessed,
     and only characters RFC 6750's b64token allows (so it reaches us unchanged in the header)."""
-    if not 32 <= len(raw) <= 512 or not _B64TOKEN.match(raw):
+    if not 32 <= len(raw) <= 512 or not re.match(_B64TOKEN, raw):
         raise ValueError("must be 32 to 512 characters of A-Z a-z 0-9 - . _ ~ + / = (for example the output "
                          "of `openssl rand -hex 32`)")
     return raw
 
 
-_B64TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
+_B64TOKEN = r"^[A-Za-z0-9._~+/-]+=*$"
 
 
 def directory(raw: str) -> Path:

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from wid.store import audit
+from wid.store import audit, audit_queries
 
 _TIME_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S")
 
@@ -40,7 +40,7 @@ def _stamp(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _line(row: audit.AuditEntry) -> str:
+def _line(row: audit_queries.AuditEntry) -> str:
     where = f" {row.method} {row.path}" if row.path else ""
     if row.status is not None:
         where += f" -> {row.status}" + (f" {row.outcome}" if row.outcome else "")
@@ -48,7 +48,7 @@ def _line(row: audit.AuditEntry) -> str:
             f"jti={row.jti or '-'}{where} {json.dumps(row.detail, sort_keys=True)}")
 
 
-def _filter(args: argparse.Namespace) -> audit.Filter:
+def _filter(args: argparse.Namespace) -> audit_queries.Filter:
     since = None
     if args.since_seconds is not None:
         if args.since_seconds < 0:
@@ -57,7 +57,7 @@ def _filter(args: argparse.Namespace) -> audit.Filter:
     if args.since is not None:
         since = max(since or 0, parse_time("--since", args.since))
     before = parse_time("--before", args.before) if args.before is not None else None
-    return audit.Filter(actx=args.actx, event=args.event, decision=args.decision, jti=args.jti, sub=args.sub,
+    return audit_queries.Filter(actx=args.actx, event=args.event, decision=args.decision, jti=args.jti, sub=args.sub,
                         path=args.path, since=since, before=before)
 
 
@@ -71,7 +71,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"wid audit: {exc}", file=sys.stderr)
         return 2
-    rows = audit.entries(which=which, limit=args.limit + 1)
+    rows = audit_queries.entries(which=which, limit=args.limit + 1)
     more = len(rows) > args.limit
     rows = rows[1:] if more else rows
     for row in rows:
@@ -101,12 +101,12 @@ def _prune(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--export {args.export}: {exc.strerror}") from None
 
-        def export(row: audit.AuditEntry) -> None:
+        def export(row: audit_queries.AuditEntry) -> None:
             assert handle is not None
             handle.write(json.dumps(row.as_dict(), sort_keys=True) + "\n")
             handle.flush()
     try:
-        pruned = audit.prune(before, export)
+        pruned = audit_queries.prune(before, export)
         if handle is not None:
             os.fsync(handle.fileno())  # the export is on disk before anything more is said or deleted
     finally:

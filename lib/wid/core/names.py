@@ -16,11 +16,11 @@ ACTX_MAX = 128
 API = re.compile(rf"[A-Za-z][A-Za-z0-9]{{0,{API_MAX - 1}}}")
 ACTX = re.compile(rf"[A-Za-z0-9][A-Za-z0-9:._-]{{0,{ACTX_MAX - 1}}}")
 # A DigitalOcean team (its context id): a lowercase UUID as DigitalOcean's API writes it.
-TEAM_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TEAM_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # compiled at first use (re caches it)
 
 
 def is_team_uuid(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and TEAM_UUID.fullmatch(value) is not None
+    return isinstance(value, str) and re.fullmatch(TEAM_UUID, value) is not None
 
 
 def api_problem(api: str) -> str | None:

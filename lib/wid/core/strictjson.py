@@ -37,7 +37,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # Where a lone surrogate can come from: an escape of one (\uD800-\uDFFF) or, in str input, the character itself.
 # A valid pair decodes to one character, so the walk below only ever finds lone ones.
 _MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE = r"[\ud800-\udfff]"  # compiled at first use (re caches it): seldom needed
 
 
 def _refuse_surrogates(value: Any) -> None:
@@ -45,7 +45,7 @@ def _refuse_surrogates(value: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            found = _SURROGATE.search(item)
+            found = re.search(_SURROGATE, item)
             if found:
                 raise StrictJsonError(f"JSON text holds a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), "
                                       "which is not a character")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_?-]+\Z")
+_SIMPLE_KEY = r"[A-Za-z0-9_?-]+\Z"  # compiled at first use (re caches it)
 _SHOW_CHARS = 60
 _SHOW_ITEMS = 6
 
@@ -59,7 +59,7 @@ def type_name(value: Any) -> str:
 
 def child(where: str, key: str) -> str:
     """The display name of key inside where: name, grants[0].bucket, ?.tag_name."""
-    if _SIMPLE_KEY.match(key):
+    if re.match(_SIMPLE_KEY, key):
         return f"{where}.{key}" if where else key
     return f"{where}[{show(key)}]"
 
