@@ -111,14 +111,21 @@ def _bump(tx: storage.Transaction, kind: KeyKind[Any]) -> None:
                "DO UPDATE SET generation = key_generations.generation + 1", (kind.name,))
 
 
-def _cached(db: storage.Database, kind: KeyKind[Any], key: str, generation: int, now: float) -> Any:
+def _cached(db: storage.Database, kind: KeyKind[Any], key: str, now: float) -> tuple[Any, int | None]:
+    """The remembered value if the key set's generation still is the one it was read at, else _MISSING; and the
+    generation when it was read. Nothing remembered (always so in a CGI process): no read here, the caller
+    reads the generation with the rows."""
     with db.cache_lock:
         entry = db.cache.get(key)
-    if entry and entry[0] == generation and now < entry[1]:
+    if entry is None:
+        metrics.cache(kind.table, hit=False)
+        return _MISSING, None
+    generation = _generation(kind)
+    if entry[0] == generation and now < entry[1]:
         metrics.cache(kind.table, hit=True)
-        return entry[2]
+        return entry[2], generation
     metrics.cache(kind.table, hit=False)
-    return _MISSING
+    return _MISSING, generation
 
 
 def _remember(db: storage.Database, key: str, generation: int, until: float, value: Any) -> None:
@@ -159,11 +166,12 @@ def active(kind: KeyKind[K]) -> K:
     """The key to sign with; created on first need, and a due next key promoted, under the kind's lock."""
     db = storage.database()
     now = int(time.time())
-    generation = _generation(kind)  # before the rows: a change between the two reads is seen at the next use
-    cached = _cached(db, kind, kind.cache + "active", generation, now)
+    cached, generation = _cached(db, kind, kind.cache + "active", now)
     if cached is not _MISSING:
         return cast(K, cached)
     with db.transaction(write=False) as tx:
+        # The generation before the rows: a change between the two reads is seen at the next use.
+        generation = _generation(kind, tx) if generation is None else generation
         rows = tx.execute(f"SELECT kid, private_key, state, activate_at FROM {kind.table} "  # noqa: S608
                           "WHERE state IN ('active', 'next')")
     current = next((r for r in rows if r[2] == "active"), None)
@@ -188,11 +196,11 @@ def usable_key(kind: KeyKind[K], kid: str) -> K | None:
     """The private key `kid` if it is still usable (a session bound to it signs with it); never a revoked one."""
     db = storage.database()
     now = int(time.time())
-    generation = _generation(kind)
-    cached = _cached(db, kind, f"{kind.cache}key:{kid}", generation, now)
+    cached, generation = _cached(db, kind, f"{kind.cache}key:{kid}", now)
     if cached is not _MISSING:
         return cast(K, cached)
     with db.transaction(write=False) as tx:
+        generation = _generation(kind, tx) if generation is None else generation
         row = tx.one(f"SELECT kid, private_key, verify_until, state FROM {kind.table} "  # noqa: S608
                      f"WHERE kid = ? AND {kind.usable}", (kid, *kind.usable_params(now)))
     if row is None:
@@ -207,11 +215,11 @@ def public_jwk(kind: KeyKind[Any], kid: str) -> dict[str, Any] | None:
     and still usable; never a revoked one. published() lists the same keys."""
     db = storage.database()
     now = int(time.time())
-    generation = _generation(kind)
-    cached = _cached(db, kind, f"{kind.cache}public:{kid}", generation, now)
+    cached, generation = _cached(db, kind, f"{kind.cache}public:{kid}", now)
     if cached is not _MISSING:
         return cast(dict[str, Any], cached)
     with db.transaction(write=False) as tx:
+        generation = _generation(kind, tx) if generation is None else generation
         row = tx.one(f"SELECT public_jwk, verify_until, state FROM {kind.table} "  # noqa: S608
                      f"WHERE kid = ? AND {kind.usable}", (kid, *kind.usable_params(now)))
     if row is None:
