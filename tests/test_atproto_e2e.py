@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
+from devkit.git_helpers import ARTICLE_ATPROTO, ARTICLE_ATPROTO_ROLES, atproto_credential_helper
 from devkit.proxy import ROOT, ProxyServer
 from devkit.seed import install_rbac, mint
 from tests.atproto.fixture import (
@@ -408,7 +409,8 @@ echo '{"team": {"uuid": "'"$(cat "$HOME/.team")"'"}}'
 
 # The articles' "ATProto Login and RBAC Configuration", verbatim from `mkdir did-rbac` on, except
 # that the venv and `pip install` are this test's, and `git config --global --unset` has the earlier
-# DigitalOcean helper to remove.
+# DigitalOcean helper to remove. The credential helper and the two pushes are the ones
+# tests/test_git_push.py runs (devkit/git_helpers.py).
 ARTICLE_DID_REPO = r"""
 mkdir did-rbac
 cd did-rbac
@@ -418,36 +420,11 @@ export DID_PLC="$(python -c 'import sys, jwt, json; print(json.dumps(jwt.decode(
 mkdir -p "${HOME}/.local/scripts/"
 
 tee "${HOME}/.local/scripts/git-credential-rbac-atproto.sh" <<'EOF'
-#!/usr/bin/env bash
-TOKEN="$(python -m keyring get oidc-reverse-proxy rbac.did.token)"
-
-while IFS='=' read -r key value; do
-  if [[ -n "$key" && -n "$value" ]]; then
-    if [[ "$key" == "protocol" || "$key" == "host" ]]; then
-      echo "$key=$value"
-    fi
-  fi
-done
-
-echo "username=token"
-echo "password=${TOKEN}"
-EOF
+"""  # noqa: E501 - the articles' lines, verbatim
+ARTICLE_DID_REPO += atproto_credential_helper("$(python -m keyring get oidc-reverse-proxy rbac.did.token)") + r"""EOF
 
 chmod 755 "${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
-
-git init
-git config --global --unset credential."${THIS_ENDPOINT}".helper
-git config --global credential."${THIS_ENDPOINT}/_rbac/DigitalOcean/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-digitalocean.sh"
-git config --global credential."${THIS_ENDPOINT}/_rbac/ATProto/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
-git branch -M main
-echo .venv/ >> .gitignore
-git add .
-git commit -sm "feat: setup credential helper"
-git remote add deploy "${THIS_ENDPOINT}/_rbac/ATProto/${DID_PLC}"
-git push -u deploy main
-
+""" + ARTICLE_ATPROTO + r"""
 mkdir -p roles policies
 cat > roles/atproto-write.hcl <<'EOF'
 role "atproto-write" {
@@ -464,14 +441,8 @@ path "/xrpc/com.atproto.repo.createRecord" {
   capabilities = ["create"]
 }
 EOF
-
-git add .
-git commit -sm "feat: configure access from droplet"
-git push -u deploy main
-
-# View deployed config
-git fetch --all && git show deploy/schema:rbac.json | jq
 """  # noqa: E501 - the articles' lines, verbatim
+ARTICLE_DID_REPO += ARTICLE_ATPROTO_ROLES
 
 # "ATProto Create Post", verbatim; the three files under /root/secrets come from the environment.
 ARTICLE_CREATE_POST = r"""
