@@ -29,9 +29,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from devkit.standins._http import RecordedRequest, Response, StandInServer
+from devkit.standins._http import RecordedRequest, Response, StandInServer, serve_until_signalled
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 _ID_TOKEN_PATH = "/_apis/distributedtask/hubs/Actions/plans/{plan}/jobs/{job}/idtoken"  # noqa: S105 - a path
@@ -454,29 +451,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow-file", default="ci.yml")
     args = parser.parse_args(argv)
     stand_in = GitHubOIDCStandIn(port=args.port, tls=args.tls, path_prefix=args.path_prefix)
-    stopped = threading.Event()
 
-    def _stop(signum: int, frame: object) -> None:
-        stopped.set()
+    def ready() -> dict[str, Any]:
+        env = stand_in.actions_env(repository=args.repository, ref=args.ref, workflow_file=args.workflow_file)
+        return {
+            "url": stand_in.url,
+            "issuer": stand_in.issuer,
+            "jwks_uri": stand_in.jwks_uri,
+            "ca_file": stand_in.ca_file,
+            "env": env,
+        }
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    stand_in.start()
-    env = stand_in.actions_env(repository=args.repository, ref=args.ref, workflow_file=args.workflow_file)
-    ready = {
-        "url": stand_in.url,
-        "issuer": stand_in.issuer,
-        "jwks_uri": stand_in.jwks_uri,
-        "ca_file": stand_in.ca_file,
-        "env": env,
-    }
-    sys.stdout.write(json.dumps(ready) + "\n")
-    sys.stdout.flush()
-    try:
-        stopped.wait()
-    finally:
-        stand_in.stop()
-    return 0
+    return serve_until_signalled(stand_in, ready)
 
 
 if __name__ == "__main__":
