@@ -130,8 +130,9 @@ class Created:
 
 
 def new_droplet(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd | None,
-                tags: tuple[str, ...] = ("oidc-sub:role:web",), name: str = "web") -> Created:
-    response = create(wid_proxy, team.pat, name=name, tags=list(tags))
+                tags: tuple[str, ...] = ("oidc-sub:role:web",), name: str = "web", **body: Any) -> Created:
+    """A Droplet created through the proxy (body: more of the create request), at server's address."""
+    response = create(wid_proxy, team.pat, name=name, tags=list(tags), **body)
     assert response.status_code == 202, response.text
     droplet_id = response.json()["droplet"]["id"]
     if server is not None:
@@ -291,12 +292,9 @@ def test_user_cloud_config_is_merged_and_still_provisions(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(0)
     theirs = "#cloud-config\npackages: [nginx]\nruncmd:\n  - echo first-of-theirs\n  - [touch, /tmp/second]\n"
-    response = create(wid_proxy, team.pat, name="merged", tags=["oidc-sub:role:web"], user_data=theirs)
-    assert response.status_code == 202
-    droplet_id = response.json()["droplet"]["id"]
-    do.set_droplet_ipv4(droplet_id, server.address)
+    droplet = new_droplet(wid_proxy, do, team, server, name="merged", user_data=theirs)
     vm = FakeDroplet(tmp_path / "droplet", server)
-    booted = vm.boot(do.droplets[droplet_id]["user_data"])
+    booted = vm.boot(droplet.user_data)
     assert booted.returncode == 0, booted.stderr
     runcmd = vm.cloud_config["runcmd"]
     assert isinstance(runcmd, list)
@@ -309,19 +307,15 @@ def test_user_shell_script_is_combined_as_mime_and_still_provisions(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(1)
     script = "#!/bin/sh\necho hello from the user > /tmp/user-script-ran\n"
-    response = create(wid_proxy, team.pat, name="scripted", tags=["oidc-sub:role:web"], user_data=script)
-    assert response.status_code == 202
-    droplet_id = response.json()["droplet"]["id"]
-    do.set_droplet_ipv4(droplet_id, server.address)
-    user_data = do.droplets[droplet_id]["user_data"]
-    view = cloud_init_view(user_data)
+    droplet = new_droplet(wid_proxy, do, team, server, name="scripted", user_data=script)
+    view = cloud_init_view(droplet.user_data)
     assert view["parts"] == [["text/x-shellscript", "user-data"], ["text/cloud-config", "wid-provisioning.cfg"]]
     assert view["scripts"] == ["user-data"]  # cloud-init runs scripts and its runcmd script by name
     assert sorted(["runcmd", "user-data"])[0] == "runcmd"
     vm = FakeDroplet(tmp_path / "droplet", server)
-    booted = vm.boot(user_data)
+    booted = vm.boot(droplet.user_data)
     assert booted.returncode == 0, booted.stderr
-    assert vm.secrets()["droplet_id"] == str(droplet_id)
+    assert vm.secrets()["droplet_id"] == str(droplet.id)
 
 
 # -- JWT-authorized creates ---------------------------------------------------------------------------------------
