@@ -22,11 +22,11 @@ from typing import Any
 import pydo
 import pytest
 import requests
-from jwcrypto import jwk, jwt
 
 from devkit.proxy import ProxyServer
 from devkit.sshd import FakeDroplet, Sshd, SshdPool, cloud_init_view, pool
 from devkit.standins.digitalocean import DigitalOceanStandIn
+from tests.gha.support import verify_by_discovery
 
 DROPLET = {"region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
 NS_PROVE = "droplet-provisioning@wid"
@@ -147,16 +147,6 @@ def proved(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, ser
     response = prove(wid_proxy, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
     assert response.status_code == 200, response.text
     return {**response.json(), "droplet_id": droplet.id}
-
-
-def verify_by_discovery(issuer: str, token: str, audience: str) -> dict[str, Any]:
-    """What a third party does: discovery, JWKS, then jwcrypto (not our code)."""
-    config = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=5).json()
-    keyset = jwk.JWKSet.from_json(requests.get(config["jwks_uri"], timeout=5).text)
-    verified = jwt.JWT(jwt=token, key=keyset, algs=["RS256"], expected_type="JWS",
-                       check_claims={"iss": issuer, "aud": audience, "exp": None})
-    claims: dict[str, Any] = json.loads(verified.claims)
-    return claims
 
 
 def audit_rows(wid_proxy: ProxyServer, actx: str) -> list[dict[str, Any]]:
