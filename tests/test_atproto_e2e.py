@@ -296,6 +296,16 @@ def write_token(proxy: ProxyServer, did: str, team: str, ttl: int = 300) -> str:
     return mint(proxy, f"api://ATProto?actx={did}", f"actx:{team}:role:atproto-write", kind="exchanged", ttl=ttl)
 
 
+def new_writer(peer: AtprotoPeer, proxy: ProxyServer, handle: str, password: str,
+               extra_policy: bytes = b"") -> tuple[str, str, str]:
+    """A new DID, signed in, with the articles' DID policy for a new team: (did, handle, a write token)."""
+    did, handle = peer.create_account(handle, password)
+    sign_in(proxy, handle, password)
+    team = new_team()
+    install_rbac(proxy, did, did_rbac(team, extra_policy), api="ATProto")
+    return did, handle, write_token(proxy, did, team)
+
+
 def post(proxy: ProxyServer, token: str, nsid: str, body: Any, **kw: Any) -> requests.Response:
     return requests.post(f"{proxy.url}/xrpc/{nsid}", json=body, headers={"Authorization": f"Bearer {token}"},
                          timeout=30, **kw)
@@ -577,12 +587,7 @@ path "/xrpc/com.atproto.repo.getRecord" {
 
 def test_queries_with_a_policy_that_allows_them(peer: AtprotoPeer, proxy: ProxyServer,
                                                alice: dict[str, Any]) -> None:
-    did, handle = peer.create_account("kim.test", "kim-password-1")
-    sign_in(proxy, handle, "kim-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team, QUERIES),
-                 api="ATProto")
-    token = write_token(proxy, did, team)
+    did, handle, token = new_writer(peer, proxy, "kim.test", "kim-password-1", QUERIES)
     response = requests.get(f"{proxy.url}/xrpc/com.atproto.repo.describeRepo", params={"repo": did},
                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert response.status_code == 200, response.text
@@ -808,11 +813,7 @@ def edit_session(proxy: ProxyServer, did: str, **changes: Any) -> None:
 def test_refresh_with_a_misbehaving_authorization_server(peer: AtprotoPeer, proxy: ProxyServer, flaky: FlakyPds,
                                                          mode: str, status: int, words: str) -> None:
     handle = f"as{mode.replace('5', 'five')}.test"
-    did, _ = peer.create_account(handle, "as-password-1")
-    sign_in(proxy, handle, "as-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, handle, "as-password-1")
     real = credential(proxy, did).data
     # The authorization server's token endpoint now misbehaves (the stand-in plays it).
     edit_session(proxy, did, token_endpoint=f"{flaky.url}/oauth/token", expires_at=int(time.time()) - 5)
@@ -835,11 +836,7 @@ def test_refresh_with_a_misbehaving_authorization_server(peer: AtprotoPeer, prox
 
 
 def test_a_dids_pds_that_changed_since_sign_in(peer: AtprotoPeer, proxy: ProxyServer) -> None:
-    did, handle = peer.create_account("rosa.test", "rosa-password-1")
-    sign_in(proxy, handle, "rosa-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, "rosa.test", "rosa-password-1")
     assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200
     peer.set_pds_endpoint(did, "http://localhost:9")
     forget_did(proxy, did)
@@ -876,11 +873,7 @@ def pg_proxy(peer: AtprotoPeer, postgres: PostgresServer, proxy: ProxyServer,
 def test_racing_refreshes_rotate_the_refresh_token_once(peer: AtprotoPeer, request: pytest.FixtureRequest,
                                                         backend: str) -> None:
     proxy: ProxyServer = request.getfixturevalue("proxy" if backend == "sqlite" else "pg_proxy")
-    did, handle = peer.create_account(f"sam{backend[:2]}.test", "sam-password-1")
-    sign_in(proxy, handle, "sam-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, f"sam{backend[:2]}.test", "sam-password-1")
     first = credential(proxy, did).data
     expire_access_token(proxy, did)
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -902,11 +895,7 @@ def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> Non
     from wid.upstreams.atproto.token_endpoint import token_request
     from wid.upstreams.oauth_client import TokenEndpointError
 
-    did, handle = peer.create_account("tara.test", "tara-password-1")
-    sign_in(proxy, handle, "tara-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, handle, token = new_writer(peer, proxy, "tara.test", "tara-password-1")
     spent = credential(proxy, did).data
     expire_access_token(proxy, did)
     assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200  # refreshed
