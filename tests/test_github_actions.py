@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from devkit.proxy import ProxyServer
-from devkit.seed import install_rbac, mint
+from devkit.seed import ARTICLE_POLICY, install_rbac, mint
 from devkit.standins.github_oidc import GitHubOIDCStandIn
 from tests.gha.support import (
     audience,
@@ -46,16 +46,6 @@ TOKEN=$(curl -sf \
   | jq -r .token)
 echo "::add-mask::${TOKEN}"
 echo "oidc=${TOKEN}" >> "${GITHUB_OUTPUT}"
-"""
-
-ARTICLE_POLICY = b"""path "/v1/oidc/issue" {
-  capabilities = ["create"]
-  allowed_parameters = {
-    "aud" = "api://DigitalOcean?actx={actx}"
-    "sub" = "actx:{actx}:role:database-and-spaces-keys-access"
-    "ttl" = 300
-  }
-}
 """
 
 
