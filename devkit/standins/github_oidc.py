@@ -312,11 +312,7 @@ class GitHubOIDCStandIn(StandInServer):
         }
         if environment:
             claims["environment"] = environment
-        for name, value in overrides.items():
-            if value is None:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
+        apply_overrides(claims, overrides)
         return claims
 
     def mint(
@@ -357,11 +353,7 @@ class GitHubOIDCStandIn(StandInServer):
         if alg == "none":
             header.pop("kid")
             header.pop("x5t")
-        for name, value in (headers or {}).items():
-            if value is None:
-                header.pop(name, None)
-            else:
-                header[name] = value
+        apply_overrides(header, headers or {})
         signing_input = (
             b64url(json.dumps(header, separators=(",", ":")).encode())
             + "."
@@ -430,6 +422,15 @@ def _document(document: Any, headers: list[tuple[str, str]]) -> Response:
         body = document.encode("utf-8") if isinstance(document, str) else document
         return Response(200, body, [("Content-Type", "application/json; charset=utf-8"), *headers])
     return Response.json(200, document, headers)
+
+
+def apply_overrides(fields: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Edit a token's claims or header in place: an override sets its field, or removes it when None."""
+    for name, value in overrides.items():
+        if value is None:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
 
 
 def audience_query(audience: str) -> str:
