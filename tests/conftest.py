@@ -105,8 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, do_api: DigitalOceanStandIn,
         "DIGITALOCEAN_OAUTH_URL": do_api.url,
         "DIGITALOCEAN_OAUTH_CLIENT_ID": OAUTH_CLIENT_ID,
         "DIGITALOCEAN_OAUTH_CLIENT_SECRET": OAUTH_CLIENT_SECRET,
-        "WID_TRUSTED_ISSUERS": f"{github_oidc.issuer} https://token.actions.githubusercontent.com",
-        "WID_ISSUER_OWNER_CLAIMS": f"{github_oidc.issuer}=github",
+        **github_oidc.proxy_env(),
         "WID_ALLOW_INSECURE_ISSUERS": "1",
     })
     do_api.add_oauth_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, f"{server.url}/auth/digitalocean/v1/callback")

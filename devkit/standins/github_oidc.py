@@ -206,6 +206,11 @@ class GitHubOIDCStandIn(StandInServer):
     def jwks_uri(self) -> str:
         return f"{self.url}{self.path_prefix}/.well-known/jwks"
 
+    def proxy_env(self) -> dict[str, str]:
+        """A proxy's settings that trust this issuer beside GitHub's own, owning roles as GitHub's tokens do."""
+        return {"WID_TRUSTED_ISSUERS": f"{self.issuer} {GITHUB_ISSUER}",
+                "WID_ISSUER_OWNER_CLAIMS": f"{self.issuer}=github"}
+
     def now(self) -> float:
         return time.time() + self.clock_offset
 
