@@ -71,12 +71,9 @@ def persistent_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World
     """The DigitalOcean world (its own stand-in, the proxy as `make run` serves it) in persistent mode:
     Caddy in front of three gunicorn workers, SQLite. For what can differ between the modes
     (tests/test_persistent_mode.py); the rest of the suite runs in CGI mode."""
-    from devkit.do_world import World  # pydo and azure only for the tests that use it
+    from tests.worlds import serve_world  # pydo and azure only for the tests that use it
 
-    world = World.start(tmp_path_factory.mktemp("persistent") / "data", {"WID_WORKERS": "3"}, mode="persistent")
-    yield world
-    world.stop()
-    assert world.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("persistent") / "data", {"WID_WORKERS": "3"}, mode="persistent")
 
 
 @pytest.fixture(scope="session")
