@@ -60,10 +60,8 @@ def backend(request: pytest.FixtureRequest, app_env: Path, monkeypatch: pytest.M
 @pytest.fixture(scope="session")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """The proxy as `make run` serves it (Caddy + fcgiwrap + CGI), with SQLite."""
-    server = ProxyServer(tmp_path_factory.mktemp("proxy") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("proxy") / "data") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +104,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, do_api: DigitalOceanStandIn,
         "WID_ALLOW_INSECURE_ISSUERS": "1",
     })
     do_api.add_oauth_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, f"{server.url}/auth/digitalocean/v1/callback")
-    server.start()
-    yield server
-    server.stop()
+    with server:
+        yield server
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:

@@ -143,18 +143,16 @@ def peer() -> Iterator[AtprotoPeer]:
 
 @pytest.fixture(scope="module")
 def proxy(peer: AtprotoPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("atproto") / "data", {
-        "THIS_ENDPOINT": ORIGIN,
-        "ATPROTO_PLC_URL": peer.plc_url,
-        "ATPROTO_HANDLE_RESOLVER": peer.pds_url,
-        "ATPROTO_TIMEOUT": str(ATPROTO_TIMEOUT),
-        "ATPROTO_MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
-        "WID_ALLOW_INSECURE_ISSUERS": "1",
-    })
-    server.start()
-    peer.route(ORIGIN, server.url)
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("atproto") / "data", {
+            "THIS_ENDPOINT": ORIGIN,
+            "ATPROTO_PLC_URL": peer.plc_url,
+            "ATPROTO_HANDLE_RESOLVER": peer.pds_url,
+            "ATPROTO_TIMEOUT": str(ATPROTO_TIMEOUT),
+            "ATPROTO_MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
+            "WID_ALLOW_INSECURE_ISSUERS": "1",
+        }) as server:
+        peer.route(ORIGIN, server.url)
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -860,13 +858,11 @@ def pg_proxy(peer: AtprotoPeer, postgres: PostgresServer, proxy: ProxyServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """A second proxy, on PostgreSQL (its own client_id: the PDS caches client metadata per URL)."""
     origin = "https://wid-pg.fixture.internal"
-    server = ProxyServer(tmp_path_factory.mktemp("atproto-pg") / "data", {
-        **{name: proxy.env[name] for name in ATPROTO_ENV}, "THIS_ENDPOINT": origin,
-        "DATABASE_URI": postgres.fresh_database(), "WID_ALLOW_INSECURE_ISSUERS": "1"})
-    server.start()
-    peer.route(origin, server.url)
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("atproto-pg") / "data", {
+            **{name: proxy.env[name] for name in ATPROTO_ENV}, "THIS_ENDPOINT": origin,
+            "DATABASE_URI": postgres.fresh_database(), "WID_ALLOW_INSECURE_ISSUERS": "1"}) as server:
+        peer.route(origin, server.url)
+        yield server
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

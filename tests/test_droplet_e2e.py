@@ -56,15 +56,13 @@ def do() -> Iterator[DigitalOceanStandIn]:
 @pytest.fixture(scope="module")
 def wid_proxy(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn,
               sshds: SshdPool) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("wid-droplets") / "data", env={
-        "DIGITALOCEAN_API_URL": do.url,
-        "DIGITALOCEAN_OAUTH_URL": do.url,
-        "WID_DROPLET_SSH_PORT": str(sshds.port),
-        "WID_DROPLET_SSH_TIMEOUT": "2",
-    })
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("wid-droplets") / "data", env={
+            "DIGITALOCEAN_API_URL": do.url,
+            "DIGITALOCEAN_OAUTH_URL": do.url,
+            "WID_DROPLET_SSH_PORT": str(sshds.port),
+            "WID_DROPLET_SSH_TIMEOUT": "2",
+        }) as server:
+        yield server
 
 
 def connect_team(wid_proxy: ProxyServer, do: DigitalOceanStandIn, name: str) -> TeamCreds:

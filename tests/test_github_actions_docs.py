@@ -43,10 +43,8 @@ def gh() -> Iterator[GitHubOIDCStandIn]:
 
 @pytest.fixture(scope="module")
 def docs_proxy(tmp_path_factory: pytest.TempPathFactory, gh: GitHubOIDCStandIn) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("gha-docs") / "data", gh.proxy_env())
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("gha-docs") / "data", gh.proxy_env()) as server:
+        yield server
 
 
 @pytest.fixture

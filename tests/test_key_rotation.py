@@ -173,10 +173,8 @@ def test_rows_stay_readable_by_the_code_before_scheduled_rotation(backend: str) 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """A proxy of its own: emergency rotations here must not break other modules' tokens."""
-    server = ProxyServer(tmp_path_factory.mktemp("rotation") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("rotation") / "data") as server:
+        yield server
 
 
 def jwks_kids(service: ProxyServer) -> list[str]:
