@@ -16,12 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "rbac-schema" / "examples"
 
-# The articles' credential helper, verbatim (series part 2, "Policies and Roles").
-CREDENTIAL_HELPER = r"""#!/usr/bin/env bash
-
-TOKEN=$(doctl auth token)
-
-while IFS='=' read -r key value; do
+# How the articles' credential helpers answer git (https://git-scm.com/docs/git-credential): the
+# protocol and host back, then the token as the password. Verbatim, shared by every helper below.
+_ANSWER_GIT = r"""while IFS='=' read -r key value; do
   if [[ -n "$key" && -n "$value" ]]; then
     if [[ "$key" == "protocol" || "$key" == "host" ]]; then
       echo "$key=$value"
@@ -30,7 +27,14 @@ while IFS='=' read -r key value; do
 done
 
 echo "username=token"
-# https://git-scm.com/docs/git-credential documents how this style of
+"""
+
+# The articles' credential helper, verbatim (series part 2, "Policies and Roles").
+CREDENTIAL_HELPER = r"""#!/usr/bin/env bash
+
+TOKEN=$(doctl auth token)
+
+""" + _ANSWER_GIT + r"""# https://git-scm.com/docs/git-credential documents how this style of
 # script works, stdin / stdout is used for communication to / from git
 # and the bash process executing this script. Since we always use the
 # doctl local PAT for authentication to this PoC deployment, we don't need
@@ -40,22 +44,15 @@ echo "username=token"
 echo "password=${TOKEN}"
 """
 
-# The articles' ATProto credential helper, with the keyring lookup replaced by a file the test writes
-# (`python -m keyring get oidc-reverse-proxy rbac.did.token` in the article).
-ATPROTO_CREDENTIAL_HELPER = r"""#!/usr/bin/env bash
-TOKEN="$(cat "${HOME}/.config/rbac-did-token")"
 
-while IFS='=' read -r key value; do
-  if [[ -n "$key" && -n "$value" ]]; then
-    if [[ "$key" == "protocol" || "$key" == "host" ]]; then
-      echo "$key=$value"
-    fi
-  fi
-done
+def atproto_credential_helper(token: str) -> str:
+    """The articles' ATProto credential helper, verbatim but for token: the shell command that prints it."""
+    return f'#!/usr/bin/env bash\nTOKEN="{token}"\n\n{_ANSWER_GIT}echo "password=${{TOKEN}}"\n'
 
-echo "username=token"
-echo "password=${TOKEN}"
-"""
+
+# The keyring lookup of the article (`python -m keyring get oidc-reverse-proxy rbac.did.token`)
+# replaced by a file the test writes.
+ATPROTO_CREDENTIAL_HELPER = atproto_credential_helper('$(cat "${HOME}/.config/rbac-did-token")')
 
 FAKE_DOCTL = """#!/usr/bin/env bash
 # Stand-in for `doctl auth token`: prints the token the test stored for this user.
@@ -82,6 +79,32 @@ ARTICLE_GHA_PUSH = {
     "policies/ex-gha-readwrite.hcl": "policies/ex-gha-readwrite.hcl",
     "gha-roles/ex-gha-readwrite.hcl": "gha-roles/ex-gha-readwrite.hcl",
 }
+
+
+# The articles' ATProto section, verbatim but for the DID (a variable here) and the first push's files:
+# the repository's first push, then the push of its roles and policies.
+ARTICLE_ATPROTO = r"""
+git init
+git config --global --unset credential."${THIS_ENDPOINT}".helper
+git config --global credential."${THIS_ENDPOINT}/_rbac/DigitalOcean/".helper \
+  '!'"${HOME}/.local/scripts/git-credential-rbac-digitalocean.sh"
+git config --global credential."${THIS_ENDPOINT}/_rbac/ATProto/".helper \
+  '!'"${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
+git branch -M main
+echo .venv/ >> .gitignore
+git add .
+git commit -sm "feat: setup credential helper"
+git remote add deploy "${THIS_ENDPOINT}/_rbac/ATProto/${DID_PLC}"
+git push -u deploy main
+"""
+ARTICLE_ATPROTO_ROLES = r"""
+git add .
+git commit -sm "feat: configure access from droplet"
+git push -u deploy main
+
+# View deployed config
+git fetch --all && git show deploy/schema:rbac.json | jq
+"""
 
 
 def article_files(mapping: dict[str, str]) -> dict[str, str]:

@@ -118,6 +118,13 @@ class ProxyServer:
         self.log_path = data_dir.parent / f"proxy-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def __enter__(self) -> ProxyServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # the server writes here until stop()

@@ -60,10 +60,8 @@ def backend(request: pytest.FixtureRequest, app_env: Path, monkeypatch: pytest.M
 @pytest.fixture(scope="session")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """The proxy as `make run` serves it (Caddy + fcgiwrap + CGI), with SQLite."""
-    server = ProxyServer(tmp_path_factory.mktemp("proxy") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("proxy") / "data") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +69,9 @@ def persistent_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World
     """The DigitalOcean world (its own stand-in, the proxy as `make run` serves it) in persistent mode:
     Caddy in front of three gunicorn workers, SQLite. For what can differ between the modes
     (tests/test_persistent_mode.py); the rest of the suite runs in CGI mode."""
-    from devkit.do_world import World  # pydo and azure only for the tests that use it
+    from tests.worlds import serve_world  # pydo and azure only for the tests that use it
 
-    world = World.start(tmp_path_factory.mktemp("persistent") / "data", {"WID_WORKERS": "3"}, mode="persistent")
-    yield world
-    world.stop()
-    assert world.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("persistent") / "data", {"WID_WORKERS": "3"}, mode="persistent")
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +100,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, do_api: DigitalOceanStandIn,
         "DIGITALOCEAN_OAUTH_URL": do_api.url,
         "DIGITALOCEAN_OAUTH_CLIENT_ID": OAUTH_CLIENT_ID,
         "DIGITALOCEAN_OAUTH_CLIENT_SECRET": OAUTH_CLIENT_SECRET,
-        "WID_TRUSTED_ISSUERS": f"{github_oidc.issuer} https://token.actions.githubusercontent.com",
-        "WID_ISSUER_OWNER_CLAIMS": f"{github_oidc.issuer}=github",
+        **github_oidc.proxy_env(),
         "WID_ALLOW_INSECURE_ISSUERS": "1",
     })
     do_api.add_oauth_client(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, f"{server.url}/auth/digitalocean/v1/callback")
-    server.start()
-    yield server
-    server.stop()
+    with server:
+        yield server
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
+from devkit.git_helpers import ARTICLE_ATPROTO, ARTICLE_ATPROTO_ROLES, atproto_credential_helper
 from devkit.proxy import ROOT, ProxyServer
 from devkit.seed import install_rbac, mint
 from tests.atproto.fixture import (
@@ -142,18 +143,16 @@ def peer() -> Iterator[AtprotoPeer]:
 
 @pytest.fixture(scope="module")
 def proxy(peer: AtprotoPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("atproto") / "data", {
-        "THIS_ENDPOINT": ORIGIN,
-        "ATPROTO_PLC_URL": peer.plc_url,
-        "ATPROTO_HANDLE_RESOLVER": peer.pds_url,
-        "ATPROTO_TIMEOUT": str(ATPROTO_TIMEOUT),
-        "ATPROTO_MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
-        "WID_ALLOW_INSECURE_ISSUERS": "1",
-    })
-    server.start()
-    peer.route(ORIGIN, server.url)
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("atproto") / "data", {
+            "THIS_ENDPOINT": ORIGIN,
+            "ATPROTO_PLC_URL": peer.plc_url,
+            "ATPROTO_HANDLE_RESOLVER": peer.pds_url,
+            "ATPROTO_TIMEOUT": str(ATPROTO_TIMEOUT),
+            "ATPROTO_MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
+            "WID_ALLOW_INSECURE_ISSUERS": "1",
+        }) as server:
+        peer.route(ORIGIN, server.url)
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +294,16 @@ def write_token(proxy: ProxyServer, did: str, team: str, ttl: int = 300) -> str:
     return mint(proxy, f"api://ATProto?actx={did}", f"actx:{team}:role:atproto-write", kind="exchanged", ttl=ttl)
 
 
+def new_writer(peer: AtprotoPeer, proxy: ProxyServer, handle: str, password: str,
+               extra_policy: bytes = b"") -> tuple[str, str, str]:
+    """A new DID, signed in, with the articles' DID policy for a new team: (did, handle, a write token)."""
+    did, handle = peer.create_account(handle, password)
+    sign_in(proxy, handle, password)
+    team = new_team()
+    install_rbac(proxy, did, did_rbac(team, extra_policy), api="ATProto")
+    return did, handle, write_token(proxy, did, team)
+
+
 def post(proxy: ProxyServer, token: str, nsid: str, body: Any, **kw: Any) -> requests.Response:
     return requests.post(f"{proxy.url}/xrpc/{nsid}", json=body, headers={"Authorization": f"Bearer {token}"},
                          timeout=30, **kw)
@@ -408,7 +417,8 @@ echo '{"team": {"uuid": "'"$(cat "$HOME/.team")"'"}}'
 
 # The articles' "ATProto Login and RBAC Configuration", verbatim from `mkdir did-rbac` on, except
 # that the venv and `pip install` are this test's, and `git config --global --unset` has the earlier
-# DigitalOcean helper to remove.
+# DigitalOcean helper to remove. The credential helper and the two pushes are the ones
+# tests/test_git_push.py runs (devkit/git_helpers.py).
 ARTICLE_DID_REPO = r"""
 mkdir did-rbac
 cd did-rbac
@@ -418,36 +428,11 @@ export DID_PLC="$(python -c 'import sys, jwt, json; print(json.dumps(jwt.decode(
 mkdir -p "${HOME}/.local/scripts/"
 
 tee "${HOME}/.local/scripts/git-credential-rbac-atproto.sh" <<'EOF'
-#!/usr/bin/env bash
-TOKEN="$(python -m keyring get oidc-reverse-proxy rbac.did.token)"
-
-while IFS='=' read -r key value; do
-  if [[ -n "$key" && -n "$value" ]]; then
-    if [[ "$key" == "protocol" || "$key" == "host" ]]; then
-      echo "$key=$value"
-    fi
-  fi
-done
-
-echo "username=token"
-echo "password=${TOKEN}"
-EOF
+"""  # noqa: E501 - the articles' lines, verbatim
+ARTICLE_DID_REPO += atproto_credential_helper("$(python -m keyring get oidc-reverse-proxy rbac.did.token)") + r"""EOF
 
 chmod 755 "${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
-
-git init
-git config --global --unset credential."${THIS_ENDPOINT}".helper
-git config --global credential."${THIS_ENDPOINT}/_rbac/DigitalOcean/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-digitalocean.sh"
-git config --global credential."${THIS_ENDPOINT}/_rbac/ATProto/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
-git branch -M main
-echo .venv/ >> .gitignore
-git add .
-git commit -sm "feat: setup credential helper"
-git remote add deploy "${THIS_ENDPOINT}/_rbac/ATProto/${DID_PLC}"
-git push -u deploy main
-
+""" + ARTICLE_ATPROTO + r"""
 mkdir -p roles policies
 cat > roles/atproto-write.hcl <<'EOF'
 role "atproto-write" {
@@ -464,14 +449,8 @@ path "/xrpc/com.atproto.repo.createRecord" {
   capabilities = ["create"]
 }
 EOF
-
-git add .
-git commit -sm "feat: configure access from droplet"
-git push -u deploy main
-
-# View deployed config
-git fetch --all && git show deploy/schema:rbac.json | jq
 """  # noqa: E501 - the articles' lines, verbatim
+ARTICLE_DID_REPO += ARTICLE_ATPROTO_ROLES
 
 # "ATProto Create Post", verbatim; the three files under /root/secrets come from the environment.
 ARTICLE_CREATE_POST = r"""
@@ -606,12 +585,7 @@ path "/xrpc/com.atproto.repo.getRecord" {
 
 def test_queries_with_a_policy_that_allows_them(peer: AtprotoPeer, proxy: ProxyServer,
                                                alice: dict[str, Any]) -> None:
-    did, handle = peer.create_account("kim.test", "kim-password-1")
-    sign_in(proxy, handle, "kim-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team, QUERIES),
-                 api="ATProto")
-    token = write_token(proxy, did, team)
+    did, handle, token = new_writer(peer, proxy, "kim.test", "kim-password-1", QUERIES)
     response = requests.get(f"{proxy.url}/xrpc/com.atproto.repo.describeRepo", params={"repo": did},
                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert response.status_code == 200, response.text
@@ -837,11 +811,7 @@ def edit_session(proxy: ProxyServer, did: str, **changes: Any) -> None:
 def test_refresh_with_a_misbehaving_authorization_server(peer: AtprotoPeer, proxy: ProxyServer, flaky: FlakyPds,
                                                          mode: str, status: int, words: str) -> None:
     handle = f"as{mode.replace('5', 'five')}.test"
-    did, _ = peer.create_account(handle, "as-password-1")
-    sign_in(proxy, handle, "as-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, handle, "as-password-1")
     real = credential(proxy, did).data
     # The authorization server's token endpoint now misbehaves (the stand-in plays it).
     edit_session(proxy, did, token_endpoint=f"{flaky.url}/oauth/token", expires_at=int(time.time()) - 5)
@@ -864,11 +834,7 @@ def test_refresh_with_a_misbehaving_authorization_server(peer: AtprotoPeer, prox
 
 
 def test_a_dids_pds_that_changed_since_sign_in(peer: AtprotoPeer, proxy: ProxyServer) -> None:
-    did, handle = peer.create_account("rosa.test", "rosa-password-1")
-    sign_in(proxy, handle, "rosa-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, "rosa.test", "rosa-password-1")
     assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200
     peer.set_pds_endpoint(did, "http://localhost:9")
     forget_did(proxy, did)
@@ -892,24 +858,18 @@ def pg_proxy(peer: AtprotoPeer, postgres: PostgresServer, proxy: ProxyServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """A second proxy, on PostgreSQL (its own client_id: the PDS caches client metadata per URL)."""
     origin = "https://wid-pg.fixture.internal"
-    server = ProxyServer(tmp_path_factory.mktemp("atproto-pg") / "data", {
-        **{name: proxy.env[name] for name in ATPROTO_ENV}, "THIS_ENDPOINT": origin,
-        "DATABASE_URI": postgres.fresh_database(), "WID_ALLOW_INSECURE_ISSUERS": "1"})
-    server.start()
-    peer.route(origin, server.url)
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("atproto-pg") / "data", {
+            **{name: proxy.env[name] for name in ATPROTO_ENV}, "THIS_ENDPOINT": origin,
+            "DATABASE_URI": postgres.fresh_database(), "WID_ALLOW_INSECURE_ISSUERS": "1"}) as server:
+        peer.route(origin, server.url)
+        yield server
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_racing_refreshes_rotate_the_refresh_token_once(peer: AtprotoPeer, request: pytest.FixtureRequest,
                                                         backend: str) -> None:
     proxy: ProxyServer = request.getfixturevalue("proxy" if backend == "sqlite" else "pg_proxy")
-    did, handle = peer.create_account(f"sam{backend[:2]}.test", "sam-password-1")
-    sign_in(proxy, handle, "sam-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, _, token = new_writer(peer, proxy, f"sam{backend[:2]}.test", "sam-password-1")
     first = credential(proxy, did).data
     expire_access_token(proxy, did)
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -931,11 +891,7 @@ def test_a_session_the_pds_revoked(peer: AtprotoPeer, proxy: ProxyServer) -> Non
     from wid.upstreams.atproto.token_endpoint import token_request
     from wid.upstreams.oauth_client import TokenEndpointError
 
-    did, handle = peer.create_account("tara.test", "tara-password-1")
-    sign_in(proxy, handle, "tara-password-1")
-    team = new_team()
-    install_rbac(proxy, did, did_rbac(team), api="ATProto")
-    token = write_token(proxy, did, team)
+    did, handle, token = new_writer(peer, proxy, "tara.test", "tara-password-1")
     spent = credential(proxy, did).data
     expire_access_token(proxy, did)
     assert post(proxy, token, "com.atproto.repo.createRecord", hello(did)).status_code == 200  # refreshed

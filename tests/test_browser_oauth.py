@@ -16,6 +16,7 @@ import requests
 
 from devkit.do_world import World
 from devkit.git_helpers import ARTICLE_FIRST_PUSH, GitUser, article_files
+from tests.worlds import serve_world
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -33,10 +34,7 @@ except ImportError:  # pragma: no cover - reported by the fixture below
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World.start(tmp_path_factory.mktemp("browser") / "data")
-    yield w
-    w.stop()
-    assert w.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("browser") / "data")
 
 
 @pytest.fixture

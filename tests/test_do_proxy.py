@@ -20,6 +20,7 @@ from azure.core.exceptions import HttpResponseError
 
 from devkit.do_world import DATABASE_UUID, World, example_files, pydo_client
 from devkit.standins.digitalocean import Team
+from tests.worlds import serve_world
 from wid.upstreams.digitalocean import oauth as do_oauth
 
 DROPLET_ROLE_FILES = {
@@ -61,10 +62,7 @@ SPACES_KEY_222 = {"name": "bucket-111-read-token-droplet", "grants": [{"bucket":
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # One scope beyond the defaults, as an admin who grants workloads more would configure it.
     scopes = " ".join((*do_oauth.DEFAULT_SCOPES, "droplet:update"))
-    w = World.start(tmp_path_factory.mktemp("do-proxy") / "data", {"DIGITALOCEAN_OAUTH_SCOPES": scopes})
-    yield w
-    w.stop()
-    assert w.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("do-proxy") / "data", {"DIGITALOCEAN_OAUTH_SCOPES": scopes})
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,12 @@ TEAM = "6a7e1f42-3c2d-4e7b-9f10-2b3c4d5e6f70"
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory, do_api: DigitalOceanStandIn,
             github_oidc: GitHubOIDCStandIn) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("doctor") / "data", {
-        "DIGITALOCEAN_API_URL": do_api.url, "DIGITALOCEAN_OAUTH_URL": do_api.url,
-        "DIGITALOCEAN_OAUTH_CLIENT_ID": "doctor-client", "DIGITALOCEAN_OAUTH_CLIENT_SECRET": "doctor-secret",
-        "WID_TRUSTED_ISSUERS": github_oidc.issuer, "WID_ALLOW_INSECURE_ISSUERS": "1",
-    })
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("doctor") / "data", {
+            "DIGITALOCEAN_API_URL": do_api.url, "DIGITALOCEAN_OAUTH_URL": do_api.url,
+            "DIGITALOCEAN_OAUTH_CLIENT_ID": "doctor-client", "DIGITALOCEAN_OAUTH_CLIENT_SECRET": "doctor-secret",
+            "WID_TRUSTED_ISSUERS": github_oidc.issuer, "WID_ALLOW_INSECURE_ISSUERS": "1",
+        }) as server:
+        yield server
 
 
 def doctor(server: ProxyServer, **env: str) -> tuple[int, list[dict[str, Any]]]:

@@ -22,11 +22,11 @@ from typing import Any
 import pydo
 import pytest
 import requests
-from jwcrypto import jwk, jwt
 
 from devkit.proxy import ProxyServer
 from devkit.sshd import FakeDroplet, Sshd, SshdPool, cloud_init_view, pool
 from devkit.standins.digitalocean import DigitalOceanStandIn
+from tests.gha.support import verify_by_discovery
 
 DROPLET = {"region": "nyc3", "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
 NS_PROVE = "droplet-provisioning@wid"
@@ -56,15 +56,13 @@ def do() -> Iterator[DigitalOceanStandIn]:
 @pytest.fixture(scope="module")
 def wid_proxy(tmp_path_factory: pytest.TempPathFactory, do: DigitalOceanStandIn,
               sshds: SshdPool) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("wid-droplets") / "data", env={
-        "DIGITALOCEAN_API_URL": do.url,
-        "DIGITALOCEAN_OAUTH_URL": do.url,
-        "WID_DROPLET_SSH_PORT": str(sshds.port),
-        "WID_DROPLET_SSH_TIMEOUT": "2",
-    })
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("wid-droplets") / "data", env={
+            "DIGITALOCEAN_API_URL": do.url,
+            "DIGITALOCEAN_OAUTH_URL": do.url,
+            "WID_DROPLET_SSH_PORT": str(sshds.port),
+            "WID_DROPLET_SSH_TIMEOUT": "2",
+        }) as server:
+        yield server
 
 
 def connect_team(wid_proxy: ProxyServer, do: DigitalOceanStandIn, name: str) -> TeamCreds:
@@ -130,8 +128,9 @@ class Created:
 
 
 def new_droplet(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, server: Sshd | None,
-                tags: tuple[str, ...] = ("oidc-sub:role:web",), name: str = "web") -> Created:
-    response = create(wid_proxy, team.pat, name=name, tags=list(tags))
+                tags: tuple[str, ...] = ("oidc-sub:role:web",), name: str = "web", **body: Any) -> Created:
+    """A Droplet created through the proxy (body: more of the create request), at server's address."""
+    response = create(wid_proxy, team.pat, name=name, tags=list(tags), **body)
     assert response.status_code == 202, response.text
     droplet_id = response.json()["droplet"]["id"]
     if server is not None:
@@ -146,16 +145,6 @@ def proved(wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, ser
     response = prove(wid_proxy, droplet.token, sign(server.host_key("ed25519"), droplet.token.encode(), NS_PROVE))
     assert response.status_code == 200, response.text
     return {**response.json(), "droplet_id": droplet.id}
-
-
-def verify_by_discovery(issuer: str, token: str, audience: str) -> dict[str, Any]:
-    """What a third party does: discovery, JWKS, then jwcrypto (not our code)."""
-    config = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=5).json()
-    keyset = jwk.JWKSet.from_json(requests.get(config["jwks_uri"], timeout=5).text)
-    verified = jwt.JWT(jwt=token, key=keyset, algs=["RS256"], expected_type="JWS",
-                       check_claims={"iss": issuer, "aud": audience, "exp": None})
-    claims: dict[str, Any] = json.loads(verified.claims)
-    return claims
 
 
 def audit_rows(wid_proxy: ProxyServer, actx: str) -> list[dict[str, Any]]:
@@ -291,12 +280,9 @@ def test_user_cloud_config_is_merged_and_still_provisions(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(0)
     theirs = "#cloud-config\npackages: [nginx]\nruncmd:\n  - echo first-of-theirs\n  - [touch, /tmp/second]\n"
-    response = create(wid_proxy, team.pat, name="merged", tags=["oidc-sub:role:web"], user_data=theirs)
-    assert response.status_code == 202
-    droplet_id = response.json()["droplet"]["id"]
-    do.set_droplet_ipv4(droplet_id, server.address)
+    droplet = new_droplet(wid_proxy, do, team, server, name="merged", user_data=theirs)
     vm = FakeDroplet(tmp_path / "droplet", server)
-    booted = vm.boot(do.droplets[droplet_id]["user_data"])
+    booted = vm.boot(droplet.user_data)
     assert booted.returncode == 0, booted.stderr
     runcmd = vm.cloud_config["runcmd"]
     assert isinstance(runcmd, list)
@@ -309,19 +295,15 @@ def test_user_shell_script_is_combined_as_mime_and_still_provisions(
         wid_proxy: ProxyServer, do: DigitalOceanStandIn, team: TeamCreds, sshds: SshdPool, tmp_path: Path) -> None:
     server = sshds.shared(1)
     script = "#!/bin/sh\necho hello from the user > /tmp/user-script-ran\n"
-    response = create(wid_proxy, team.pat, name="scripted", tags=["oidc-sub:role:web"], user_data=script)
-    assert response.status_code == 202
-    droplet_id = response.json()["droplet"]["id"]
-    do.set_droplet_ipv4(droplet_id, server.address)
-    user_data = do.droplets[droplet_id]["user_data"]
-    view = cloud_init_view(user_data)
+    droplet = new_droplet(wid_proxy, do, team, server, name="scripted", user_data=script)
+    view = cloud_init_view(droplet.user_data)
     assert view["parts"] == [["text/x-shellscript", "user-data"], ["text/cloud-config", "wid-provisioning.cfg"]]
     assert view["scripts"] == ["user-data"]  # cloud-init runs scripts and its runcmd script by name
     assert sorted(["runcmd", "user-data"])[0] == "runcmd"
     vm = FakeDroplet(tmp_path / "droplet", server)
-    booted = vm.boot(user_data)
+    booted = vm.boot(droplet.user_data)
     assert booted.returncode == 0, booted.stderr
-    assert vm.secrets()["droplet_id"] == str(droplet_id)
+    assert vm.secrets()["droplet_id"] == str(droplet.id)
 
 
 # -- JWT-authorized creates ---------------------------------------------------------------------------------------

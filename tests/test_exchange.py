@@ -178,20 +178,24 @@ def test_cross_context_exchange_to_atproto_is_allowed_by_the_source_policy(proxy
     assert wrong.status_code == 403
 
 
+# A policy that names an extra claim (environment) and one that allows anything; the role "named" has only
+# the first. Each test adds the role it needs.
+EXTRA_CLAIM_POLICIES = {
+    "policies/with-env.hcl": (
+        b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n  allowed_parameters = {\n'
+        b'    "aud" = "api://DigitalOcean?actx={actx}"\n    "sub" = "actx:{actx}:role:deploy"\n'
+        b'    "ttl" = 300\n    "environment" = ["staging", "production"]\n  }\n}\n'),
+    "policies/anything.hcl": b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n}\n',
+    "roles/named.hcl": (b'role "named" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
+                        b'  sub = "actx:{actx}:role:named"\n  policies = ["with-env"]\n}\n'),
+}
+
+
 def test_extra_claims_only_when_the_policy_names_them(proxy: ProxyServer) -> None:
     actx = new_team()
-    files = {
-        "policies/with-env.hcl": (
-            b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n  allowed_parameters = {\n'
-            b'    "aud" = "api://DigitalOcean?actx={actx}"\n    "sub" = "actx:{actx}:role:deploy"\n'
-            b'    "ttl" = 300\n    "environment" = ["staging", "production"]\n  }\n}\n'),
-        "policies/anything.hcl": b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n}\n',
-        "roles/named.hcl": (b'role "named" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
-                            b'  sub = "actx:{actx}:role:named"\n  policies = ["with-env"]\n}\n'),
-        "roles/open.hcl": (b'role "open" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
-                           b'  sub = "actx:{actx}:role:open"\n  policies = ["anything"]\n}\n'),
-    }
-    install_rbac(proxy, actx, files)
+    install_rbac(proxy, actx, {**EXTRA_CLAIM_POLICIES, "roles/open.hcl": (
+        b'role "open" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
+        b'  sub = "actx:{actx}:role:open"\n  policies = ["anything"]\n}\n')})
     named = mint(proxy, audience(actx), f"actx:{actx}:role:named")
     body = {"aud": audience(actx), "sub": f"actx:{actx}:role:deploy", "ttl": 300}
     ok = exchange(proxy, named, {**body, "environment": "production"})
@@ -469,17 +473,9 @@ def test_exchange_library_on_both_backends(backend: str) -> None:
     assert rows[0].detail["issued_jti"] == issued.claims["jti"]
 
 
-EXTRA_CLAIM_FILES = {
-    "policies/with-env.hcl": (
-        b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n  allowed_parameters = {\n'
-        b'    "aud" = "api://DigitalOcean?actx={actx}"\n    "sub" = "actx:{actx}:role:deploy"\n'
-        b'    "ttl" = 300\n    "environment" = ["staging", "production"]\n  }\n}\n'),
-    "policies/anything.hcl": b'path "/v1/oidc/issue" {\n  capabilities = ["create"]\n}\n',
-    "roles/named.hcl": (b'role "named" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
-                        b'  sub = "actx:{actx}:role:named"\n  policies = ["with-env"]\n}\n'),
-    "roles/both.hcl": (b'role "both" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
-                       b'  sub = "actx:{actx}:role:both"\n  policies = ["with-env", "anything"]\n}\n'),
-}
+EXTRA_CLAIM_FILES = {**EXTRA_CLAIM_POLICIES, "roles/both.hcl": (
+    b'role "both" {\n  aud = "api://DigitalOcean?actx={actx}"\n'
+    b'  sub = "actx:{actx}:role:both"\n  policies = ["with-env", "anything"]\n}\n')}
 
 
 def test_an_exchange_reads_the_rbac_once_and_parses_the_token_once(backend: str,

@@ -1,4 +1,4 @@
-"""The running service through real Caddy + fcgiwrap: metadata, a third-party verifier, errors, readiness."""
+"""The running service through real Caddy + fcgiwrap: metadata, errors, readiness."""
 
 from __future__ import annotations
 
@@ -11,25 +11,10 @@ from typing import Any
 
 import pytest
 import requests
-from jwcrypto import jwk, jwt
 
 from devkit.proxy import ProxyServer
 from tests.harness import PostgresServer
 from wid.web.request import Request
-
-AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
-SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
-
-
-def verify_by_discovery(issuer: str, token: str) -> dict[str, object]:
-    """What a third party does: discovery, then jwks_uri, then verify with jwcrypto (not our code)."""
-    config = requests.get(f"{issuer}/.well-known/openid-configuration", timeout=5).json()
-    assert config["issuer"] == issuer
-    keyset = jwk.JWKSet.from_json(requests.get(config["jwks_uri"], timeout=5).text)
-    verified = jwt.JWT(jwt=token, key=keyset, algs=["RS256"], expected_type="JWS",
-                       check_claims={"iss": issuer, "aud": AUD, "exp": None})
-    claims: dict[str, object] = json.loads(verified.claims)
-    return claims
 
 
 def test_health_endpoints(proxy: ProxyServer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from io import BytesIO
 
@@ -11,35 +10,11 @@ from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.pack import write_pack_objects
 
+from tests.git_packs import entry_header, pack_of, varint
 from wid.core.git_pack import PackRejected, scan
 
 MiB = 1024 * 1024
 LIMITS = {"max_object_bytes": 4 * MiB, "max_inflated_bytes": 16 * MiB}
-
-
-def entry_header(kind: int, size: int) -> bytes:
-    out = bytearray([(kind << 4) | (size & 0x0F)])
-    size >>= 4
-    while size:
-        out[-1] |= 0x80
-        out.append(size & 0x7F)
-        size >>= 7
-    return bytes(out)
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def pack_of(*entries: bytes) -> bytes:
-    body = b"PACK" + (2).to_bytes(4, "big") + len(entries).to_bytes(4, "big") + b"".join(entries)
-    return body + hashlib.sha1(body).digest()  # noqa: S324 - git's pack trailer
 
 
 def real_pack() -> tuple[bytes, int]:
@@ -71,36 +46,36 @@ def test_an_object_claiming_more_than_the_limit_is_refused_before_inflating() ->
     compressor = zlib.compressobj(9)
     data = b"".join(compressor.compress(b"\0" * MiB) for _ in range(8)) + compressor.flush()
     with pytest.raises(PackRejected, match="objects are limited to"):
-        scan(pack_of(entry_header(3, 8 * MiB) + data), **LIMITS)
+        scan(pack_of([entry_header(3, 8 * MiB) + data]), **LIMITS)
 
 
 def test_an_object_inflating_beyond_its_declared_size_is_refused() -> None:
     bomb = zlib.compress(b"\0" * MiB, 9)
     with pytest.raises(PackRejected, match="inflates beyond the size its header declares"):
-        scan(pack_of(entry_header(3, 10) + bomb), **LIMITS)
+        scan(pack_of([entry_header(3, 10) + bomb]), **LIMITS)
 
 
 def test_a_delta_producing_a_huge_object_is_refused() -> None:
     delta = varint(10) + varint(512 * MiB) + b"\x0a0123456789"
     entry = entry_header(7, len(delta)) + b"\x11" * 20 + zlib.compress(delta)
     with pytest.raises(PackRejected, match="delta producing an object of"):
-        scan(pack_of(entry), **LIMITS)
+        scan(pack_of([entry]), **LIMITS)
 
 
 def test_many_objects_adding_up_beyond_the_push_limit_are_refused() -> None:
     blob = b"x" * MiB
     entry = entry_header(3, len(blob)) + zlib.compress(blob)
     with pytest.raises(PackRejected, match="inflates to more than"):
-        scan(pack_of(*[entry] * 17), **LIMITS)
+        scan(pack_of([entry] * 17), **LIMITS)
 
 
 @pytest.mark.parametrize(("pack", "message"), [
     (b"not a pack at all, just some bytes here", "not a git pack"),
     (b"PACK\x00\x00\x00\x02", "truncated"),
-    (pack_of(entry_header(3, 5) + zlib.compress(b"hello"))[:-25] + b"\0" * 20, "ends inside"),
-    (pack_of(entry_header(3, 5) + zlib.compress(b"hello") + b"extra"), "data after its last object"),
-    (pack_of(entry_header(3, 5) + b"\x78\x9c garbage that is not deflate"), "corrupt compressed data"),
-    (pack_of(entry_header(5, 5) + zlib.compress(b"hello")), "unknown type 5"),
+    (pack_of([entry_header(3, 5) + zlib.compress(b"hello")])[:-25] + b"\0" * 20, "ends inside"),
+    (pack_of([entry_header(3, 5) + zlib.compress(b"hello") + b"extra"]), "data after its last object"),
+    (pack_of([entry_header(3, 5) + b"\x78\x9c garbage that is not deflate"]), "corrupt compressed data"),
+    (pack_of([entry_header(5, 5) + zlib.compress(b"hello")]), "unknown type 5"),
     (b"PACK" + (9).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"\0" * 20, "version 9"),
 ], ids=["not-a-pack", "truncated-header", "truncated-object", "trailing-data", "corrupt-zlib", "unknown-type",
         "unknown-version"])

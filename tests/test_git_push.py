@@ -654,34 +654,9 @@ def test_kill_9_in_the_middle_of_a_push_keeps_the_previous_configuration(cgi_ser
     assert state(server, team.uuid)["main_commit"] == attempted
 
 
-# The articles' ATProto section, verbatim but for the DID (a variable here) and the first push's files.
-ARTICLE_ATPROTO = r"""
-git init
-git config --global --unset credential."${THIS_ENDPOINT}".helper
-git config --global credential."${THIS_ENDPOINT}/_rbac/DigitalOcean/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-digitalocean.sh"
-git config --global credential."${THIS_ENDPOINT}/_rbac/ATProto/".helper \
-  '!'"${HOME}/.local/scripts/git-credential-rbac-atproto.sh"
-git branch -M main
-echo .venv/ >> .gitignore
-git add .
-git commit -sm "feat: setup credential helper"
-git remote add deploy "${THIS_ENDPOINT}/_rbac/ATProto/${DID_PLC}"
-git push -u deploy main
-"""
-ARTICLE_ATPROTO_ROLES = r"""
-git add .
-git commit -sm "feat: configure access from droplet"
-git push -u deploy main
-
-# View deployed config
-git fetch --all && git show deploy/schema:rbac.json | jq
-"""
-
-
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # backend-independent: SQLite only
 def test_atproto_repo_with_the_sign_in_token(server: GitServer, team: Team, admin: GitUser) -> None:
-    from devkit.git_helpers import ATPROTO_CREDENTIAL_HELPER, EXAMPLES
+    from devkit.git_helpers import ARTICLE_ATPROTO, ARTICLE_ATPROTO_ROLES, ATPROTO_CREDENTIAL_HELPER, EXAMPLES
 
     did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
     with server.proxy.configured():

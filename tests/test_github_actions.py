@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from devkit.proxy import ProxyServer
-from devkit.seed import install_rbac, mint
+from devkit.seed import ARTICLE_POLICY, install_rbac, mint
 from devkit.standins.github_oidc import GitHubOIDCStandIn
 from tests.gha.support import (
     audience,
@@ -46,16 +46,6 @@ TOKEN=$(curl -sf \
   | jq -r .token)
 echo "::add-mask::${TOKEN}"
 echo "oidc=${TOKEN}" >> "${GITHUB_OUTPUT}"
-"""
-
-ARTICLE_POLICY = b"""path "/v1/oidc/issue" {
-  capabilities = ["create"]
-  allowed_parameters = {
-    "aud" = "api://DigitalOcean?actx={actx}"
-    "sub" = "actx:{actx}:role:database-and-spaces-keys-access"
-    "ttl" = 300
-  }
-}
 """
 
 
@@ -104,19 +94,17 @@ def gha_proxy(tmp_path_factory: pytest.TempPathFactory, gh: GitHubOIDCStandIn,
     root = tmp_path_factory.mktemp("gha")
     bundle = root / "ca-bundle.pem"
     bundle.write_bytes(Path(str(gh.ca_file)).read_bytes() + Path(str(elsewhere.ca_file)).read_bytes())
-    server = ProxyServer(root / "data", {
-        "WID_TRUSTED_ISSUERS": f"{gh.issuer} {elsewhere.issuer}",
-        # The stand-ins are GitHub-shaped issuers on loopback: GitHub's owner rules apply to them.
-        "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github {elsewhere.issuer}=github",
-        # HTTPS to the issuer, verified against SSL_CERT_FILE; the flag only lets it live on loopback
-        # (issuers must otherwise resolve to public addresses).
-        "WID_ALLOW_INSECURE_ISSUERS": "1",
-        "SSL_CERT_FILE": str(bundle),
-        "WID_ISSUER_FETCH_TIMEOUT": "2",
-    })
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(root / "data", {
+            "WID_TRUSTED_ISSUERS": f"{gh.issuer} {elsewhere.issuer}",
+            # The stand-ins are GitHub-shaped issuers on loopback: GitHub's owner rules apply to them.
+            "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github {elsewhere.issuer}=github",
+            # HTTPS to the issuer, verified against SSL_CERT_FILE; the flag only lets it live on loopback
+            # (issuers must otherwise resolve to public addresses).
+            "WID_ALLOW_INSECURE_ISSUERS": "1",
+            "SSL_CERT_FILE": str(bundle),
+            "WID_ISSUER_FETCH_TIMEOUT": "2",
+        }) as server:
+        yield server
 
 
 @pytest.fixture

@@ -43,12 +43,8 @@ def gh() -> Iterator[GitHubOIDCStandIn]:
 
 @pytest.fixture(scope="module")
 def docs_proxy(tmp_path_factory: pytest.TempPathFactory, gh: GitHubOIDCStandIn) -> Iterator[ProxyServer]:
-    server = ProxyServer(tmp_path_factory.mktemp("gha-docs") / "data",
-                         {"WID_TRUSTED_ISSUERS": f"{gh.issuer} {GITHUB_ISSUER}",
-                          "WID_ISSUER_OWNER_CLAIMS": f"{gh.issuer}=github"})
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("gha-docs") / "data", gh.proxy_env()) as server:
+        yield server
 
 
 @pytest.fixture

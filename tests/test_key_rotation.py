@@ -22,10 +22,13 @@ from jwcrypto.jws import InvalidJWSSignature
 from jwcrypto.jwt import JWTMissingKey
 
 from devkit.proxy import ProxyServer
-from tests.test_foundation_http import AUD, SUB, verify_by_discovery
+from tests.gha.support import verify_by_discovery
 from wid import config
 from wid.core import tokens
 from wid.store import keyring, keys, signing, storage, wellknown
+
+AUD = "api://DigitalOcean?actx=f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+SUB = "actx:f81d4fae-7dec-11d0-a765-00a0c91e6bf6:role:data-readwrite"
 
 GRACE = 600 + keyring.ACTIVE_KEY_CACHE_SECONDS + 60  # the retired key's verify window for max_token_ttl=600
 
@@ -184,10 +187,8 @@ def test_rows_stay_readable_by_the_code_before_scheduled_rotation(backend: str) 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
     """A proxy of its own: emergency rotations here must not break other modules' tokens."""
-    server = ProxyServer(tmp_path_factory.mktemp("rotation") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with ProxyServer(tmp_path_factory.mktemp("rotation") / "data") as server:
+        yield server
 
 
 def jwks_kids(service: ProxyServer) -> list[str]:
@@ -212,7 +213,7 @@ def test_rotation_through_the_command_as_a_verifier_sees_it(service: ProxyServer
     new_token = service.wid("token", "--aud", AUD, "--sub", SUB).stdout.strip()
     assert kid_of(new_token) == new
     for token in (old_token, new_token):
-        assert verify_by_discovery(service.url, token)["sub"] == SUB
+        assert verify_by_discovery(service.url, token, AUD)["sub"] == SUB
 
 
 def test_emergency_rotation_through_the_command_as_a_verifier_sees_it(service: ProxyServer) -> None:
@@ -222,8 +223,8 @@ def test_emergency_rotation_through_the_command_as_a_verifier_sees_it(service: P
     assert f"key {compromised} is dropped" in output and "every token it signed is refused" in output
     assert compromised not in jwks_kids(service)
     with pytest.raises((JWTMissingKey, InvalidJWSSignature)):
-        verify_by_discovery(service.url, compromised_token)
+        verify_by_discovery(service.url, compromised_token, AUD)
     fresh = service.wid("token", "--aud", AUD, "--sub", SUB).stdout.strip()
-    assert kid_of(fresh) != compromised and verify_by_discovery(service.url, fresh)["sub"] == SUB
+    assert kid_of(fresh) != compromised and verify_by_discovery(service.url, fresh, AUD)["sub"] == SUB
     misuse = service.wid("keys", "prune", "--emergency", check=False)
     assert misuse.returncode == 2 and "--emergency goes with `wid keys rotate` only" in misuse.stderr

@@ -19,6 +19,7 @@ from devkit.do_world import CALLBACK, START, World
 from devkit.proxy import ProxyServer
 from devkit.standins.digitalocean import Team
 from tests.harness import PostgresServer
+from tests.worlds import serve_world
 from wid import config
 from wid.upstreams.digitalocean import oauth as do_oauth
 
@@ -27,10 +28,7 @@ HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World.start(tmp_path_factory.mktemp("oauth") / "data")
-    yield w
-    w.stop()
-    assert w.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("oauth") / "data")
 
 
 def token_requests(world: World, grant_type: str) -> int:

@@ -40,6 +40,12 @@ def check(capsys: pytest.CaptureFixture[str], claims: str, *argv: str) -> tuple[
     return run(capsys, "check", str(EXAMPLES), "--claims", str(CLAIMS / f"{claims}.json"), *argv)
 
 
+def check_spaces_key(capsys: pytest.CaptureFixture[str], body: str, method: str = "POST") -> tuple[int, str, str]:
+    """The articles' Droplet role creating a Spaces key with body."""
+    return check(capsys, "exchanged-database-and-spaces-keys-access", "--method", method, "--path", "/v2/spaces/keys",
+                 "--body", body)
+
+
 def test_compile_to_stdout_and_to_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "compile", str(EXAMPLES), "--actx", TEAM)
     assert code == 0
@@ -80,16 +86,7 @@ def test_compile_checks_trusted_issuers(capsys: pytest.CaptureFixture[str], monk
 
 def test_check_allows_bucket_111(capsys: pytest.CaptureFixture[str]) -> None:
     body = '{"name": "bucket-111-read-token-droplet", "grants": [{"bucket": "111", "permission": "read"}]}'
-    code, out, _ = check(
-        capsys,
-        "exchanged-database-and-spaces-keys-access",
-        "--method",
-        "POST",
-        "--path",
-        "/v2/spaces/keys",
-        "--body",
-        body,
-    )
+    code, out, _ = check_spaces_key(capsys, body)
     assert code == 0
     assert out.startswith("allow: policy 'spaces-keys' allows create on /v2/spaces/keys")
     assert "roles: database-and-spaces-keys-access" in out
@@ -98,16 +95,7 @@ def test_check_allows_bucket_111(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_denies_bucket_222_naming_the_parameter(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     body = tmp_path / "body.json"
     body.write_text('{"name": "bucket-111-read-token-droplet", "grants": [{"bucket": "222", "permission": "read"}]}')
-    code, out, _ = check(
-        capsys,
-        "exchanged-database-and-spaces-keys-access",
-        "--method",
-        "post",
-        "--path",
-        "/v2/spaces/keys",
-        "--body",
-        f"@{body}",
-    )
+    code, out, _ = check_spaces_key(capsys, f"@{body}", method="post")
     assert code == 1
     assert (
         "deny: policy 'spaces-keys' denies create on /v2/spaces/keys: grants[0].bucket '222' is not one of ['111']"
@@ -193,16 +181,7 @@ def test_check_takes_the_context_from_the_audience(capsys: pytest.CaptureFixture
 
 
 def test_check_malformed_request_is_a_denial(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = check(
-        capsys,
-        "exchanged-database-and-spaces-keys-access",
-        "--method",
-        "POST",
-        "--path",
-        "/v2/spaces/keys",
-        "--body",
-        '{"a": 1, "A": 2}',
-    )
+    code, out, _ = check_spaces_key(capsys, '{"a": 1, "A": 2}')
     assert code == 1 and out.startswith("deny: the proxy rejects this request as malformed (400): duplicate JSON key")
 
 

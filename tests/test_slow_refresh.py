@@ -20,6 +20,7 @@ import requests
 from devkit.do_world import World
 from devkit.seed import mint
 from tests.test_oauth_flow import connected_team, db_get, set_expiry, token_requests
+from tests.worlds import serve_world
 
 SLOW_REFRESH_SECONDS = float(os.environ.get("WID_TEST_SLOW_REFRESH_SECONDS", "12"))
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -28,11 +29,8 @@ JWT = "urn:ietf:params:oauth:token-type:jwt"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World.start(tmp_path_factory.mktemp("slow-refresh") / "data",
-                    {"WID_UPSTREAM_TIMEOUT": str(int(SLOW_REFRESH_SECONDS) + 20)})
-    yield w
-    w.stop()
-    assert w.stand_in.handler_errors == []
+    yield from serve_world(tmp_path_factory.mktemp("slow-refresh") / "data",
+                           {"WID_UPSTREAM_TIMEOUT": str(int(SLOW_REFRESH_SECONDS) + 20)})
 
 
 def exchange(world: World, team: str) -> requests.Response:

@@ -419,18 +419,15 @@ def test_oauth_code_flow_round_trip(do: DigitalOceanStandIn) -> None:
     scope = " ".join(PROXY_OAUTH_SCOPES)
     params = callback_params(browser_consent(do, client.client_id, team, scope=scope, state="xyz"))
     assert params["state"] == "xyz" and params["code"]
+    code_grant = {
+        "grant_type": "authorization_code",
+        "code": params["code"],
+        "client_id": client.client_id,
+        "client_secret": client.client_secret,
+        "redirect_uri": CALLBACK,
+    }
     # As in DigitalOcean's example: the parameters in the query string of a POST.
-    response = post(
-        f"{do.url}/v1/oauth/token",
-        params={
-            "grant_type": "authorization_code",
-            "code": params["code"],
-            "client_id": client.client_id,
-            "client_secret": client.client_secret,
-            "redirect_uri": CALLBACK,
-        },
-        timeout=5,
-    )
+    response = post(f"{do.url}/v1/oauth/token", params=code_grant, timeout=5)
     assert response.status_code == 200, response.text
     grant = response.json()
     assert grant["token_type"] == "bearer" and grant["expires_in"] == 2592000
@@ -454,17 +451,7 @@ def test_oauth_code_flow_round_trip(do: DigitalOceanStandIn) -> None:
     assert get(f"{do.url}/v2/account", headers=bearer(grant["refresh_token"]), timeout=5).status_code == 401
 
     # Codes are single use; a replay also revokes what the code issued.
-    replay = post(
-        f"{do.url}/v1/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": params["code"],
-            "client_id": client.client_id,
-            "client_secret": client.client_secret,
-            "redirect_uri": CALLBACK,
-        },
-        timeout=5,
-    )
+    replay = post(f"{do.url}/v1/oauth/token", data=code_grant, timeout=5)  # this time in a form body
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
     assert get(f"{do.url}/v2/account", headers=bearer(access), timeout=5).status_code == 401
 

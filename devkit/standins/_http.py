@@ -15,14 +15,16 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -579,3 +581,22 @@ class StandInServer(abc.ABC):
 
 def json_dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+def serve_until_signalled(stand_in: StandInServer, ready: Callable[[], Mapping[str, Any]]) -> int:
+    """A stand-in's command line: start it, print ready() as one JSON line, serve until SIGTERM/SIGINT."""
+    stopped = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stand_in.start()
+    sys.stdout.write(json.dumps(ready()) + "\n")
+    sys.stdout.flush()
+    try:
+        stopped.wait()
+    finally:
+        stand_in.stop()
+    return 0

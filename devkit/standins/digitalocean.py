@@ -36,10 +36,7 @@ import json
 import math
 import re
 import secrets
-import signal
 import string
-import sys
-import threading
 import time
 import uuid as uuid_module
 from collections import deque
@@ -48,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
-from devkit.standins._http import RecordedRequest, Response, StandInServer
+from devkit.standins._http import RecordedRequest, Response, StandInServer, serve_until_signalled
 
 # Scope presets for add_token(). "read" grants every <resource>:read scope, "write" every other one.
 FULL_ACCESS: tuple[str, ...] = ("read", "write")
@@ -1617,21 +1614,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     state.setdefault("next_public_ipv4", []).extend(args.droplet_ipv4)
     created = stand_in.load_state(state)
-    stopped = threading.Event()
-
-    def _stop(signum: int, frame: object) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    stand_in.start()
-    sys.stdout.write(json.dumps({"url": stand_in.url, "ca_file": stand_in.ca_file, **created}) + "\n")
-    sys.stdout.flush()
-    try:
-        stopped.wait()
-    finally:
-        stand_in.stop()
-    return 0
+    return serve_until_signalled(stand_in, lambda: {"url": stand_in.url, "ca_file": stand_in.ca_file, **created})
 
 
 if __name__ == "__main__":

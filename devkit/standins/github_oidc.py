@@ -29,9 +29,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from devkit.standins._http import RecordedRequest, Response, StandInServer
+from devkit.standins._http import RecordedRequest, Response, StandInServer, serve_until_signalled
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 _ID_TOKEN_PATH = "/_apis/distributedtask/hubs/Actions/plans/{plan}/jobs/{job}/idtoken"  # noqa: S105 - a path
@@ -209,6 +206,11 @@ class GitHubOIDCStandIn(StandInServer):
     def jwks_uri(self) -> str:
         return f"{self.url}{self.path_prefix}/.well-known/jwks"
 
+    def proxy_env(self) -> dict[str, str]:
+        """A proxy's settings that trust this issuer beside GitHub's own, owning roles as GitHub's tokens do."""
+        return {"WID_TRUSTED_ISSUERS": f"{self.issuer} {GITHUB_ISSUER}",
+                "WID_ISSUER_OWNER_CLAIMS": f"{self.issuer}=github"}
+
     def now(self) -> float:
         return time.time() + self.clock_offset
 
@@ -315,11 +317,7 @@ class GitHubOIDCStandIn(StandInServer):
         }
         if environment:
             claims["environment"] = environment
-        for name, value in overrides.items():
-            if value is None:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
+        apply_overrides(claims, overrides)
         return claims
 
     def mint(
@@ -360,11 +358,7 @@ class GitHubOIDCStandIn(StandInServer):
         if alg == "none":
             header.pop("kid")
             header.pop("x5t")
-        for name, value in (headers or {}).items():
-            if value is None:
-                header.pop(name, None)
-            else:
-                header[name] = value
+        apply_overrides(header, headers or {})
         signing_input = (
             b64url(json.dumps(header, separators=(",", ":")).encode())
             + "."
@@ -435,6 +429,15 @@ def _document(document: Any, headers: list[tuple[str, str]]) -> Response:
     return Response.json(200, document, headers)
 
 
+def apply_overrides(fields: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Edit a token's claims or header in place: an override sets its field, or removes it when None."""
+    for name, value in overrides.items():
+        if value is None:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
+
+
 def audience_query(audience: str) -> str:
     """How ``@actions/core`` appends an audience to ``ACTIONS_ID_TOKEN_REQUEST_URL``."""
     return f"&audience={quote(audience, safe='')}"
@@ -454,29 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow-file", default="ci.yml")
     args = parser.parse_args(argv)
     stand_in = GitHubOIDCStandIn(port=args.port, tls=args.tls, path_prefix=args.path_prefix)
-    stopped = threading.Event()
 
-    def _stop(signum: int, frame: object) -> None:
-        stopped.set()
+    def ready() -> dict[str, Any]:
+        env = stand_in.actions_env(repository=args.repository, ref=args.ref, workflow_file=args.workflow_file)
+        return {
+            "url": stand_in.url,
+            "issuer": stand_in.issuer,
+            "jwks_uri": stand_in.jwks_uri,
+            "ca_file": stand_in.ca_file,
+            "env": env,
+        }
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    stand_in.start()
-    env = stand_in.actions_env(repository=args.repository, ref=args.ref, workflow_file=args.workflow_file)
-    ready = {
-        "url": stand_in.url,
-        "issuer": stand_in.issuer,
-        "jwks_uri": stand_in.jwks_uri,
-        "ca_file": stand_in.ca_file,
-        "env": env,
-    }
-    sys.stdout.write(json.dumps(ready) + "\n")
-    sys.stdout.flush()
-    try:
-        stopped.wait()
-    finally:
-        stand_in.stop()
-    return 0
+    return serve_until_signalled(stand_in, ready)
 
 
 if __name__ == "__main__":

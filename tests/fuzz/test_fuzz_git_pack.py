@@ -5,7 +5,6 @@ packs built here from generated objects."""
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -14,36 +13,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
+from tests.git_packs import entry_header, pack_of, varint
 from wid.core.git_pack import PackRejected, scan
 
 CORPUS = [path.read_bytes() for path in sorted((Path(__file__).parent / "corpus" / "git").glob("*.pack"))]
 LIMITS = {"max_object_bytes": 600, "max_inflated_bytes": 2000, "max_objects": 12}
 BIG = {"max_object_bytes": 1 << 20, "max_inflated_bytes": 1 << 22}
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def entry_header(kind: int, size: int) -> bytes:
-    out = bytearray([(kind << 4) | (size & 0x0F)])
-    size >>= 4
-    while size:
-        out[-1] |= 0x80
-        out.append(size & 0x7F)
-        size >>= 7
-    return bytes(out)
-
-
-def pack_of(entries: list[bytes], count: int | None = None, version: int = 2) -> bytes:
-    body = b"PACK" + version.to_bytes(4, "big") + (len(entries) if count is None else count).to_bytes(4, "big")
-    body += b"".join(entries)
-    return body + hashlib.sha1(body).digest()  # noqa: S324 - git's pack trailer
 
 
 class Reference(NamedTuple):

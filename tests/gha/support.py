@@ -25,6 +25,7 @@ import requests
 from jwcrypto import jwk, jwt
 
 from devkit.proxy import ROOT, ProxyServer
+from devkit.standins.github_oidc import apply_overrides
 
 HERE = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "gha"
@@ -69,11 +70,7 @@ def our_claims(proxy: ProxyServer, aud: str, sub: str, *, kind: str = "workload"
     now = int(time.time())
     claims = {"iss": proxy.url, "aud": aud, "sub": sub, "iat": now, "nbf": now, "exp": now + lifetime,
               "jti": uuid.uuid4().hex, "wid_kind": kind}
-    for name, value in overrides.items():
-        if value is None:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
+    apply_overrides(claims, overrides)
     return claims
 
 

@@ -14,9 +14,8 @@ from wid.core.policy.params import (
     Matcher,
     Scalars,
     check_scalar,
-    check_star,
     child,
-    parameter_key,
+    object_entries,
     show,
     type_name,
 )
@@ -95,15 +94,10 @@ class _Objects:
 
 
 def _allowed_object(spec: Any, keys: tuple[str | int, ...], query: bool) -> _Object:
-    if not isinstance(spec, Mapping):
-        raise ConstraintError(keys, "must be an object of parameter names")
     matchers: dict[str, Matcher] = {}
     others = False
-    for raw_key, value in spec.items():
-        here = (*keys, raw_key)
-        key = parameter_key(raw_key, here)
+    for key, value, here in object_entries(spec, keys):
         if key == "*":
-            check_star(value, here)
             others = True
         elif key == "?" and not keys:
             matchers[key] = _query(value, here)

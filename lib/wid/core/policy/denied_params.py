@@ -13,9 +13,8 @@ from wid.core.policy.params import (
     Matcher,
     Scalars,
     check_scalar,
-    check_star,
     child,
-    parameter_key,
+    object_entries,
     show,
     type_name,
 )
@@ -86,15 +85,10 @@ class _DeniedObject:
 
 
 def _denied_object(spec: Any, keys: tuple[str | int, ...], query: bool) -> _DeniedObject:
-    if not isinstance(spec, Mapping):
-        raise ConstraintError(keys, "must be an object of parameter names")
     matchers: dict[str, Matcher] = {}
     every = False
-    for raw_key, value in spec.items():
-        here = (*keys, raw_key)
-        key = parameter_key(raw_key, here)
+    for key, value, here in object_entries(spec, keys):
         if key == "*":
-            check_star(value, here)
             every = True
             continue
         if key.casefold() in matchers:

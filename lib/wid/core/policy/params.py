@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 _SIMPLE_KEY = r"[A-Za-z0-9_?-]+\Z"  # compiled at first use (re caches it)
@@ -193,3 +193,18 @@ def check_star(value: Any, keys: tuple[str | int, ...]) -> None:
     if value != []:
         raise ConstraintError(keys, '"*" must be [] (it stands for any other key with any value)')
 
+
+
+def object_entries(spec: Any, keys: tuple[str | int, ...]) -> Iterator[tuple[str, Any, tuple[str | int, ...]]]:
+    """The entries of an object of parameter names, in order, each name checked as it is reached.
+
+    Yields (name, value, location); "*" comes out like any name once its value is checked.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConstraintError(keys, "must be an object of parameter names")
+    for raw_key, value in spec.items():
+        here = (*keys, raw_key)
+        key = parameter_key(raw_key, here)
+        if key == "*":
+            check_star(value, here)
+        yield key, value, here

@@ -29,6 +29,7 @@ from wid.core import dpop
 from wid.core.errors import Forbidden, InvalidRequest, UpstreamFailed, WidError
 from wid.log import log
 from wid.store import audit, browser_state, credentials
+from wid.upstreams import oauth_client
 from wid.upstreams.atproto import identity
 from wid.upstreams.atproto.client import (
     JWKS_PATH,
@@ -108,18 +109,10 @@ def start(identifier: str) -> FlowStart:
     return FlowStart(f"{server.authorization_endpoint}?{query}", set_cookie, who.did, who.handle)
 
 
-def invalid_state(message: str) -> WidError:
-    return InvalidRequest(f"{message}; nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}",
-                          code="invalid_state")
-
-
 def consume_state(state: str | None, cookie_value: str | None) -> dict[str, Any]:
     """The flow `state` belongs to: once, before it expires, from the browser it was issued to."""
-    try:
-        return browser_state.consume(BINDING, state, cookie_value)
-    except browser_state.StateError as exc:
-        audit.record("atproto_callback", "deny", api=API, reason=str(exc))
-        raise invalid_state(str(exc)) from None
+    return oauth_client.consume_state(BINDING, state, cookie_value, api=API, event="atproto_callback",
+                                      start_again=f"nothing was stored. Start again at {endpoint()}{SIGNIN_PATH}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from wid.core.errors import InvalidRequest, Unavailable, UpstreamFailed, WidErro
 from wid.log import log
 from wid.net import upstream
 from wid.store import audit, browser_state, credentials
+from wid.upstreams import oauth_client
 from wid.upstreams.digitalocean.account import account_for_token
 from wid.upstreams.digitalocean.context import API
 from wid.upstreams.oauth_client import TokenEndpointError
@@ -106,17 +107,10 @@ def start() -> FlowStart:
     return FlowStart(f"{config.settings().do_oauth_url}/v1/oauth/authorize?{query}", set_cookie)
 
 
-def invalid_state(message: str) -> WidError:
-    return InvalidRequest(f"{message}; start again from {config.settings().this_endpoint}/", code="invalid_state")
-
-
 def consume_state(state: str | None, cookie_header_value: str | None) -> None:
     """Accept `state` once, before it expires, from the browser it was issued to; else raise 400."""
-    try:
-        browser_state.consume(BINDING, state, cookie_header_value)
-    except browser_state.StateError as exc:
-        audit.record("oauth_callback", "deny", api=API, reason=str(exc))
-        raise invalid_state(str(exc)) from None
+    oauth_client.consume_state(BINDING, state, cookie_header_value, api=API, event="oauth_callback",
+                               start_again=f"start again from {config.settings().this_endpoint}/")
 
 
 # --------------------------------------------------------------------------------------------------

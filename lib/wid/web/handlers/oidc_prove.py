@@ -92,11 +92,18 @@ def _fetch_host_key(droplet: provisioning.Droplet, ipv4: str, key_type: str) -> 
         raise Unauthenticated(message) from None
 
 
-def _signature(text: Any) -> attestation.SshSignature:
+def _signature(text: Any, signed: bytes, namespace: str, context: dict[str, Any]) -> attestation.SshSignature:
+    """The SSH signature `text` over `signed` in `namespace`, verified; its key's fingerprint goes to the audit."""
     try:
-        return attestation.parse_sshsig(text)
+        sig = attestation.parse_sshsig(text)
     except attestation.SignatureError as exc:
         raise InvalidRequest(f"signature: {exc}") from None
+    context["fingerprint"] = sig.fingerprint
+    try:
+        attestation.verify_sshsig(sig, signed, namespace)
+    except attestation.SignatureError as exc:
+        raise Unauthenticated(f"signature refused: {exc}") from None
+    return sig
 
 
 def _audited(event: str, context: dict[str, Any], work: Any) -> Response:
@@ -147,12 +154,7 @@ def _prove(request: Request, context: dict[str, Any]) -> Response:
     if record.droplets[droplet_id] is not None:
         raise Unauthenticated(f"this provisioning token has already been used by Droplet {droplet_id}")
 
-    sig = _signature(body["signature"])
-    context["fingerprint"] = sig.fingerprint
-    try:
-        attestation.verify_sshsig(sig, token.encode(), provisioning.NAMESPACE_PROVE)
-    except attestation.SignatureError as exc:
-        raise Unauthenticated(f"signature refused: {exc}") from None
+    sig = _signature(body["signature"], token.encode(), provisioning.NAMESPACE_PROVE, context)
 
     droplet = provisioning.lookup_droplet(team, droplet_id)
     if droplet is None:
@@ -292,12 +294,7 @@ def _recover(request: Request, context: dict[str, Any]) -> Response:
     if anchor is None:
         raise Forbidden(f"Droplet {droplet_id} never proved a host key to this proxy, so it cannot recover; "
                         "it needs a new provisioning token (create the Droplet through the proxy)")
-    sig = _signature(body["signature"])
-    context["fingerprint"] = sig.fingerprint
-    try:
-        attestation.verify_sshsig(sig, challenge.encode(), provisioning.NAMESPACE_RECOVER)
-    except attestation.SignatureError as exc:
-        raise Unauthenticated(f"signature refused: {exc}") from None
+    sig = _signature(body["signature"], challenge.encode(), provisioning.NAMESPACE_RECOVER, context)
     if sig.public_key != anchor.host_key:
         raise Unauthenticated(f"the signing key ({sig.fingerprint}) is not the host key Droplet {droplet_id} first "
                               f"proved ({anchor.fingerprint})")
