@@ -169,3 +169,27 @@ def test_the_checks_see_function_level_imports_and_skip_type_checking(tmp_path: 
     cycle = [Import("wid.a", "wid.b", "a:1"), Import("wid.b", "wid.c", "b:1"), Import("wid.c", "wid.a", "c:1"),
              Import("wid.c", "wid.d", "c:2")]
     assert _cycles(cycle) == [["wid.a", "wid.b", "wid.c"]]
+
+
+def _future_annotations(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.ImportFrom) and node.module == "__future__"
+               and any(alias.name == "annotations" for alias in node.names) for node in tree.body)
+
+
+def _named_tuples(tree: ast.Module) -> list[str]:
+    return [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+            and any(isinstance(base, ast.Name | ast.Attribute) and ast.unparse(base).endswith("NamedTuple")
+                    for base in node.bases)]
+
+
+def test_named_tuples_live_in_modules_without_postponed_annotations() -> None:
+    """With `from __future__ import annotations`, typing.NamedTuple compiles every field's annotation string
+    when the module is imported (about half a million instructions a field), which each CGI process pays:
+    docs/architecture.md, "What a request imports"."""
+    offending = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if _future_annotations(tree) and (classes := _named_tuples(tree)):
+            offending.append(f"{name} ({', '.join(classes)})")
+    assert not offending, f"drop `from __future__ import annotations` from: {offending}"
+

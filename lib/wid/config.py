@@ -7,8 +7,6 @@ the bounds; `wid config check` shows values and sources). Modules receive values
 names. Standard library only, nothing heavy at import time: this runs on every request path.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Mapping
 from functools import lru_cache

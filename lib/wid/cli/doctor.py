@@ -8,8 +8,6 @@ Exit status 1 when a check fails (warnings do not), 2 for a usage error; --json 
 line. Checks that need the network are bounded (a few seconds each) and never change anything.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import time

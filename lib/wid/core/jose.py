@@ -9,8 +9,6 @@ algorithm it fits: an RSA key for RS*/PS*, a P-256 key for ES256, a P-384 key fo
 JWK names an `alg`, only that one. Our own tokens are RS256 only (lib/wid/store/signing.py checks).
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import hashlib

@@ -6,8 +6,6 @@ and `wid_kind` naming what it is for, so a token of one kind is never accepted w
 Signing with the active key and the strict verifier are lib/wid/store/signing.py (they need the keys).
 """
 
-from __future__ import annotations
-
 import re
 import time
 from typing import Any, NamedTuple

@@ -5,8 +5,6 @@ token's own context names (keys fetched only from issuers on the operator's allo
 authorize(): the context's compiled RBAC decides; a denial is audited and answered 403 with its reason.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 

@@ -21,8 +21,6 @@ Every exchange and every refusal is audited (event "exchange": jti, sub, iss, ac
 reason); the token itself never is.
 """
 
-from __future__ import annotations
-
 import re
 import time
 from collections.abc import Callable, Mapping

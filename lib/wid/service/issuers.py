@@ -21,8 +21,6 @@ Standard library + `cryptography` only (this is on the exchange's request path);
 `ssl` and sockets are imported (by wid.net.safe_http) only when a fetch actually happens.
 """
 
-from __future__ import annotations
-
 import json
 import re
 import time

@@ -4,8 +4,6 @@ Apart from the writer so that a request, which only writes, does not import what
 tests use (each CGI process pays for what it imports: docs/architecture.md, "What a request imports").
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple

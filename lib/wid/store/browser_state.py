@@ -7,8 +7,6 @@ holds the cookie. What the flow must remember until the callback (PKCE verifier,
 sealed with WID_SECRET_KEY in the same row.
 """
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 import json

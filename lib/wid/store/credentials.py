@@ -6,8 +6,6 @@ storing its result); it is a write transaction, so never hold it across a networ
 wid.upstreams.credential_refresh).
 """
 
-from __future__ import annotations
-
 import json
 import time
 from collections.abc import Iterator

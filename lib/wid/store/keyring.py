@@ -20,8 +20,6 @@ their next request. Entries also expire after ACTIVE_KEY_CACHE_SECONDS, for writ
 the generation (an older release during a rolling deploy), and at a due activation or verify_until.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from collections.abc import Callable

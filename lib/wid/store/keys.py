@@ -11,8 +11,6 @@ signs with `state = 'active'` and publishes `active` rows and rows with `verify_
 which a `next` row has.
 """
 
-from __future__ import annotations
-
 import json
 from typing import Any, NamedTuple
 

@@ -8,8 +8,6 @@ longer than the lease. Whoever claims a lease that expired without a release is 
 (`Claim.took_over`): the crashed or stalled holder may have done part of the job.
 """
 
-from __future__ import annotations
-
 import math
 import secrets
 import time

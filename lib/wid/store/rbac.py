@@ -4,8 +4,6 @@ Request time reads only this compiled form (no HCL parser). A process keeps the 
 and re-reads it when the stored version changes, so a successful push is noticed on the next request.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from typing import Any, NamedTuple

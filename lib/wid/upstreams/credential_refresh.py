@@ -19,8 +19,6 @@ refused upstream, waits for someone else's refresh: it polls the database for at
 call (`lease_seconds`); a holder that crashed blocks refreshes no longer than that.
 """
 
-from __future__ import annotations
-
 import time
 from typing import Any, NamedTuple, Protocol
 

@@ -5,8 +5,6 @@ lookup for the roles, one walk down a segment trie for the path rules (each trie
 most once), and parameter checks linear in the size of the request.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -236,7 +234,7 @@ class CompiledRbac:
             self._by_aud_sub.setdefault((role.aud, role.sub), []).append(role)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CompiledRbac:
+    def from_dict(cls, data: Mapping[str, Any]) -> "CompiledRbac":
         """Load the compiled dict; ValueError when it is malformed."""
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported compiled RBAC version {data.get('version')!r}")

@@ -15,8 +15,6 @@ must be 1. The same engine that serves decides (lib/wid/core/policy/engine.py). 
 MAX_CASES tests in at most MAX_BYTES of test files, so a push stays fast. docs/policies.md, "Tests".
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 

@@ -17,8 +17,6 @@ Names can be re-registered after a rename or deletion; ids cannot, so binding a 
 issuer offers the id draws a warning.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 

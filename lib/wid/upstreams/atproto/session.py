@@ -6,8 +6,6 @@ anything uses it, because reusing a spent one revokes the whole session at the a
 The sign-in that creates a session is in lib/wid/upstreams/atproto/oauth.py.
 """
 
-from __future__ import annotations
-
 import time
 from typing import Any, NamedTuple
 
