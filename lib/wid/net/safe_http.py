@@ -21,8 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from wid import config, metrics
@@ -49,8 +48,7 @@ class FetchTimeout(UpstreamTimeout, FetchError):
     code = "gateway_timeout"
 
 
-@dataclass(frozen=True)
-class HttpResult:
+class HttpResult(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
