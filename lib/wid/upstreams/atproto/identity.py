@@ -23,8 +23,7 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from wid import config
@@ -204,8 +203,7 @@ def resolve_handle(handle: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DidDocument:
+class DidDocument(NamedTuple):
     did: str
     pds: str
     handles: tuple[str, ...]
@@ -311,8 +309,7 @@ def forget(did: str) -> None:
         tx.execute("DELETE FROM atproto_did_cache WHERE did = ?", (did,))
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     did: str
     handle: str | None
     document: DidDocument
