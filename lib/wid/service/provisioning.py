@@ -16,8 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import config
 from wid.core import names, tokens
@@ -84,8 +83,7 @@ def workload_token(team_uuid: str, droplet: Droplet) -> tuple[str, dict[str, Any
 
 # -- the Droplet, as DigitalOcean reports it ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class Droplet:
+class Droplet(NamedTuple):
     id: int
     status: str
     public_ipv4: str | None
@@ -148,8 +146,7 @@ def require_reachable(droplet: Droplet) -> str:
 
 # -- provisioning tokens and nonces ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Provisioning:
+class Provisioning(NamedTuple):
     nonce: str
     team_uuid: str
     token: str
@@ -194,8 +191,7 @@ def fail(p: Provisioning, reason: str) -> None:
                    (FAILED, reason[:500], p.nonce))
 
 
-@dataclass(frozen=True)
-class NonceRecord:
+class NonceRecord(NamedTuple):
     nonce: str
     team_uuid: str
     jti: str
@@ -243,8 +239,7 @@ def claim(tx: storage.Transaction, nonce: str, droplet_id: int, now: int) -> boo
 
 # -- Droplet identities: the host key first proven for each Droplet ---------------------------------
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     team_uuid: str
     droplet_id: int
     host_key_type: str
