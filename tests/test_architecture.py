@@ -1,4 +1,5 @@
-"""The package's shape, read from the code: layers, no import cycles, small modules, empty __init__ files.
+"""The package's shape, read from the code: layers, no import cycles, small modules, empty __init__ files,
+and what a CGI request process imports.
 
 Imports are read with `ast` from every module under lib/wid, those inside functions included (a lazy
 import is still a dependency); imports under `if TYPE_CHECKING:` are for the type checker only and do
@@ -8,10 +9,16 @@ not count.
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 LIB = Path(__file__).resolve().parent.parent / "lib"
+CGI_BIN = LIB.parent / "cgi-bin"
 MAX_LINES = 400
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
 LAYERS = (("config", "config_parsers", "log", "metrics"), ("core",), ("store",), ("net",), ("upstreams",), ("service",),
@@ -193,3 +200,44 @@ def test_named_tuples_live_in_modules_without_postponed_annotations() -> None:
             offending.append(f"{name} ({', '.join(classes)})")
     assert not offending, f"drop `from __future__ import annotations` from: {offending}"
 
+# What no CGI request process may import (docs/architecture.md, "What a request imports"): each costs
+# every request its import (`dataclasses` brings `inspect`, `dis`, `tokenize`, `ast`: about a quarter
+# of an exchange's instructions) or belongs to operators, tests or the Droplet side.
+REQUEST_FORBIDDEN = ("dataclasses", "inspect", "getpass", "shutil", "paramiko", "yaml", "requests", "hcl2",
+                     "prometheus_client")
+# git.py serves git with dulwich, which imports `dataclasses` (and so `inspect`) in dulwich/file.py and
+# `shutil` in dulwich/index.py: a git request pays for them whatever lib/wid does.
+REQUEST_ALLOWED = {"git.py": frozenset({"dataclasses", "inspect", "shutil"})}
+_PROBE = ("import sys\nimport {modules}\n"
+          "print(' '.join(m for m in {forbidden!r} if m in sys.modules))")
+
+
+def _forbidden_imports(*modules: str) -> set[str]:
+    """Which REQUEST_FORBIDDEN modules importing `modules` loads, in a fresh isolated interpreter (-I: no
+    PYTHONPATH, no user site, no current directory, as the CGI scripts run)."""
+    code = _PROBE.format(modules=", ".join(modules), forbidden=REQUEST_FORBIDDEN)
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def _handler_module(script: Path) -> str:
+    found = re.findall(r"^from (wid[\w.]*) import handler$", script.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(found) == 1, f"cgi-bin/{script.name} must import exactly one request handler"
+    return found[0]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in CGI_BIN.glob("*.py")))
+def test_a_cgi_request_imports_nothing_it_should_not(script: str) -> None:
+    handler = _handler_module(CGI_BIN / script)
+    loaded = _forbidden_imports(handler, "wid.web.app", "wsgiref.handlers")
+    unexpected = sorted(loaded - REQUEST_ALLOWED.get(script, frozenset()))
+    assert not unexpected, (f"cgi-bin/{script} ({handler}) imports {', '.join(unexpected)} on every request: "
+                            "move the import into the function that needs it, or use a NamedTuple or a plain "
+                            "class instead of a dataclass (python -X importtime shows who imports it)")
+
+
+def test_the_request_import_check_sees_indirect_imports() -> None:
+    assert _forbidden_imports("wid.web.app") == set()
+    assert _forbidden_imports("dataclasses") == {"dataclasses", "inspect"}
+    assert _forbidden_imports("tempfile") == {"shutil"}  # tempfile imports shutil

@@ -8,6 +8,8 @@ import hashlib
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid.config import ConfigError
 from wid.core import dpop, jose, tokens
@@ -172,6 +176,46 @@ def test_dpop_proof() -> None:
     again = _decode(dpop.proof(key, "GET", "https://pds.example.com/x"))[1]
     assert again["jti"] != claims["jti"] and "nonce" not in again and "ath" not in again
     assert dpop.key_from_pem(dpop.key_to_pem(key)).private_numbers() == key.private_numbers()
+
+
+def _pem(label: str, der: bytes) -> str:
+    return f"-----BEGIN {label}-----\n{base64.encodebytes(der).decode()}-----END {label}-----\n"
+
+
+def test_a_stored_dpop_key_reads_back_without_cryptographys_serialization() -> None:
+    # Every ATProto forward reads its session's DPoP key; `serialization` would import dataclasses.
+    key = dpop.generate_key()
+    pem = dpop.key_to_pem(key)
+    code = ("import sys\nfrom wid.core import dpop\n"
+            "values = {dpop.key_from_pem(sys.argv[1]).private_numbers().private_value,"
+            " dpop.key_from_pem(sys.argv[1].encode()).private_numbers().private_value}\n"
+            "print(*values, 'cryptography.hazmat.primitives.serialization' in sys.modules)")
+    out = subprocess.run([sys.executable, "-I", "-c", code, pem], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(key.private_numbers().private_value), "False"]
+
+
+def test_a_dpop_key_not_as_key_to_pem_writes_it_is_read_or_refused_as_before() -> None:
+    key, other = dpop.generate_key(), dpop.generate_key()
+    der = base64.b64decode("".join(dpop.key_to_pem(key).strip().splitlines()[1:-1]))
+    other_der = base64.b64decode("".join(dpop.key_to_pem(other).strip().splitlines()[1:-1]))
+    # Someone else's public point after our scalar: refused, as cryptography's loader refuses it.
+    with pytest.raises(ValueError):
+        dpop.key_from_pem(_pem("PRIVATE KEY", der[:-65] + other_der[-65:]))
+    # The same key in SEC1 form, and in PKCS#8 on one line (cryptography's loader reads both): the same key.
+    sec1 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+    one_line = f"-----BEGIN PRIVATE KEY-----{base64.b64encode(der).decode()}-----END PRIVATE KEY-----"
+    for pem in (sec1, one_line):
+        assert dpop.key_from_pem(pem).private_numbers() == key.private_numbers()
+    # Another curve, another key type, a truncated key, not base64: refused.
+    p384 = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="not a P-256 private key"):
+        dpop.key_from_pem(p384)
+    for bad in (_pem("PRIVATE KEY", der[:-1]), _pem("PRIVATE KEY", der + b"\0"),
+                "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n"):
+        with pytest.raises(ValueError):
+            dpop.key_from_pem(bad)
 
 
 def test_client_assertion_and_pkce() -> None:

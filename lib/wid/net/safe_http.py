@@ -16,13 +16,10 @@ Importing this module is cheap: sockets, threads, `http.client` and `ssl` are lo
 (`ipaddress` is loaded by `urllib.parse` anyway).
 """
 
-from __future__ import annotations
-
 import ipaddress
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from wid import config, metrics
@@ -49,8 +46,7 @@ class FetchTimeout(UpstreamTimeout, FetchError):
     code = "gateway_timeout"
 
 
-@dataclass(frozen=True)
-class HttpResult:
+class HttpResult(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
@@ -237,8 +233,8 @@ def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple
     return [(info[0], info[4]) for info in result]
 
 
-def _connect(conn: http.client.HTTPConnection, addresses: list[tuple[Any, Any]],
-             context: ssl.SSLContext | None) -> None:
+def _connect(conn: "http.client.HTTPConnection", addresses: list[tuple[Any, Any]],
+             context: "ssl.SSLContext | None") -> None:
     """Open `conn` to the first checked address that answers (never to what a later lookup says)."""
     import socket
 

@@ -17,7 +17,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -32,13 +31,19 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _idle = threading.local()  # .pool: origin -> the connection kept for it by this thread
 
 
-@dataclass
 class UpstreamResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    connection: http.client.HTTPConnection
-    raw: http.client.HTTPResponse
-    origin: tuple[str, str, int | None]
+    """An upstream's answer whose body is still on `connection`. A plain class, not a dataclass:
+    `dataclasses` imports `inspect`, a quarter of a CGI request's instructions (docs/architecture.md)."""
+
+    __slots__ = ("connection", "headers", "origin", "raw", "status")
+
+    def __init__(self, *, status: int, headers: list[tuple[str, str]], connection: http.client.HTTPConnection,
+                 raw: http.client.HTTPResponse, origin: tuple[str, str, int | None]) -> None:
+        self.status = status
+        self.headers = headers
+        self.connection = connection
+        self.raw = raw
+        self.origin = origin
 
     def header(self, name: str) -> str | None:
         return self.raw.getheader(name)
@@ -141,7 +146,7 @@ def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | No
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
-        return UpstreamResponse(raw.status, raw.getheaders(), conn, raw, origin)
+        return UpstreamResponse(status=raw.status, headers=raw.getheaders(), connection=conn, raw=raw, origin=origin)
 
 
 def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> WidError:

@@ -10,8 +10,6 @@ paramiko is imported inside `fetch_host_key` only: its import costs ~0.1 s, and 
 (token, nonce, signature) runs before any connection is attempted.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import hashlib
@@ -19,10 +17,10 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
@@ -64,8 +62,7 @@ class HostKeyError(Exception):
         self.kind = kind
 
 
-@dataclass(frozen=True)
-class SshSignature:
+class SshSignature(NamedTuple):
     public_key: bytes      # the signer's public key, SSH wire format
     key_type: str          # e.g. ssh-ed25519
     namespace: str
@@ -169,6 +166,10 @@ def load_public_key(blob: bytes) -> tuple[str, object]:
         reader.text(), reader.text()  # the key type, the curve name
         if reader.string()[:1] != b"\x04":  # RFC 5656 3.1: the point is uncompressed (SEC1 0x04)
             raise SignatureError(f"malformed {key_type} public key: the EC point must be in uncompressed form")
+    # Imported here, not at the top: `serialization` imports `dataclasses` and `inspect`, which the
+    # endpoints of lib/wid/web/handlers/oidc_prove.py that verify no signature do not need.
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_ssh_public_key(key_type.encode() + b" " + base64.b64encode(blob))
     except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm) as exc:

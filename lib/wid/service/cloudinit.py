@@ -22,7 +22,7 @@ import json
 import re
 import secrets
 from functools import cache, lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from wid.core.errors import InvalidRequest
@@ -40,10 +40,14 @@ USER_SCRIPT_NAME = "user-data"
 _MIME_SNIFF = re.compile(r"mime-version:", re.IGNORECASE)
 
 
+# A plain path, as lib/wid/store/storage.py's MIGRATIONS_DIR: importlib.resources imports tempfile and shutil.
+DROPLET_DIR = Path(__file__).resolve().parent.parent / "droplet"
+
+
 @cache
 def droplet_file(name: str) -> str:
     """A file of the Droplet-side package data (`wid/droplet/`)."""
-    return resources.files("wid").joinpath("droplet", name).read_text(encoding="utf-8")
+    return (DROPLET_DIR / name).read_text(encoding="utf-8")
 
 
 def _files() -> list[tuple[str, str, str]]:

@@ -9,15 +9,12 @@ Life of a nonce (table provisioning_nonces, docs/droplets.md):
 Standard library and `cryptography` only (through tokens): this module is on the prove and refresh paths.
 """
 
-from __future__ import annotations
-
 import json
 import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import config
 from wid.core import names, tokens
@@ -76,7 +73,7 @@ def subject_for(team_uuid: str, tags: Iterable[Any]) -> str:
     return f"actx:{team_uuid}:" + ":".join(f"{k}:{v}" for k, v in parts)
 
 
-def workload_token(team_uuid: str, droplet: Droplet) -> tuple[str, dict[str, Any]]:
+def workload_token(team_uuid: str, droplet: "Droplet") -> tuple[str, dict[str, Any]]:
     sub = subject_for(team_uuid, droplet.tags)
     return signing.sign({"aud": f"api://{API}?actx={team_uuid}", "sub": sub, "droplet_id": droplet.id},
                         kind=tokens.WORKLOAD, lifetime=WORKLOAD_TTL)
@@ -84,8 +81,7 @@ def workload_token(team_uuid: str, droplet: Droplet) -> tuple[str, dict[str, Any
 
 # -- the Droplet, as DigitalOcean reports it ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class Droplet:
+class Droplet(NamedTuple):
     id: int
     status: str
     public_ipv4: str | None
@@ -148,8 +144,7 @@ def require_reachable(droplet: Droplet) -> str:
 
 # -- provisioning tokens and nonces ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Provisioning:
+class Provisioning(NamedTuple):
     nonce: str
     team_uuid: str
     token: str
@@ -194,8 +189,7 @@ def fail(p: Provisioning, reason: str) -> None:
                    (FAILED, reason[:500], p.nonce))
 
 
-@dataclass(frozen=True)
-class NonceRecord:
+class NonceRecord(NamedTuple):
     nonce: str
     team_uuid: str
     jti: str
@@ -243,8 +237,7 @@ def claim(tx: storage.Transaction, nonce: str, droplet_id: int, now: int) -> boo
 
 # -- Droplet identities: the host key first proven for each Droplet ---------------------------------
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     team_uuid: str
     droplet_id: int
     host_key_type: str

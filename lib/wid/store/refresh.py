@@ -6,12 +6,10 @@ parties hold the chain (or a response was lost): the whole family is revoked and
 and the Droplet must come back through recovery (docs/droplets.md).
 """
 
-from __future__ import annotations
-
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wid.store import storage
 
@@ -27,8 +25,7 @@ def looks_like_refresh_token(token: object) -> bool:
     return isinstance(token, str) and token.startswith(PREFIX) and 40 <= len(token) <= 100 and token.isascii()
 
 
-@dataclass(frozen=True)
-class RefreshRecord:
+class RefreshRecord(NamedTuple):
     token_hash: str
     family_id: str
     team_uuid: str

@@ -9,10 +9,7 @@ key stays published and keeps serving the sessions authorized with it, an emerge
 it. `client_auth()` is the `private_key_jwt` assertion every request to an authorization server carries.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -80,8 +77,7 @@ JWKS_MAX_AGE = 300
 SIGNIN_SECONDS = 600
 
 
-@dataclass(frozen=True)
-class ClientKey:
+class ClientKey(NamedTuple):
     kid: str
     private_key: ec.EllipticCurvePrivateKey
 

@@ -6,17 +6,14 @@ PKCE S256, the `atproto` scope and `iss` in authorization responses. Every URL i
 SSRF-safe client of lib/wid/upstreams/atproto/identity.py.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from wid.net.safe_http import FetchError
 from wid.upstreams.atproto import identity
 
 
-@dataclass(frozen=True)
-class AuthServer:
+class AuthServer(NamedTuple):
     issuer: str
     par_endpoint: str
     authorization_endpoint: str

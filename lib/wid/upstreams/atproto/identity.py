@@ -16,15 +16,12 @@ service, kept exactly as written (DPoP proofs must name it so).
 Standard library only (plus wid's own modules): this runs on request paths.
 """
 
-from __future__ import annotations
-
 import json
 import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from wid import config
@@ -204,8 +201,7 @@ def resolve_handle(handle: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DidDocument:
+class DidDocument(NamedTuple):
     did: str
     pds: str
     handles: tuple[str, ...]
@@ -311,8 +307,7 @@ def forget(did: str) -> None:
         tx.execute("DELETE FROM atproto_did_cache WHERE did = ?", (did,))
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     did: str
     handle: str | None
     document: DidDocument

@@ -18,10 +18,7 @@
   again); any other failure leaves it as it was. xrpc.py sends with it.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from wid import config
@@ -58,8 +55,7 @@ BINDING = browser_state.Binding("atproto", "wid_atproto_oauth", COOKIE_PATH, ttl
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FlowStart:
+class FlowStart(NamedTuple):
     authorize_url: str
     set_cookie: str
     did: str
@@ -120,8 +116,7 @@ def consume_state(state: str | None, cookie_value: str | None) -> dict[str, Any]
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(NamedTuple):
     did: str
     handle: str | None
     pds: str

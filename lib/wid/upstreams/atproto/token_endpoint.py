@@ -5,13 +5,10 @@ client's `private_key_jwt` (lib/wid/upstreams/atproto/client.py). A grant must b
 name the `sub` (the DID) and include the `atproto` scope.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from wid.core import dpop
@@ -23,8 +20,7 @@ from wid.upstreams.atproto.dpop_http import Nonces, dpop_request
 from wid.upstreams.oauth_client import TokenEndpointError
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     access_token: str
     refresh_token: str | None
     expires_in: int | None

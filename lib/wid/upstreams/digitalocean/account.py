@@ -4,11 +4,8 @@ Used by the OAuth callback (lib/wid/upstreams/digitalocean/oauth.py) to attribut
 its team, by git authentication and by Droplet creation with a DigitalOcean token.
 """
 
-from __future__ import annotations
-
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wid import config
 from wid.core import names
@@ -16,8 +13,7 @@ from wid.core.errors import Forbidden, Unauthenticated, UpstreamFailed
 from wid.net import upstream
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):
     team_uuid: str
     team_name: str | None
     email: str | None

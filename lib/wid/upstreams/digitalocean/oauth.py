@@ -10,12 +10,9 @@ resolved with GET /v2/account, and the access and refresh tokens are stored encr
 Standard library only (plus the shared HTTP client): refreshes run on the API request path.
 """
 
-from __future__ import annotations
-
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from wid import config
@@ -92,8 +89,7 @@ def redirect_uri() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FlowStart:
+class FlowStart(NamedTuple):
     authorize_url: str
     set_cookie: str  # the Set-Cookie header value that binds the state to this browser
 
@@ -118,8 +114,7 @@ def consume_state(state: str | None, cookie_header_value: str | None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     access_token: str
     refresh_token: str | None
     expires_in: int | None
