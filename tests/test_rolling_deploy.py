@@ -62,6 +62,11 @@ def unpack_release(rev: str, into: Path) -> Path:
     launcher.write_text(f"#!{into / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\n"
                         f"sys.exit({function}())\n")
     launcher.chmod(0o755)
+    # And gunicorn's, which its run.sh starts in persistent mode (our package, its console script's entry point).
+    gunicorn = into / ".venv" / "bin" / "gunicorn"
+    gunicorn.write_text(f"#!{into / '.venv' / 'bin' / 'python'}\nimport sys\nfrom gunicorn.app.wsgiapp import run\n"
+                        "sys.exit(run())\n")
+    gunicorn.chmod(0o755)
     # Its install.sh finds its packages installed (the stamp it writes after installing them).
     subprocess.run(["bash", "-c", 'touch ".venv/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum '
                     '| cut -c1-16)"'], cwd=into, check=True)

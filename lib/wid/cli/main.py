@@ -58,7 +58,9 @@ def render_cgi(source: Path, target: Path) -> None:
     """
     import tempfile
 
-    launcher = Path(sys.argv[0]).resolve().parent
+    # The launcher's own folder (.venv/bin for `wid`) is no module folder. When this runs under `python -c`
+    # (a pytest-xdist worker rendering a test's script), argv[0] is "-c", not a file: nothing to drop.
+    launcher = Path(sys.argv[0]).resolve().parent if Path(sys.argv[0]).is_file() else None
     paths = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != launcher]
     prologue = f"import sys\nsys.path[:] = {paths!r}\n"
     target.mkdir(parents=True, exist_ok=True)
