@@ -7,7 +7,6 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,10 +73,6 @@ def render_cgi(source: Path, target: Path) -> None:
         os.replace(tmp, target / script.name)
 
 
-def _stamp(timestamp: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     """Each setting, its value (never a secret's) and where it came from; what is wrong, one line each.
 
@@ -107,7 +102,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from wid.store import audit, keys, wellknown
+    from wid.store import audit, keyring, keys, wellknown
 
     print(f"wid keys: the server with {server.describe()}", file=sys.stderr)
     if args.action != "list":
@@ -118,9 +113,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for r in rows:
                 print(json.dumps({k: v for k, v in r._asdict().items() if k != "jwk"}, sort_keys=True))
         for r in rows if not args.json else []:
-            until = _stamp(r.verify_until) if r.verify_until and r.state != "next" else "-"
-            since = f"  signs from {_stamp(r.activate_at)}" if r.state == "next" and r.activate_at else ""
-            print(f"{r.kid}  {r.state:8}  created {_stamp(r.created_at)}  verifies until {until}{since}")
+            until = keyring.stamp(r.verify_until) if r.verify_until and r.state != "next" else "-"
+            since = f"  signs from {keyring.stamp(r.activate_at)}" if r.state == "next" and r.activate_at else ""
+            print(f"{r.kid}  {r.state:8}  created {keyring.stamp(r.created_at)}  verifies until {until}{since}")
         return 0
     if args.action == "rotate":
         return _rotate(args.emergency)
@@ -161,7 +156,7 @@ def _rotate(emergency: bool) -> int:
     if rotation.previous is None:
         print(f"key {rotation.kid} signs from now on (the first key)")
         return 0
-    print(f"key {rotation.kid} is published now and signs from {_stamp(rotation.activate_at)} (in "
+    print(f"key {rotation.kid} is published now and signs from {keyring.stamp(rotation.activate_at)} (in "
           f"{keys.activation_delay()}s, once every replica's JWKS and every cached copy lists it); "
           f"{rotation.previous} signs until then, then retires and keeps verifying its tokens until they expire")
     return 0
