@@ -262,18 +262,9 @@ def request(method: str, url: str, *, service: str, what: str, timeout: float, a
 
     `service` names the kind of server in the metrics (wid.metrics), never its host: these URLs come from
     users and documents."""
-    started = time.monotonic()
-    try:
-        result = _request(method, url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit,
-                          headers=headers, body=body)
-    except FetchTimeout:
-        metrics.upstream(service, "timeout", time.monotonic() - started)
-        raise
-    except FetchError:
-        metrics.upstream(service, "error", time.monotonic() - started)
-        raise
-    metrics.upstream(service, result.status, time.monotonic() - started)
-    return result
+    return metrics.upstream_call(service, lambda: _request(
+        method, url, what=what, timeout=timeout, allow_insecure=allow_insecure, limit=limit, headers=headers,
+        body=body), timeout=FetchTimeout, failure=FetchError)
 
 
 def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure: bool, limit: int,

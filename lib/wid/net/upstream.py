@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
@@ -104,17 +103,8 @@ def send(method: str, url: str, *, service: str, headers: Mapping[str, str], bod
     """One HTTP request; timeouts become 504 and connection failures 502, with nothing half-done here.
 
     `service` names the upstream in the metrics (wid.metrics): a fixed name such as digitalocean_api."""
-    started = time.perf_counter()
-    try:
-        response = _send(method, url, headers=headers, body=body, timeout=timeout)
-    except UpstreamTimeout:
-        metrics.upstream(service, "timeout", time.perf_counter() - started)
-        raise
-    except UpstreamFailed:
-        metrics.upstream(service, "error", time.perf_counter() - started)
-        raise
-    metrics.upstream(service, response.status, time.perf_counter() - started)
-    return response
+    return metrics.upstream_call(service, lambda: _send(method, url, headers=headers, body=body, timeout=timeout),
+                                 timeout=UpstreamTimeout, failure=UpstreamFailed)
 
 
 def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
