@@ -22,8 +22,8 @@ COPY cgi-bin/ cgi-bin/
 COPY rbac-schema/ rbac-schema/
 
 # As root: install.sh installs the Debian packages (Caddy, fcgiwrap, git, python3-venv, ...) and the pinned
-# run-time Python packages (requirements.lock only: no test or lint tools; gunicorn among them) into
-# /app/.venv. Byte-code is compiled now because the service user cannot write it later (in CGI mode Python
+# run-time Python packages (requirements.lock only: no test or lint tools; pyuwsgi, persistent mode's uWSGI,
+# among them) into /app/.venv. Byte-code is compiled now because the service user cannot write it later (in CGI mode Python
 # starts per request). Apt's package lists and caches go, whatever the base image's apt settings. The service
 # user owns only its data dir; the code stays root's. docs/operator.md states the resulting image size.
 RUN scripts/install.sh \
@@ -41,7 +41,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
   CMD curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/health" || exit 1
 
 # run.sh re-runs install.sh (which finds everything installed), prepares the database and keys
-# (`wid setup`), then runs Caddy on $PORT in front of fcgiwrap (WID_MODE=cgi, the default) or gunicorn
+# (`wid setup`), then runs Caddy on $PORT in front of fcgiwrap (WID_MODE=cgi, the default) or uWSGI
 # (WID_MODE=persistent: `docker run -e WID_MODE=persistent ...`); SIGTERM stops them all, letting requests
 # in flight finish.
 ENTRYPOINT ["/app/scripts/run.sh"]

@@ -136,17 +136,17 @@ class ProxyServer:
             self.stop()
             raise RuntimeError(f"proxy did not start; log:\n{self.log_text()[-4000:]}") from None
 
-    def gunicorn_master(self) -> int:
-        """Persistent mode: the pid of gunicorn's master (a child of run.sh)."""
+    def server_master(self) -> int:
+        """Persistent mode: the pid of uWSGI's master (`wid-serve`, a child of run.sh)."""
         assert self.process is not None
         for pid in child_pids(self.process.pid):
-            if any(part.endswith("/gunicorn") for part in command_line(pid)):
+            if any(part.endswith("/wid-serve") for part in command_line(pid)):
                 return pid
-        raise AssertionError(f"no gunicorn under run.sh (pid {self.process.pid}); log:\n{self.log_text()[-2000:]}")
+        raise AssertionError(f"no uWSGI master under run.sh (pid {self.process.pid}); log:\n{self.log_text()[-2000:]}")
 
     def worker_pids(self) -> list[int]:
-        """Persistent mode: gunicorn's worker processes serving now."""
-        return child_pids(self.gunicorn_master())
+        """Persistent mode: uWSGI's worker processes serving now."""
+        return child_pids(self.server_master())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: install what is missing, prepare the database and keys, then serve on $PORT: Caddy in
 # front, and behind it the Python routes either as cgi-bin/ executables under fcgiwrap (WID_MODE=cgi,
-# the default) or in long-lived gunicorn workers (WID_MODE=persistent). Ctrl-C (or SIGTERM) stops
+# the default) or in long-lived uWSGI workers (WID_MODE=persistent). Ctrl-C (or SIGTERM) stops
 # everything, letting requests in flight finish.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +28,7 @@ export WID_MODE
 "$ROOT/.venv/bin/wid" setup --render-cgi "$WID_RUN_DIR/cgi-bin" --cgi-source "$ROOT/cgi-bin"
 
 # Job control: each background job below is a process group of its own (its group id is $!), so stop() ends
-# a job with every process it started (fcgiwrap's or gunicorn's workers, the publisher's `sleep` and `wid`)
+# a job with every process it started (fcgiwrap's or uWSGI's workers, the publisher's `sleep` and `wid`)
 # using kill alone: the image has no pkill (procps). All of them stay in this script's session.
 set -m
 python_pid="" caddy_pid="" publisher_pid=""
@@ -42,7 +42,7 @@ stop() {
   stop_group TERM "$caddy_pid" && wait "$caddy_pid"
   stop_group TERM "$publisher_pid"
   if [[ "$WID_MODE" == persistent ]]; then
-    # Gunicorn's graceful stop: workers finish what they hold (up to WID_UPSTREAM_TIMEOUT + 5 s).
+    # uWSGI's graceful stop: workers finish what they hold (up to WID_UPSTREAM_TIMEOUT + 5 s).
     stop_group TERM "$python_pid"
   else
     # fcgiwrap's workers ignore SIGTERM until their next request (libfcgi), and now none can come.
@@ -52,12 +52,12 @@ stop() {
   rm -f "$socket"
 }
 socket="$WID_RUN_DIR/fcgiwrap.sock"
-[[ "$WID_MODE" == persistent ]] && socket="$WID_RUN_DIR/gunicorn.sock"
+[[ "$WID_MODE" == persistent ]] && socket="$WID_RUN_DIR/wsgi.sock"
 trap stop INT TERM EXIT
 
 rm -f "$socket"
 if [[ "$WID_MODE" == persistent ]]; then
-  "$ROOT/.venv/bin/gunicorn" -c python:wid.web.gunicorn_conf --bind "unix:$socket" &
+  "$ROOT/.venv/bin/wid-serve" "$socket" &
 else
   fcgiwrap -c "$workers" -s "unix:$socket" &
 fi

@@ -308,16 +308,17 @@ def _requirements_closure(roots: set[str]) -> set[str]:
 
 def test_runtime_lock_is_what_lib_and_cgi_bin_import() -> None:
     """requirements.lock pins exactly the distributions the service imports and what they require (and
-    setuptools, the build backend of the editable install; gunicorn, which scripts/run.sh runs in persistent
-    mode and which imports wid, not the other way round): no test, lint or demo tool."""
-    by_module = importlib.metadata.packages_distributions()
+    setuptools, the build backend of the editable install; pyuwsgi, the server wid.web.serve imports in persistent
+    mode's master only, once no request path runs): no test, lint or demo tool."""
+    by_module = dict(importlib.metadata.packages_distributions())
     imported = _imported_top_level_modules()
+    by_module.setdefault("uwsgi", ["pyuwsgi"])  # the module uWSGI (pyuwsgi) builds into its workers
     unknown = sorted(m for m in imported if m not in by_module)
     assert not unknown, f"lib/ or cgi-bin/ import modules no installed distribution provides: {unknown}"
     direct = {_normalise(d) for m in imported for d in by_module[m]}
     pins = runtime_pins()
     assert direct <= set(pins), f"imported but not in requirements.lock: {sorted(direct - set(pins))}"
-    needed = _requirements_closure(direct | {"gunicorn"}) | {"setuptools"}
+    needed = _requirements_closure(direct | {"pyuwsgi"}) | {"setuptools"}
     assert set(pins) == needed, (f"requirements.lock holds what the service never loads: {sorted(set(pins) - needed)}"
                                  f"; lacks: {sorted(needed - set(pins))}")
     for name, version in pins.items():
@@ -337,7 +338,7 @@ DEMO_SOURCES = ("lib/wid/cli/demo.py", "devkit/demo/*.py", "devkit/standins/*.py
 def test_demo_lock_is_what_the_demo_imports_beyond_the_service() -> None:
     """requirements-demo.lock (scripts/install.sh --demo) pins what `wid demo` imports that the service does not
     (cloud-init excepted: the Droplet's boot runs under Debian's python3, from debian-packages-demo.txt)."""
-    by_module = importlib.metadata.packages_distributions()
+    by_module = dict(importlib.metadata.packages_distributions())
     modules: set[str] = set()
     for pattern in DEMO_SOURCES:
         for path in sorted(ROOT.glob(pattern)):
@@ -488,13 +489,12 @@ def image_root() -> Iterator[Path]:
             target = site / entry
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(str(installed / entry), str(target))
-    wid = venv / "bin" / "wid"
-    wid.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom wid.cli.main import main\nsys.exit(main())\n")
-    wid.chmod(0o755)
-    gunicorn = venv / "bin" / "gunicorn"  # the console script pip writes (persistent mode)
-    gunicorn.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom gunicorn.app.wsgiapp import run\n"
-                        "sys.exit(run())\n")
-    gunicorn.chmod(0o755)
+    for command, entry in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].items():
+        module, function = entry.split(":")  # the console scripts pip writes: `wid`, and `wid-serve`
+        launcher = venv / "bin" / command
+        launcher.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\n"
+                            f"sys.exit({function}())\n")
+        launcher.chmod(0o755)
     stamp = subprocess.run(["bash", "-c", "sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16"],
                            cwd=app, check=True, capture_output=True, text=True).stdout.strip()
     (venv / f".installed-runtime-{stamp}").touch()
@@ -569,7 +569,7 @@ def test_install_script_as_unprivileged_user(image_root: Path) -> None:
     assert "install them as root" in failed.stderr
 
 
-@pytest.mark.parametrize(("mode", "server"), [("cgi", "fcgiwrap"), ("persistent", "gunicorn")])
+@pytest.mark.parametrize(("mode", "server"), [("cgi", "fcgiwrap"), ("persistent", "wid-serve")])
 def test_entrypoint_serves_as_unprivileged_user(image_root: Path, postgres: PostgresServer, mode: str,
                                                 server: str) -> None:
     """The ENTRYPOINT with the image's ENV plus run-time variables only, as the unprivileged user, on

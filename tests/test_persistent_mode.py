@@ -1,4 +1,4 @@
-"""WID_MODE=persistent: the same handlers in long-lived gunicorn workers behind the same Caddy.
+"""WID_MODE=persistent: the same handlers in long-lived uWSGI workers behind the same Caddy.
 
 The rest of the suite runs in CGI mode; here are the flows whose behaviour can differ once a process
 serves many requests: the route families as Caddy decides them, a token exchange and a DigitalOcean
@@ -102,7 +102,7 @@ def test_a_client_cannot_choose_the_family(world: World) -> None:
 def test_a_request_without_a_family_is_not_routed() -> None:
     """What reaches the socket without Caddy's header (or with one it never sends) is a 404."""
     answers: list[str] = []
-    environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/health/ready", "wsgi.input": io.BytesIO(b""),
+    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready", "wsgi.input": io.BytesIO(b""),
                "HTTP_X_WID_FAMILY": "no_such_family"}
     body = b"".join(server.application(environ, lambda status, headers: answers.append(status)))
     assert answers == ["404 Not Found"] and json.loads(body)["id"] == "not_found"

@@ -56,17 +56,13 @@ def unpack_release(rev: str, into: Path) -> Path:
     # Its own lib/ first; our site-packages for the dependencies (its .pth files, among them our
     # editable install of this release's lib/, are not processed from there).
     (theirs / "wid-release.pth").write_text(f"{into / 'lib'}\n{ours}\n")
-    # Its `wid` command, as its pyproject.toml declares it (the entry point moves between releases).
-    module, function = tomllib.loads((into / "pyproject.toml").read_text())["project"]["scripts"]["wid"].split(":")
-    launcher = into / ".venv" / "bin" / "wid"
-    launcher.write_text(f"#!{into / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\n"
-                        f"sys.exit({function}())\n")
-    launcher.chmod(0o755)
-    # And gunicorn's, which its run.sh starts in persistent mode (our package, its console script's entry point).
-    gunicorn = into / ".venv" / "bin" / "gunicorn"
-    gunicorn.write_text(f"#!{into / '.venv' / 'bin' / 'python'}\nimport sys\nfrom gunicorn.app.wsgiapp import run\n"
-                        "sys.exit(run())\n")
-    gunicorn.chmod(0o755)
+    # Its commands (`wid`, `wid-serve`), as its pyproject.toml declares them (entry points move between releases).
+    for command, entry in tomllib.loads((into / "pyproject.toml").read_text())["project"]["scripts"].items():
+        module, function = entry.split(":")
+        launcher = into / ".venv" / "bin" / command
+        launcher.write_text(f"#!{into / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\n"
+                            f"sys.exit({function}())\n")
+        launcher.chmod(0o755)
     # Its install.sh finds its packages installed (the stamp it writes after installing them).
     subprocess.run(["bash", "-c", 'touch ".venv/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum '
                     '| cut -c1-16)"'], cwd=into, check=True)
@@ -144,7 +140,11 @@ def replicas(postgres: PostgresServer, tmp_path: Path) -> Iterator[tuple[ProxySe
     """(previous release, this release), configured for one database; started by the test."""
     shared = {"DATABASE_URI": postgres.fresh_database(), "THIS_ENDPOINT": ISSUER,
               "WID_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
-    old = ProxyServer(tmp_path / "old-data", shared, root=unpack_release(previous_release(), tmp_path / "release"))
+    release = unpack_release(previous_release(), tmp_path / "release")
+    # A release from before uWSGI ran persistent mode under gunicorn, which this checkout no longer installs:
+    # it serves in CGI mode (the database and its migrations are what this test is about).
+    before_uwsgi = not (release / "lib" / "wid" / "web" / "serve.py").exists()
+    old = ProxyServer(tmp_path / "old-data", shared, root=release, mode="cgi" if before_uwsgi else None)
     new = ProxyServer(tmp_path / "new-data", shared)
     yield old, new
     new.stop()

@@ -48,7 +48,7 @@ FIXED_TOKEN_LIFETIME = 15 * 60
 MAX_SOCKET_PATH = 107
 CADDY_LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 # How Python requests are served (docs/operator.md, "Choose a serving mode"): a CGI process per
-# request under fcgiwrap, or long-lived gunicorn workers (wid.web.server) behind the same Caddy.
+# request under fcgiwrap, or long-lived uWSGI workers (wid.web.server) behind the same Caddy.
 MODES = ("cgi", "persistent")
 MAX_WORKERS = 256
 # Read by scripts/run.sh, install.sh or the Caddyfile only; known, so they are not reported as unknown.
@@ -90,7 +90,7 @@ class Settings(NamedTuple):
     git_max_body_size: str
     mode: str
     workers: int | None  # WID_WORKERS, persistent mode; None: persistent_workers() chooses
-    threads: int  # WID_THREADS: requests each persistent worker serves at once (1: gunicorn's sync worker)
+    threads: int  # WID_THREADS: requests each persistent worker serves at once (1: one at a time)
     cgi_workers: int
     metrics_token: str | None  # WID_METRICS_TOKEN: what a scraper of /metrics sends; None: /metrics is off
     publish_interval: int  # seconds between a replica's re-publications of its JWKS file
@@ -105,7 +105,7 @@ class Settings(NamedTuple):
     atproto_max_response_bytes: int
 
     def persistent_workers(self) -> int:
-        """Gunicorn worker processes: WID_WORKERS, else two per CPU this process may use."""
+        """uWSGI worker processes: WID_WORKERS, else two per CPU this process may use."""
         return self.workers if self.workers is not None else min(MAX_WORKERS, 2 * available_cpus())
 
     @property
@@ -115,7 +115,7 @@ class Settings(NamedTuple):
 
     @property
     def metrics_dir(self) -> Path:
-        """Persistent mode's per-worker metric files (wid.metrics), emptied whenever gunicorn starts."""
+        """Persistent mode's per-worker metric files (wid.metrics), emptied whenever the server starts."""
         return self.run_dir / "metrics"
 
     @property

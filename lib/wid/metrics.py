@@ -1,7 +1,7 @@
 """The proxy's Prometheus metrics (docs/operator.md, "Metrics"): what the code counts, in one place.
 
-Every function here does nothing until `enable()` is called, and only persistent mode's gunicorn master
-calls it (lib/wid/web/gunicorn_conf.py, when WID_METRICS_TOKEN is set): a CGI process imports this module
+Every function here does nothing until `enable()` is called, and only persistent mode's server master
+calls it (lib/wid/web/serve.py, when WID_METRICS_TOKEN is set): a CGI process imports this module
 (standard library only) and pays one test per call, never prometheus_client nor a file.
 
 Enabled, prometheus_client runs in multiprocess mode: each worker writes its figures to memory-mapped files
@@ -30,7 +30,7 @@ _directory: Path | None = None
 
 
 def enable(directory: Path) -> None:
-    """Start counting in this process and every process it forks (once, in gunicorn's master).
+    """Start counting in this process and every process it forks (once, in the server's master).
 
     The directory is emptied first: files left by an earlier run would be added to this one's figures.
     """
@@ -63,14 +63,6 @@ def enable(directory: Path) -> None:
         "cache": Counter("wid_cache_requests_total", "Lookups in the per-process caches, by cache and result "
                          "(hit, miss)", ["cache", "result"]),
     }
-
-
-def worker_exited(pid: int) -> None:
-    """Gunicorn's child_exit: the worker's files stay (its counts are kept), its live gauges go."""
-    if _directory is not None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, str(_directory))
 
 
 def enabled() -> bool:

@@ -32,7 +32,7 @@ def scrape(request: Request) -> Response:
         raise InvalidRequest("/metrics takes no query parameters (the token goes in the Authorization header only)")
     if not metrics.enabled():
         raise Misconfigured("WID_METRICS_TOKEN is set but this process keeps no metrics: /metrics is served by "
-                            "gunicorn started with wid.web.gunicorn_conf (scripts/run.sh, WID_MODE=persistent)")
+                            "the persistent-mode server, wid.web.serve (scripts/run.sh, WID_MODE=persistent)")
     return Response(200, metrics.exposition(), [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")])
 
 
