@@ -14,7 +14,7 @@ rounds measure a long-lived connection (a persistent worker's); a CGI process wr
 connection (psycopg prepares a statement from its 5th execution only), so its write may cost a little more.
 
 Part 2, a whole request: each mode on each database, a stack as bench_serving.py starts them (Caddy +
-fcgiwrap or gunicorn, the DigitalOcean stand-in, the articles' RBAC), wrk at one connection for `--duration`
+fcgiwrap or uWSGI, the DigitalOcean stand-in, the articles' RBAC), wrk at one connection for `--duration`
 s on POST /v1/oidc/issue and GET /v2/databases/{uuid}: the median, the CPU time per request of the proxy's
 processes (Caddy included) and of PostgreSQL (persistent mode only: fcgiwrap's CGI processes are reaped
 without their CPU times), and the audit rows the database gained per request (1: the write is in every

@@ -1,7 +1,7 @@
-"""Serving modes side by side: persistent (gunicorn) vs CGI vs a bare Python CGI, all behind Caddy, with wrk.
+"""Serving modes side by side: persistent (uWSGI) vs CGI vs a bare Python CGI, all behind Caddy, with wrk.
 
 Starts the proxy as `make run` does, once per mode (WID_MODE=cgi: Caddy + fcgiwrap; WID_MODE=persistent:
-Caddy + gunicorn, WID_WORKERS and WID_THREADS default) and database (SQLite, then PostgreSQL), each with
+Caddy + uWSGI, WID_WORKERS and WID_THREADS default) and database (SQLite, then PostgreSQL), each with
 its own DigitalOcean stand-in and a team connected through the OAuth flow with the articles' RBAC. The
 floor is a CGI script that only starts the same interpreter with the same flags and prints a small JSON
 answer, run by a CGI-mode stack of its own (the same Caddyfile, Caddy and fcgiwrap; the script replaces
@@ -17,7 +17,7 @@ each mode / floor (req/s, median). Req/s depend on what else the machine runs; C
 is the requests per second one core gives (docs/operator.md sizes replicas with it). CGI processes are
 reaped by the kernel under fcgiwrap, which drops their CPU time: the CGI columns have none. The
 DigitalOcean stand-in is Python in this process: the database read waits on it (its CPU is not
-counted). Also prints the gunicorn workers' memory before and after. Figures only, nothing is
+counted). Also prints the uWSGI workers' memory before and after. Figures only, nothing is
 asserted; wrk and the stand-in share the machine's cores with the proxy.
 
 Then two replicas sharing one PostgreSQL database (bench/replicas.py), in persistent and in CGI mode:
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,32,64")
     parser.add_argument("--sqlite-only", action="store_true", help="skip the PostgreSQL run and the replicas")
     parser.add_argument("--compare-sync", action="store_true",
-                        help="also persistent mode with gunicorn's sync workers (WID_THREADS=1)")
+                        help="also persistent mode with single-threaded workers (WID_THREADS=1)")
     parser.add_argument("--upstream-ms", type=int, default=100,
                         help="then the database read again with the stand-in answering this much later (0: skip)")
     parser.add_argument("--replica-connections", default="8,32,64",
@@ -193,7 +193,7 @@ def main() -> None:
                 at_start = {n: rss_mb(w) for n, w in modes.items() if n != "CGI"}
                 results[label] = run(label, modes, floor, connections, args.duration, folder, args.upstream_ms)
                 for name, mb in at_start.items():
-                    print(f"{name}: gunicorn workers' RSS {mb:.0f} MB at start, {rss_mb(modes[name]):.0f} MB after")
+                    print(f"{name}: uWSGI workers' RSS {mb:.0f} MB at start, {rss_mb(modes[name]):.0f} MB after")
             finally:
                 for world in modes.values():
                     world.stop()

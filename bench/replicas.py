@@ -1,6 +1,6 @@
 """Two replicas sharing one PostgreSQL database, driven at once: bench_serving.py's last part.
 
-Replica A is a stack as bench_serving.py starts them (World: Caddy + gunicorn or fcgiwrap, its own data
+Replica A is a stack as bench_serving.py starts them (World: Caddy + uWSGI or fcgiwrap, its own data
 directory, a fresh database); replica B is a second complete stack started as production starts one
 (docs/operator.md "Run several replicas"): its own data directory, Caddy and workers, and the same
 DATABASE_URI, WID_SECRET_KEY, THIS_ENDPOINT and OAuth client. Both forward to the same DigitalOcean stand-in.

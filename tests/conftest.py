@@ -67,7 +67,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
 @pytest.fixture(scope="session")
 def persistent_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """The DigitalOcean world (its own stand-in, the proxy as `make run` serves it) in persistent mode:
-    Caddy in front of three gunicorn workers, SQLite. For what can differ between the modes
+    Caddy in front of three uWSGI workers, SQLite. For what can differ between the modes
     (tests/test_persistent_mode.py); the rest of the suite runs in CGI mode."""
     from tests.worlds import serve_world  # pydo and azure only for the tests that use it
 

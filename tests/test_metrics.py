@@ -1,6 +1,6 @@
 """GET /metrics (docs/operator.md, "Metrics"): Prometheus' text format, every worker's figures added up.
 
-Persistent mode with two gunicorn workers behind the real Caddy; every scrape is read with
+Persistent mode with two uWSGI workers behind the real Caddy; every scrape is read with
 prometheus_client's own parser. The figures must be exact whichever worker answered each request and
 each scrape, must survive a worker killed with SIGKILL, must never carry a context, sub or jti in a
 label, and must be shown only to a scraper that holds WID_METRICS_TOKEN.

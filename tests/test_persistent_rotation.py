@@ -1,4 +1,4 @@
-"""Key rotation with long-lived workers (WID_MODE=persistent, three gunicorn workers): every worker caches
+"""Key rotation with long-lived workers (WID_MODE=persistent, three uWSGI workers): every worker caches
 the signing and verification keys, yet an emergency rotation is in force on each of them from its very
 next request (lib/wid/store/keyring.py: the caches are keyed by the key set's generation), and a
 scheduled rotation keeps its staged semantics.
