@@ -90,6 +90,25 @@ def test_sign_and_verify_roundtrip(backend: str) -> None:
     assert keys.active_key().kid in wellknown.published_kids()
 
 
+def test_a_replaced_jwks_file_is_read_again(backend: str) -> None:
+    """The published kids are remembered by the file's identity: a file another replica (or `wid keys
+    publish`) wrote since is read again, one left in place is not."""
+    signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    path = config.settings().public_dir / ".well-known" / "jwks"
+    first = wellknown.published_kids()
+    assert first == {keys.active_key().kid}
+    assert wellknown.published_kids() is first  # the same file: not parsed again
+    document = json.loads(path.read_text())
+    replaced = path.with_name("jwks.new")
+    replaced.write_text(json.dumps({"keys": [*document["keys"], {**document["keys"][0], "kid": "another-kid"}]}))
+    os.replace(replaced, path)
+    assert wellknown.published_kids() == first | {"another-kid"}
+    path.unlink()
+    assert wellknown.published_kids() == set()  # gone: nothing counts as published, so sign() publishes again
+    signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
+    assert wellknown.published_kids() == first
+
+
 class TestRefusedTokens:
     """Every way a presented token can be wrong is a TokenError, never a pass."""
 

@@ -28,18 +28,19 @@ def compiled(api: str, actx: str) -> CompiledRbac | None:
     """The configuration in force for the context, or None when nothing was ever pushed."""
     db = storage.database()
     key = f"rbac:{api}:{actx}"
-    with db.transaction(write=False) as tx:
-        row = tx.one("SELECT version FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
-        if row is None:
-            return None
-        with db.cache_lock:
-            cached = db.cache.get(key)
-        if cached is not None and cached[0] == row[0]:
-            metrics.cache("rbac", hit=True)
-            rbac: CompiledRbac = cached[1]
-            return rbac
-        metrics.cache("rbac", hit=False)
-        data = tx.one("SELECT version, compiled FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
+    # Each read is one statement on its own (no snapshot needed): a version and the configuration of that
+    # version always come from one row read at once.
+    row = db.read_one("SELECT version FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
+    if row is None:
+        return None
+    with db.cache_lock:
+        cached = db.cache.get(key)
+    if cached is not None and cached[0] == row[0]:
+        metrics.cache("rbac", hit=True)
+        rbac: CompiledRbac = cached[1]
+        return rbac
+    metrics.cache("rbac", hit=False)
+    data = db.read_one("SELECT version, compiled FROM rbac_configs WHERE api = ? AND actx = ?", (api, actx))
     if data is None:
         return None
     rbac = CompiledRbac.from_dict(json.loads(data[1]))

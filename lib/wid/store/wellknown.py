@@ -65,12 +65,25 @@ def publish() -> list[str]:
     return [k["kid"] for k in jwks]
 
 
-def published_kids() -> set[str]:
+# The kids of the JWKS file as last read, by the file's identity: a signature checks its key is published
+# with one stat() while the file stays the same (publish() replaces it by rename: a new inode).
+_published: tuple[tuple[str, int, int, int], frozenset[str]] | None = None
+
+
+def published_kids() -> frozenset[str]:
+    global _published
+    path = _folder() / "jwks"
     try:
-        data = json.loads((_folder() / "jwks").read_text())
-        return {k["kid"] for k in data.get("keys", [])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        st = os.stat(path)
+        identity = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        if _published is not None and _published[0] == identity:
+            return _published[1]
+        data = json.loads(path.read_text())
+        kids = frozenset(k["kid"] for k in data.get("keys", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return frozenset()
+    _published = (identity, kids)
+    return kids
 
 
 def ensure_published(kid: str) -> None:
