@@ -128,6 +128,23 @@ def test_bodies_are_read_as_in_cgi_mode(world: World) -> None:
     assert len(world.stand_in.requests) == before
 
 
+@pytest.mark.parametrize("stack", ["proxy", "world"])  # `make test`'s CGI mode, then persistent mode
+def test_request_heads_up_to_caddys_limit_reach_the_handler_larger_ones_are_431(
+        stack: str, request: pytest.FixtureRequest) -> None:
+    """Caddy refuses a request head over 48 KiB (Caddyfile, max_header_size) in both modes, so uWSGI's
+    65535-byte buffer always holds what reaches it: no head that Caddy forwards ends as a 502."""
+    served = request.getfixturevalue(stack)
+    url = served.url
+    for size in (8 * 1024, 44 * 1024):
+        answer = requests.post(f"{url}/v1/oidc/issue", headers={"Authorization": "Bearer x", "X-Padding": "a" * size},
+                               json={}, timeout=30)
+        assert answer.status_code == 401 and answer.json()["id"] == "unauthorized", (size, answer.text[:200])
+    for size in (60 * 1024, 1024 * 1024):
+        answer = requests.post(f"{url}/v1/oidc/issue", headers={"X-Padding": "a" * size}, json={}, timeout=30)
+        assert answer.status_code == 431, (size, answer.status_code)
+    assert requests.get(f"{url}/health/ready", timeout=10).status_code == 200
+
+
 # -- flows ---------------------------------------------------------------------------------------------
 
 

@@ -38,11 +38,10 @@ def options(settings: config.Settings, socket: Path) -> list[str]:
         # Imported once in the master; a worker that dies is replaced by a fork, ready at once.
         "--module", "wid.web.server:application",
         "--need-app",
-        # The largest request head uWSGI takes (Caddy's headers included): tokens and DPoP proofs fit.
+        # The largest request head uWSGI takes: more than Caddy lets through (Caddyfile, max_header_size).
         "--buffer-size", "65535",
-        # A request running this long (hung) gets its worker killed and replaced: longer than any request may
-        # take (an upstream call is cut at WID_UPSTREAM_TIMEOUT and becomes a 504).
-        "--harakiri", str(upstream_timeout + 30),
+        # No harakiri: it would kill a whole worker, the requests of its other threads with it, for one slow
+        # request (a large git push from a slow client). Upstream calls are cut at WID_UPSTREAM_TIMEOUT.
         # SIGTERM: stop accepting, let requests in flight finish for this long, then exit.
         "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
         "--worker-reload-mercy", str(upstream_timeout + 5),
