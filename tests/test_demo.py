@@ -114,7 +114,7 @@ def test_ctrl_c_stops_everything() -> None:
     assert "fcgiwrap" in running, "".join(lines)
     process.send_signal(signal.SIGINT)
     rest = process.stdout.read()
-    assert process.wait(timeout=60) == 130
+    assert process.wait(timeout=60) == 130, f"the demo went on after SIGINT; its output:\n{rest[-3000:]}"
     assert "wid demo: interrupted (SIGINT); cleaning up" in rest
     assert_nothing_left(scratch)
 
