@@ -33,10 +33,11 @@ convert to requests per second per core for sizing real replicas (docs/operator.
 
 Ends with a summary block: each target of issue 14 checked against this run's figures (PASS or short,
 with the numbers), and the replicas' lines. Targets (issue 14; 2 cores, Caddy included, wrk the client,
-audit writes included): persistent mode, SQLite, 32 connections: >= 6x the floor's req/s at the same
-concurrency in the same run, with zero errors; persistent exchange and database-read medians at one
-connection under a quarter of the floor's; CGI mode: those medians at most 5.5x the floor's (at one
-connection). The PostgreSQL run is checked against the same thresholds, for reference.
+audit writes included): persistent mode, SQLite, 32 connections: >= 6x the floor's exchanges/s at the
+same concurrency in the same run, with zero errors (the database read's figure is shown beside it);
+persistent exchange and database-read medians at one connection under a quarter of the floor's; CGI
+mode: those medians at most 5.5x the floor's (at one connection). The PostgreSQL run is checked against
+the same thresholds, for reference.
 
 At the defaults: 72 points in the tables and 24 with the replicas, 5 s each, plus starting 9 stacks and
 warming each up; progress lines (--) say what starts.
@@ -122,12 +123,17 @@ def summary(results: dict[str, Points], replicas: list[str], load_at_start: floa
             at = points.get((route, 32))
             if at is None or not at[FLOOR].rps:
                 print(f"  -      persistent, {backend}, {route}, 32 connections: not measured")
-            else:
-                got, base = at["persistent"], at[FLOOR]
-                times = got.rps / base.rps
+                continue
+            got, base = at["persistent"], at[FLOOR]
+            times = got.rps / base.rps
+            if route == EXCHANGE:
                 print(f"  {verdict(times >= 6 and got.errors == 0)}  persistent, {backend}, {route}, 32 connections: "
                       f"{got.rps:.0f}/s = {times:.1f}x the floor's {base.rps:.0f}/s (target >= 6x), "
                       f"{got.errors} errors (target 0){note}")
+            else:  # the throughput target is the exchange's; the stand-in answering this one shares the cores
+                print(f"  info   persistent, {backend}, {route}, 32 connections: {got.rps:.0f}/s = {times:.1f}x the "
+                      f"floor's {base.rps:.0f}/s, {got.errors} errors (no throughput target: the DigitalOcean "
+                      "stand-in answering it runs on the same cores)")
         for mode, bound, target in (("persistent", 0.25, "< 0.25x"), ("CGI", 5.5, "<= 5.5x")):
             for route in (EXCHANGE, READ):
                 at = points.get((route, 1))
