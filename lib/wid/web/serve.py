@@ -46,7 +46,7 @@ def options(settings: config.Settings, socket: Path) -> list[str]:
         "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
         "--worker-reload-mercy", str(upstream_timeout + 5),
         "--reload-mercy", str(upstream_timeout + 5),
-        # wid.web logs one JSON line per request; uWSGI's own lines (start-up, a worker replaced, harakiri)
+        # wid.web logs one JSON line per request; uWSGI's own lines (start-up, a worker replaced)
         # stay plain text. No log encoder: it would route the workers' stderr, and so wid.log's lines, through
         # uWSGI's logger and wrap them.
         "--disable-logging",
