@@ -23,12 +23,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from wid.core import strictjson
 
 
-class Alg(NamedTuple):
-    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3)."""
-    kty: str
-    crv: str | None  # the one curve an ES* algorithm is defined on
-    hash: type[hashes.HashAlgorithm]
-    pss: bool = False
+class Alg:
+    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3).
+
+    A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("crv", "hash", "kty", "pss")
+
+    def __init__(self, kty: str, crv: str | None, hash: type[hashes.HashAlgorithm], pss: bool = False) -> None:
+        self.kty = kty
+        self.crv = crv  # the one curve an ES* algorithm is defined on
+        self.hash = hash
+        self.pss = pss
 
 
 # Anything not listed is refused before a key is even looked up.
