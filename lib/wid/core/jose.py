@@ -11,7 +11,6 @@ JWK names an `alg`, only that one. Our own tokens are RS256 only (lib/wid/store/
 
 import base64
 import binascii
-import hashlib
 import json
 from typing import Any, NamedTuple
 
@@ -208,6 +207,10 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     if members is None:
         raise JoseError(f"cannot take the thumbprint of key type {jwk.get('kty')!r}")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    # Here only: hashlib loads OpenSSL's _hashlib (11 M instructions), and an exchange takes no thumbprint
+    # (only a new key or a DPoP proof does).
+    import hashlib
+
     return b64url_encode(hashlib.sha256(canonical.encode()).digest())
 
 
