@@ -11,16 +11,20 @@ longer than the lease. Whoever claims a lease that expired without a release is 
 import math
 import os
 import time
-from typing import NamedTuple
 
 from wid.store import storage
 
 
-class Claim(NamedTuple):
-    name: str
-    holder: str
-    expires_at: int
-    took_over: bool  # the previous holder's lease expired without a release
+class Claim:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("expires_at", "holder", "name", "took_over")
+
+    def __init__(self, name: str, holder: str, expires_at: int, took_over: bool) -> None:
+        self.name = name
+        self.holder = holder
+        self.expires_at = expires_at
+        self.took_over = took_over  # the previous holder's lease expired without a release
 
 
 def claim(tx: storage.Transaction, name: str, seconds: float) -> Claim | None:
