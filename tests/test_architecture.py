@@ -202,12 +202,19 @@ def test_named_tuples_live_in_modules_without_postponed_annotations() -> None:
 
 # What no CGI request process may import (docs/architecture.md, "What a request imports"): each costs
 # every request its import (`dataclasses` brings `inspect`, `dis`, `tokenize`, `ast`: about a quarter
-# of an exchange's instructions) or belongs to operators, tests or the Droplet side.
+# of an exchange's instructions) or belongs to operators, tests or the Droplet side. `http.cookies` (with
+# store/browser_state.py, seven million instructions) is for the OAuth flows' browser state only; `hashlib`
+# (OpenSSL's _hashlib, eleven million) for the requests that hash: an exchange or an API call does not.
 REQUEST_FORBIDDEN = ("dataclasses", "inspect", "getpass", "shutil", "paramiko", "yaml", "requests", "hcl2",
-                     "prometheus_client")
+                     "prometheus_client", "http.cookies", "hashlib")
 # git.py serves git with dulwich, which imports `dataclasses` (and so `inspect`) in dulwich/file.py and
-# `shutil` in dulwich/index.py: a git request pays for them whatever lib/wid does.
-REQUEST_ALLOWED = {"git.py": frozenset({"dataclasses", "inspect", "shutil"})}
+# `shutil` in dulwich/index.py: a git request pays for them whatever lib/wid does. The OAuth callbacks
+# (callback.py; atproto.py serves ATProto's flow beside its XRPC calls) read the flow's cookie.
+REQUEST_ALLOWED = {"git.py": frozenset({"dataclasses", "inspect", "shutil", "hashlib"}),
+                   "callback.py": frozenset({"http.cookies", "hashlib"}),
+                   "atproto.py": frozenset({"http.cookies", "hashlib"}),
+                   "droplet_create.py": frozenset({"hashlib"}), "oidc_prove.py": frozenset({"hashlib"}),
+                   "metrics.py": frozenset({"hashlib"})}
 _PROBE = ("import sys\nimport {modules}\n"
           "print(' '.join(m for m in {forbidden!r} if m in sys.modules))")
 

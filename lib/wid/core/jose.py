@@ -11,7 +11,6 @@ JWK names an `alg`, only that one. Our own tokens are RS256 only (lib/wid/store/
 
 import base64
 import binascii
-import hashlib
 import json
 from typing import Any, NamedTuple
 
@@ -23,12 +22,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from wid.core import strictjson
 
 
-class Alg(NamedTuple):
-    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3)."""
-    kty: str
-    crv: str | None  # the one curve an ES* algorithm is defined on
-    hash: type[hashes.HashAlgorithm]
-    pss: bool = False
+class Alg:
+    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3).
+
+    A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("crv", "hash", "kty", "pss")
+
+    def __init__(self, kty: str, crv: str | None, hash: type[hashes.HashAlgorithm], pss: bool = False) -> None:
+        self.kty = kty
+        self.crv = crv  # the one curve an ES* algorithm is defined on
+        self.hash = hash
+        self.pss = pss
 
 
 # Anything not listed is refused before a key is even looked up.
@@ -202,6 +207,10 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     if members is None:
         raise JoseError(f"cannot take the thumbprint of key type {jwk.get('kty')!r}")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    # Here only: hashlib loads OpenSSL's _hashlib (11 M instructions), and an exchange takes no thumbprint
+    # (only a new key or a DPoP proof does).
+    import hashlib
+
     return b64url_encode(hashlib.sha256(canonical.encode()).digest())
 
 

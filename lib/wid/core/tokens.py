@@ -8,7 +8,7 @@ Signing with the active key and the strict verifier are lib/wid/store/signing.py
 
 import re
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from wid.core import names
 
@@ -31,9 +31,14 @@ class TokenError(Exception):
     """Why a presented token is refused; safe to show to the caller (it never echoes the token)."""
 
 
-class Audience(NamedTuple):
-    api: str
-    actx: str
+class Audience:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("actx", "api")
+
+    def __init__(self, api: str, actx: str) -> None:
+        self.api = api
+        self.actx = actx
 
     def __str__(self) -> str:
         return f"api://{self.api}?actx={self.actx}"

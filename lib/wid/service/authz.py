@@ -6,7 +6,7 @@ authorize(): the context's compiled RBAC decides; a denial is audited and answer
 """
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from wid import config
 from wid.core import jose, tokens
@@ -20,12 +20,17 @@ from wid.store import rbac as rbac_store
 API_KINDS = frozenset({tokens.WORKLOAD, tokens.EXCHANGED})
 
 
-class Principal(NamedTuple):
-    claims: dict[str, Any]
-    issuer: str
-    api: str
-    actx: str
-    rbac: CompiledRbac | None  # the context's configuration in force, read once when authenticated
+class Principal:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("actx", "api", "claims", "issuer", "rbac")
+
+    def __init__(self, claims: dict[str, Any], issuer: str, api: str, actx: str, rbac: CompiledRbac | None) -> None:
+        self.claims = claims
+        self.issuer = issuer
+        self.api = api
+        self.actx = actx
+        self.rbac = rbac  # the context's configuration in force, read once when authenticated
 
     @property
     def audience(self) -> str:

@@ -24,7 +24,7 @@ reason); the token itself never is.
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl
 
 from wid import config
@@ -54,9 +54,14 @@ SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS, TOKEN_TYPE_I
 ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS})
 
 
-class Issued(NamedTuple):
-    token: str
-    claims: dict[str, Any]
+class Issued:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("claims", "token")
+
+    def __init__(self, token: str, claims: dict[str, Any]) -> None:
+        self.token = token
+        self.claims = claims
 
     @property
     def expires_at(self) -> int:

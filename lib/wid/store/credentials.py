@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 from wid.store import encryption, storage
 
@@ -18,13 +18,19 @@ ACTIVE = "active"
 REVOKED = "revoked"
 
 
-class Credential(NamedTuple):
-    api: str
-    actx: str
-    data: dict[str, Any]
-    status: str
-    status_reason: str | None
-    updated_at: int
+class Credential:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("actx", "api", "data", "status", "status_reason", "updated_at")
+
+    def __init__(self, api: str, actx: str, data: dict[str, Any], status: str, status_reason: str | None,
+                 updated_at: int) -> None:
+        self.api = api
+        self.actx = actx
+        self.data = data
+        self.status = status
+        self.status_reason = status_reason
+        self.updated_at = updated_at
 
 
 def _read(tx: storage.Transaction, api: str, actx: str) -> Credential | None:

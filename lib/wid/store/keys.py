@@ -12,7 +12,7 @@ which a `next` row has.
 """
 
 import json
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -21,9 +21,14 @@ from wid.core import jose
 from wid.store import keyring
 
 
-class SigningKey(NamedTuple):
-    kid: str
-    private_key: rsa.RSAPrivateKey
+class SigningKey:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("kid", "private_key")
+
+    def __init__(self, kid: str, private_key: rsa.RSAPrivateKey) -> None:
+        self.kid = kid
+        self.private_key = private_key
 
 
 def activation_delay() -> int:

@@ -9,18 +9,22 @@ longer than the lease. Whoever claims a lease that expired without a release is 
 """
 
 import math
-import secrets
+import os
 import time
-from typing import NamedTuple
 
 from wid.store import storage
 
 
-class Claim(NamedTuple):
-    name: str
-    holder: str
-    expires_at: int
-    took_over: bool  # the previous holder's lease expired without a release
+class Claim:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("expires_at", "holder", "name", "took_over")
+
+    def __init__(self, name: str, holder: str, expires_at: int, took_over: bool) -> None:
+        self.name = name
+        self.holder = holder
+        self.expires_at = expires_at
+        self.took_over = took_over  # the previous holder's lease expired without a release
 
 
 def claim(tx: storage.Transaction, name: str, seconds: float) -> Claim | None:
@@ -29,7 +33,9 @@ def claim(tx: storage.Transaction, name: str, seconds: float) -> Claim | None:
     row = tx.one("SELECT expires_at FROM leases WHERE name = ?", (name,))
     if row is not None and row[0] > now:
         return None
-    lease = Claim(name, secrets.token_hex(12), math.ceil(now + seconds), row is not None)
+    # os.urandom, as secrets.token_hex does: importing secrets loads hmac and hashlib (7 M instructions of
+    # every forwarded API call, which imports this module).
+    lease = Claim(name, os.urandom(12).hex(), math.ceil(now + seconds), row is not None)
     tx.execute("INSERT INTO leases (name, holder, claimed_at, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) "
                "DO UPDATE SET holder = excluded.holder, claimed_at = excluded.claimed_at, "
                "expires_at = excluded.expires_at", (name, lease.holder, int(now), lease.expires_at))

@@ -6,7 +6,7 @@ and re-reads it when the stored version changes, so a successful push is noticed
 
 import json
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from wid import metrics
 from wid.core.policy.engine import CompiledRbac
@@ -55,14 +55,19 @@ def main_commit(api: str, actx: str) -> str | None:
     return row[0] if row else None
 
 
-class Summary(NamedTuple):
-    """What is in force for one context, as the landing page shows it (counts, never the rules)."""
+class Summary:
+    """What is in force for one context, as the landing page shows it (counts, never the rules).
 
-    version: int
-    main_commit: str
-    pushed_at: int
-    roles: int
-    policies: int
+    A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("main_commit", "policies", "pushed_at", "roles", "version")
+
+    def __init__(self, version: int, main_commit: str, pushed_at: int, roles: int, policies: int) -> None:
+        self.version = version
+        self.main_commit = main_commit
+        self.pushed_at = pushed_at
+        self.roles = roles
+        self.policies = policies
 
 
 def summaries(api: str) -> dict[str, Summary]:

@@ -20,7 +20,7 @@ call (`lease_seconds`); a holder that crashed blocks refreshes no longer than th
 """
 
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from wid.core.errors import Unavailable, UpstreamFailed, WidError
 from wid.log import log
@@ -64,10 +64,15 @@ def lease_seconds(refresher: Refresher) -> float:
     return 3 * refresher.call_seconds() + LEASE_SLACK_SECONDS
 
 
-class _Claimed(NamedTuple):
-    data: dict[str, Any]  # as re-read under the credential's lock
-    lease: leases.Claim | None  # ours, or None: nothing to refresh, or someone else is refreshing
-    wanted: bool  # a refresh is still wanted after the re-read
+class _Claimed:
+    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
+    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    __slots__ = ("data", "lease", "wanted")
+
+    def __init__(self, data: dict[str, Any], lease: leases.Claim | None, wanted: bool) -> None:
+        self.data = data  # as re-read under the credential's lock
+        self.lease = lease  # ours, or None: nothing to refresh, or someone else is refreshing
+        self.wanted = wanted  # a refresh is still wanted after the re-read
 
 
 def _left(data: dict[str, Any], now: float) -> float | None:

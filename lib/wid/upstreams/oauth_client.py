@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wid.core.errors import InvalidRequest
-from wid.store import audit, browser_state
+from wid.store import audit
+
+if TYPE_CHECKING:
+    from wid.store import browser_state
 
 
 class TokenEndpointError(Exception):
@@ -25,6 +28,10 @@ def consume_state(binding: browser_state.Binding, state: str | None, cookie_head
     Else the refusal is audited as `event` and raised as invalid_state (400), its message ending with
     start_again (where the user starts over).
     """
+    # Here only: browser_state loads http.cookies, which a forwarded API call (api.py imports this module for
+    # TokenEndpointError) must not pay for.
+    from wid.store import browser_state
+
     try:
         return browser_state.consume(binding, state, cookie_header_value)
     except browser_state.StateError as exc:

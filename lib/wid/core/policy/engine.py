@@ -7,7 +7,7 @@ most once), and parameter checks linear in the size of the request.
 
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl
 
 from wid.core import strictjson
@@ -77,15 +77,21 @@ def request_parameters(query_string: str, body: bytes | None) -> dict[str, Any]:
     return params
 
 
-class Decision(NamedTuple):
-    allowed: bool
-    reason: str  # one sentence; a denial names the role, policy, rule and parameter where it can
-    roles: tuple[str, ...]
-    policy: str | None  # the deciding policy
-    rule: str | None  # the deciding path pattern
-    # When allowed: the first rule that would allow this request with any other parameter too (no
-    # allowed_parameters, or a "*" key), as a sentence; None when every rule allowing it restricts them.
-    unrestricted_by: str | None = None
+# The records here are plain slotted classes, not NamedTuples: they are read by attribute only, and a
+# NamedTuple class costs every request that imports this module about 0.7 M instructions to build.
+class Decision:
+    __slots__ = ("allowed", "policy", "reason", "roles", "rule", "unrestricted_by")
+
+    def __init__(self, allowed: bool, reason: str, roles: tuple[str, ...], policy: str | None, rule: str | None,
+                 unrestricted_by: str | None = None) -> None:
+        self.allowed = allowed
+        self.reason = reason  # one sentence; a denial names the role, policy, rule and parameter where it can
+        self.roles = roles
+        self.policy = policy  # the deciding policy
+        self.rule = rule  # the deciding path pattern
+        # When allowed: the first rule that would allow this request with any other parameter too (no
+        # allowed_parameters, or a "*" key), as a sentence; None when every rule allowing it restricts them.
+        self.unrestricted_by = unrestricted_by
 
     @property
     def restricts_parameters(self) -> bool:
@@ -93,10 +99,13 @@ class Decision(NamedTuple):
         return self.allowed and self.unrestricted_by is None
 
 
-class PathPattern(NamedTuple):
-    text: str
-    segments: tuple[str, ...]  # literal segments and "+", without a final "*"
-    star: bool
+class PathPattern:
+    __slots__ = ("segments", "star", "text")
+
+    def __init__(self, text: str, segments: tuple[str, ...], star: bool) -> None:
+        self.text = text
+        self.segments = segments  # literal segments and "+", without a final "*"
+        self.star = star
 
     @property
     def priority(self) -> tuple[int, bool, int, int, str]:
@@ -144,24 +153,32 @@ def _request_segments(path: str) -> list[str] | None:
     return segments
 
 
-class _Rule(NamedTuple):
-    policy: int
-    policy_name: str
-    pattern: str
-    priority: tuple[int, bool, int, int, str]
-    capabilities: frozenset[str]
-    allowed: Matcher | None
-    denied: Matcher | None
-    open: bool  # allows parameters it does not name: no allowed_parameters, or a "*" key in them
+class _Rule:
+    __slots__ = ("allowed", "capabilities", "denied", "open", "pattern", "policy", "policy_name", "priority")
+
+    def __init__(self, policy: int, policy_name: str, pattern: str, priority: tuple[int, bool, int, int, str],
+                 capabilities: frozenset[str], allowed: Matcher | None, denied: Matcher | None, open: bool) -> None:
+        self.policy = policy
+        self.policy_name = policy_name
+        self.pattern = pattern
+        self.priority = priority
+        self.capabilities = capabilities
+        self.allowed = allowed
+        self.denied = denied
+        self.open = open  # allows parameters it does not name: no allowed_parameters, or a "*" key in them
 
 
-class _Role(NamedTuple):
-    name: str
-    iss: str | None
-    aud: str
-    sub: str
-    claims: tuple[tuple[str, str], ...]
-    policies: tuple[int, ...]
+class _Role:
+    __slots__ = ("aud", "claims", "iss", "name", "policies", "sub")
+
+    def __init__(self, name: str, iss: str | None, aud: str, sub: str, claims: tuple[tuple[str, str], ...],
+                 policies: tuple[int, ...]) -> None:
+        self.name = name
+        self.iss = iss
+        self.aud = aud
+        self.sub = sub
+        self.claims = claims
+        self.policies = policies
 
 
 class _Node:
