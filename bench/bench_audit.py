@@ -132,7 +132,7 @@ def writes(label: str, postgres: PostgresServer | None, rounds: int, folder: Pat
 
 def audit_rows(world: World) -> int:
     """Once the CGI processes still running (wrk's last requests) have ended."""
-    settle(world.proxy)
+    settle()
     with world.proxy.configured(), storage.database().transaction(write=False) as tx:
         found = tx.one("SELECT count(*) FROM audit_log")
     return int(found[0]) if found else 0

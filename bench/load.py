@@ -97,8 +97,7 @@ def wrk_at_once(runs: list[tuple[Target, int, ProxyServer]], duration: int, fold
     """One wrk process per (target, connections, stack), all started together; each stack's figures and
     the CPU time spent meanwhile."""
     servers = [server for _, _, server in runs]
-    for server in servers:
-        settle(server)
+    settle()
     before = snapshot(servers, postgres)
     processes = [subprocess.Popen(["wrk", "-t", str(min(2, c)), "-c", str(c), "-d", f"{duration}s", "--timeout",
                                    "30s", "-s", str(lua(target, folder)), target.url],
@@ -135,15 +134,20 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def settle(server: ProxyServer, timeout: float = 600) -> None:
-    """Wait until no CGI process of an earlier point still runs (wrk leaves requests that Caddy gave up on
-    but fcgiwrap runs to their end), so that no point measures the previous one's backlog."""
-    assert server.process is not None
+def settle(timeout: float = 600) -> None:
+    """Wait until no CGI process of an earlier point still runs, on any stack a benchmark started (data dirs
+    named wid-bench-*): wrk leaves requests that Caddy gave up on but fcgiwrap runs to their end, and those
+    of the CGI stack's point would otherwise take the cores from the persistent stack's point after it."""
     deadline = time.monotonic() + timeout
-    while any("/cgi-bin/" in " ".join(command_line(pid)) for pid in tree(server.process.pid)):
+    while any(_bench_cgi(pid) for pid in os.listdir("/proc") if pid.isdigit()):
         if time.monotonic() > deadline:
-            raise SystemExit(f"{server.url} still runs CGI processes after {timeout:g} s")
+            raise SystemExit(f"CGI processes of an earlier point still run after {timeout:g} s")
         time.sleep(0.2)
+
+
+def _bench_cgi(pid: str) -> bool:
+    line = " ".join(command_line(int(pid)))
+    return "/cgi-bin/" in line and "/wid-bench-" in line
 
 
 def tree_cpu_seconds(pid: int) -> float:
