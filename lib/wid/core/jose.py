@@ -23,10 +23,8 @@ from wid.core import strictjson
 
 
 class Alg:
-    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3).
-
-    A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    """What one JWS algorithm needs of its key and how it checks (RFC 7518 section 3)."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("crv", "hash", "kty", "pss")
 
     def __init__(self, kty: str, crv: str | None, hash: type[hashes.HashAlgorithm], pss: bool = False) -> None:

@@ -32,8 +32,7 @@ class TokenError(Exception):
 
 
 class Audience:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("actx", "api")
 
     def __init__(self, api: str, actx: str) -> None:

@@ -21,8 +21,7 @@ API_KINDS = frozenset({tokens.WORKLOAD, tokens.EXCHANGED})
 
 
 class Principal:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("actx", "api", "claims", "issuer", "rbac")
 
     def __init__(self, claims: dict[str, Any], issuer: str, api: str, actx: str, rbac: CompiledRbac | None) -> None:

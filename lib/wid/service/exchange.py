@@ -55,8 +55,7 @@ ISSUED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS})
 
 
 class Issued:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("claims", "token")
 
     def __init__(self, token: str, claims: dict[str, Any]) -> None:

@@ -19,8 +19,7 @@ REVOKED = "revoked"
 
 
 class Credential:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("actx", "api", "data", "status", "status_reason", "updated_at")
 
     def __init__(self, api: str, actx: str, data: dict[str, Any], status: str, status_reason: str | None,

@@ -22,8 +22,7 @@ from wid.store import keyring
 
 
 class SigningKey:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("kid", "private_key")
 
     def __init__(self, kid: str, private_key: rsa.RSAPrivateKey) -> None:

@@ -16,8 +16,7 @@ from wid.store import storage
 
 
 class Claim:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("expires_at", "holder", "name", "took_over")
 
     def __init__(self, name: str, holder: str, expires_at: int, took_over: bool) -> None:

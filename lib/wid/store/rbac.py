@@ -56,10 +56,8 @@ def main_commit(api: str, actx: str) -> str | None:
 
 
 class Summary:
-    """What is in force for one context, as the landing page shows it (counts, never the rules).
-
-    A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    """What is in force for one context, as the landing page shows it (counts, never the rules)."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("main_commit", "policies", "pushed_at", "roles", "version")
 
     def __init__(self, version: int, main_commit: str, pushed_at: int, roles: int, policies: int) -> None:

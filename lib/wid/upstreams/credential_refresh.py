@@ -65,8 +65,7 @@ def lease_seconds(refresher: Refresher) -> float:
 
 
 class _Claimed:
-    """A plain class, read by attribute: a NamedTuple class would cost every process that imports this
-    module about 0.7 M instructions to build (docs/architecture.md, "What a request imports")."""
+    # A slotted class, not a NamedTuple (docs/architecture.md, "What a request imports").
     __slots__ = ("data", "lease", "wanted")
 
     def __init__(self, data: dict[str, Any], lease: leases.Claim | None, wanted: bool) -> None:
