@@ -69,7 +69,7 @@ def _discard(stream: Any, cap: int = 16 * 1024 * 1024) -> None:
     try:
         while cap > 0 and (chunk := stream.read(min(cap, 64 * 1024))):
             cap -= len(chunk)
-    except (OSError, WidError):  # Caddy cut the body at its limit
+    except (OSError, WidError):  # Caddy cut the body at its limit, or a chunked one broke off (ChunkedBody)
         pass
 
 
@@ -79,6 +79,10 @@ def _apps() -> dict[str, WsgiApp]:
         handler: Handler = importlib.import_module(module).handler
         apps[family] = wsgi(handler if family == "git" else _body_first(handler), route=family)
     return apps
+
+
+# How long a chunked body may pause between chunks before the request fails (uwsgi.chunked_read raises).
+_CHUNK_TIMEOUT = 30
 
 
 class ChunkedBody:
@@ -111,10 +115,6 @@ class ChunkedBody:
             return data
         self._pending = data[size:]
         return data[:size]
-
-
-# How long a chunked body may pause between chunks before the request fails (uwsgi.chunked_read raises).
-_CHUNK_TIMEOUT = 30
 
 
 # Imported once, in uWSGI's master: workers fork with every handler ready.
