@@ -39,8 +39,7 @@ def record(event: str, decision: str, *, api: str | None = None, actx: str | Non
     if tx is not None:
         tx.execute(sql, row)
     else:
-        with storage.database().transaction() as own:
-            own.execute(sql, row)
+        storage.database().write_one(sql, row)
     log("audit", audit_event=event, decision=decision, actx=actx, sub=sub, jti=jti)
     metrics.decision(event, decision)
 
@@ -54,9 +53,9 @@ def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | N
     """
     row = (int(time.time()), event, "allow", api, actx, sub, iss, jti, method, path, request_id.get(),
            json.dumps(detail, default=str, sort_keys=True))
-    with storage.database().transaction() as tx:
-        found = tx.one("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, path, "
-                       "request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", row)
+    found = storage.database().write_one("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, "
+                                         "path, request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                         "RETURNING id", row)
     assert found is not None
     log("audit", audit_event=event, decision="allow", actx=actx, sub=sub, jti=jti, method=method, path=path)
     metrics.decision(event, "allow")
@@ -66,7 +65,6 @@ def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | N
 def finish_call(entry: int, status: int, outcome: str | None = None) -> None:
     """The status the call was answered with (the upstream's, or ours when it could not be made)."""
     try:
-        with storage.database().transaction() as tx:
-            tx.execute("UPDATE audit_log SET status = ?, outcome = ? WHERE id = ?", (status, outcome, entry))
+        storage.database().write_one("UPDATE audit_log SET status = ?, outcome = ? WHERE id = ?", (status, outcome, entry))
     except storage.DatabaseUnavailable as exc:  # the call was made and is recorded; only its status is lost
         log("audit_finish_failed", level="error", entry=entry, status=status, message=str(exc))

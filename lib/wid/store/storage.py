@@ -206,6 +206,16 @@ class Database:
     def read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         """One read statement in its own implicit transaction: on PostgreSQL one round trip instead of
         three (BEGIN, the statement, COMMIT), for a per-request check that needs no consistent snapshot."""
+        return self._one_statement(sql, params, repeatable=True)
+
+    def write_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """One write statement in its own implicit transaction, for a row that commits alone (an audit row):
+        SQLite holds its write lock for the statement only, not from BEGIN IMMEDIATE through the Python
+        between to COMMIT, and PostgreSQL takes one round trip instead of three. Never repeated: on a
+        connection that broke, the statement may have been applied."""
+        return self._one_statement(sql, params, repeatable=False)
+
+    def _one_statement(self, sql: str, params: Sequence[Any], repeatable: bool) -> Row | None:
         if not self._migrated:
             self.migrate()
         reused = getattr(self._local, "conn", None) is not None
@@ -214,7 +224,7 @@ class Database:
             return Transaction(self, conn.cursor()).one(sql, params)
         except Exception as exc:
             error = self._failed(conn, exc)
-            if self.dialect == "postgresql" and reused and getattr(conn, "closed", False):
+            if repeatable and self.dialect == "postgresql" and reused and getattr(conn, "closed", False):
                 # A kept connection that died with its server (as _postgresql_transaction): a read is safe to repeat.
                 return Transaction(self, self._connection().cursor()).one(sql, params)
             if error is exc:
