@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from devkit.proxy import ProxyServer
+from devkit.proxy import ROOT, ProxyServer
 from tests.harness import PostgresServer
+from wid.store import storage
 from wid.web.request import Request
 
 
@@ -168,3 +172,26 @@ def test_chunked_bodies_are_limited(proxy: ProxyServer) -> None:
                         headers={"Content-Type": "application/json"})
     assert big.status_code == 413
     assert big.json()["id"] == "request_too_large"
+
+
+def test_a_cgi_process_ends_once_its_answer_and_log_are_out(app_env: Path) -> None:
+    """run_cgi (lib/wid/web/app.py) flushes the answer and the log lines, closes the database, and ends the
+    process without the interpreter's shutdown: under -v the interpreter reports each module it tears down
+    ("# cleanup"), and none may appear. SQLite's last close checkpoints and removes the write-ahead log, so
+    a log file left behind would mean the database was not closed."""
+    storage.database().migrate()
+    wal = Path(f"{storage.database().sqlite_path}-wal")
+    storage.close_all()
+    assert not wal.exists()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready",
+           "SCRIPT_NAME": "/health/ready", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+           "SERVER_PROTOCOL": "HTTP/1.1", "GATEWAY_INTERFACE": "CGI/1.1", "HTTP_X_REQUEST_ID": "cgi-exit-test-1"}
+    done = subprocess.run([sys.executable, "-v", str(ROOT / "cgi-bin" / "health.py")], env=env, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(b"Status: 200 OK\r\n")
+    assert done.stdout.endswith(b'\r\n\r\n{"status":"ready"}')
+    request_lines = [line for line in done.stderr.splitlines() if b'"event":"request"' in line]
+    assert len(request_lines) == 1 and b'"request_id":"cgi-exit-test-1"' in request_lines[0]
+    assert b"# cleanup" not in done.stderr
+    assert not wal.exists()

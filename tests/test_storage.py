@@ -95,3 +95,33 @@ def test_a_single_read_outside_a_transaction(backend: str) -> None:
             other.execute("SELECT pg_terminate_backend(%s)", (pid[0],))
         again = db.read_one("SELECT pg_backend_pid()")
         assert again is not None and again != pid
+
+
+def test_a_single_write_commits_alone_and_is_never_repeated(backend: str) -> None:
+    """write_one (an audit row on its own, lib/wid/store/audit.py) commits at once: another connection sees
+    the row and can write straight after, with no lock left behind. On PostgreSQL a kept connection that
+    died is not written through again (the statement may have been applied): the error is DatabaseUnavailable
+    and the next statement runs on a new connection."""
+    db = storage.database()
+    row = db.write_one("INSERT INTO audit_log (ts, event, decision, detail) VALUES (?, ?, ?, ?) RETURNING id",
+                       (1, "test", "allow", "{}"))
+    assert row is not None
+    other = storage.Database(db.uri, db.data_dir)
+    try:
+        with other.transaction() as tx:  # BEGIN IMMEDIATE on SQLite: would wait out busy_timeout on a held lock
+            assert tx.one("SELECT event FROM audit_log WHERE id = ?", (row[0],)) == ("test",)
+            tx.execute("UPDATE audit_log SET status = 200 WHERE id = ?", (row[0],))
+    finally:
+        other.close()
+    assert db.write_one("UPDATE audit_log SET outcome = ? WHERE id = ?", ("done", row[0])) is None
+    assert db.read_one("SELECT status, outcome FROM audit_log WHERE id = ?", (row[0],)) == (200, "done")
+    if backend == "postgresql":
+        import psycopg
+
+        pid = db.read_one("SELECT pg_backend_pid()")
+        assert pid is not None
+        with psycopg.connect(str(db.uri), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid[0],))
+        with pytest.raises(storage.DatabaseUnavailable):
+            db.write_one("UPDATE audit_log SET outcome = ? WHERE id = ?", ("again", row[0]))
+        assert db.read_one("SELECT outcome FROM audit_log WHERE id = ?", (row[0],)) == ("done",)

@@ -28,18 +28,20 @@ def operator() -> str:
         return f"uid {os.getuid()}"
 
 
+_INSERT = ("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, path, request_id, detail) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 def record(event: str, decision: str, *, api: str | None = None, actx: str | None = None,
            sub: str | None = None, iss: str | None = None, jti: str | None = None, method: str | None = None,
            path: str | None = None, tx: storage.Transaction | None = None, **detail: Any) -> None:
     """Write one audit row (inside `tx` when the event must commit or roll back with other writes)."""
     row = (int(time.time()), event, decision, api, actx, sub, iss, jti, method, path, request_id.get(),
            json.dumps(detail, default=str, sort_keys=True))
-    sql = ("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, path, request_id, detail) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     if tx is not None:
-        tx.execute(sql, row)
+        tx.execute(_INSERT, row)
     else:
-        storage.database().write_one(sql, row)
+        storage.database().write_one(_INSERT, row)
     log("audit", audit_event=event, decision=decision, actx=actx, sub=sub, jti=jti)
     metrics.decision(event, decision)
 
@@ -53,9 +55,7 @@ def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | N
     """
     row = (int(time.time()), event, "allow", api, actx, sub, iss, jti, method, path, request_id.get(),
            json.dumps(detail, default=str, sort_keys=True))
-    found = storage.database().write_one("INSERT INTO audit_log (ts, event, decision, api, actx, sub, iss, jti, method, "
-                                         "path, request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                                         "RETURNING id", row)
+    found = storage.database().write_one(f"{_INSERT} RETURNING id", row)
     assert found is not None
     log("audit", audit_event=event, decision="allow", actx=actx, sub=sub, jti=jti, method=method, path=path)
     metrics.decision(event, "allow")
@@ -65,6 +65,7 @@ def begin_call(event: str, *, api: str, actx: str, sub: str | None, iss: str | N
 def finish_call(entry: int, status: int, outcome: str | None = None) -> None:
     """The status the call was answered with (the upstream's, or ours when it could not be made)."""
     try:
-        storage.database().write_one("UPDATE audit_log SET status = ?, outcome = ? WHERE id = ?", (status, outcome, entry))
+        storage.database().write_one("UPDATE audit_log SET status = ?, outcome = ? WHERE id = ?",
+                                     (status, outcome, entry))
     except storage.DatabaseUnavailable as exc:  # the call was made and is recorded; only its status is lost
         log("audit_finish_failed", level="error", entry=entry, status=status, message=str(exc))

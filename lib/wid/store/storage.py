@@ -351,7 +351,8 @@ def database() -> Database:
 
 
 def close_all() -> None:
-    """Close this thread's connections and forget every database (tests switch settings between cases)."""
+    """Close this thread's connections and forget every database (a CGI process before it exits; tests
+    switch settings between cases)."""
     with _lock:
         for db in _databases.values():
             db.close()
