@@ -139,6 +139,10 @@ class Database:
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self.dialect == "postgresql" and _hung_up(conn):
+            self._local.conn = None
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
@@ -333,6 +337,26 @@ def ensure_data_dir(path: Path) -> None:
         raise config.ConfigError(f"data directory {path} (WID_DATA_DIR) cannot be created: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise config.ConfigError(f"data directory {path} (WID_DATA_DIR) is not writable by uid {os.getuid()}")
+
+
+def _hung_up(conn: Any) -> bool:
+    """A kept PostgreSQL connection, idle between statements, that the server has since written to: a server
+    shutting down says "terminating connection" and closes, and a backend that died leaves end-of-file, so
+    the connection is dropped before a statement is sent on it (a write is never repeated: write_one). One
+    poll with no wait, not a round trip; an idle connection has nothing to read (no LISTEN here), and were a
+    notice ever waiting, the cost is one new connection."""
+    import select  # a C module, already loaded with socket on most paths
+
+    import psycopg  # loaded already: the connection is psycopg's
+
+    try:
+        if conn.closed:
+            return True
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return False  # inside a transaction: never dropped under it
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (psycopg.Error, OSError, ValueError):  # a connection psycopg already knows is closed
+        return True
 
 
 _databases: dict[tuple[str | None, Path], Database] = {}
