@@ -195,3 +195,23 @@ def test_a_cgi_process_ends_once_its_answer_and_log_are_out(app_env: Path) -> No
     assert len(request_lines) == 1 and b'"request_id":"cgi-exit-test-1"' in request_lines[0]
     assert b"# cleanup" not in done.stderr
     assert not wal.exists()
+
+
+def test_a_cgi_process_whose_client_went_away_ends_quietly(app_env: Path) -> None:
+    """The reader of the answer is gone before the CGI script writes it (a client that hung up): the write
+    fails with a broken pipe, which wsgiref lets go, and so does run_cgi's flush before its fast exit: the
+    process ends with status 0, without a traceback or an "Exception ignored"."""
+    storage.database().migrate()
+    storage.close_all()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready",
+           "SCRIPT_NAME": "/health/ready", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+           "SERVER_PROTOCOL": "HTTP/1.1", "GATEWAY_INTERFACE": "CGI/1.1"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read the answer
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "cgi-bin" / "health.py")], env=env, stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert b"Traceback" not in done.stderr and b"Exception ignored" not in done.stderr
