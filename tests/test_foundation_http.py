@@ -174,6 +174,15 @@ def test_chunked_bodies_are_limited(proxy: ProxyServer) -> None:
     assert big.json()["id"] == "request_too_large"
 
 
+def _cgi_env() -> dict[str, str]:
+    """What fcgiwrap gives a script, with this test run's settings. Without PYTHONUNBUFFERED, which a developer's
+    shell may set: fcgiwrap's scripts run with -IS and so buffer their output, and what a buffer holds is
+    what a hung-up client leaves to flush."""
+    inherited = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    return {**inherited, "PYTHONPATH": str(ROOT / "lib"), "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1", "GATEWAY_INTERFACE": "CGI/1.1"}
+
+
 def test_a_cgi_process_ends_once_its_answer_and_log_are_out(app_env: Path) -> None:
     """run_cgi (lib/wid/web/app.py) flushes the answer and the log lines, closes the database, and ends the
     process without the interpreter's shutdown: under -v the interpreter reports each module it tears down
@@ -183,9 +192,8 @@ def test_a_cgi_process_ends_once_its_answer_and_log_are_out(app_env: Path) -> No
     wal = Path(f"{storage.database().sqlite_path}-wal")
     storage.close_all()
     assert not wal.exists()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready",
-           "SCRIPT_NAME": "/health/ready", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
-           "SERVER_PROTOCOL": "HTTP/1.1", "GATEWAY_INTERFACE": "CGI/1.1", "HTTP_X_REQUEST_ID": "cgi-exit-test-1"}
+    env = {**_cgi_env(), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready", "SCRIPT_NAME": "/health/ready",
+           "HTTP_X_REQUEST_ID": "cgi-exit-test-1"}
     done = subprocess.run([sys.executable, "-v", str(ROOT / "cgi-bin" / "health.py")], env=env, capture_output=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -203,9 +211,7 @@ def test_a_cgi_process_whose_client_went_away_ends_quietly(app_env: Path) -> Non
     process ends with status 0, without a traceback or an "Exception ignored"."""
     storage.database().migrate()
     storage.close_all()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready",
-           "SCRIPT_NAME": "/health/ready", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
-           "SERVER_PROTOCOL": "HTTP/1.1", "GATEWAY_INTERFACE": "CGI/1.1"}
+    env = {**_cgi_env(), "REQUEST_METHOD": "GET", "REQUEST_URI": "/health/ready", "SCRIPT_NAME": "/health/ready"}
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will read the answer
     try:

@@ -117,6 +117,9 @@ def run_cgi(handler: Handler) -> None:
     storage = sys.modules.get("wid.store.storage")  # loaded only if the handler used the database
     if storage is not None:
         storage.close_all()  # SQLite checkpoints on the last close; PostgreSQL is told goodbye
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # the client hung up (CGIHandler let the broken pipe go too): nothing left to deliver
+            pass
     os._exit(0)
