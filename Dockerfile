@@ -23,9 +23,10 @@ COPY rbac-schema/ rbac-schema/
 
 # As root: install.sh installs the Debian packages (Caddy, fcgiwrap, git, python3-venv, ...) and the pinned
 # run-time Python packages (requirements.lock only: no test or lint tools; pyuwsgi, persistent mode's uWSGI,
-# among them) into /app/.venv. Byte-code is compiled now because the service user cannot write it later (in CGI mode Python
-# starts per request). Apt's package lists and caches go, whatever the base image's apt settings. The service
-# user owns only its data dir; the code stays root's. docs/operator.md states the resulting image size.
+# among them) into /app/.venv. Byte-code is compiled now because the service user cannot write it later (in
+# CGI mode Python starts per request). Apt's package lists and caches go, whatever the base image's apt
+# settings. The service user owns only its data dir; the code stays root's. docs/operator.md states the
+# resulting image size.
 RUN scripts/install.sh \
  && .venv/bin/python -m compileall -q lib \
  && apt-get clean \

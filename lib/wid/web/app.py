@@ -113,10 +113,10 @@ def run_cgi(handler: Handler) -> None:
     an ordinary exit abandons too."""
     from wsgiref.handlers import CGIHandler
 
+    from wid.store import storage  # imported already by _respond
+
     CGIHandler().run(wsgi(handler))
-    storage = sys.modules.get("wid.store.storage")  # loaded only if the handler used the database
-    if storage is not None:
-        storage.close_all()  # SQLite checkpoints on the last close; PostgreSQL is told goodbye
+    storage.close_all()  # SQLite checkpoints on the last close; PostgreSQL is told goodbye
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -103,8 +103,8 @@ class ChunkedBody:
                 chunk = uwsgi.chunked_read(_CHUNK_TIMEOUT)
             except OSError:
                 self._ended = True
-                raise InvalidRequest("the chunked request body was cut off or stalled for "
-                                     f"{_CHUNK_TIMEOUT} s") from None
+                raise InvalidRequest("the chunked request body ended without its last chunk, or paused more than "
+                                     f"{_CHUNK_TIMEOUT} s between chunks; send it again") from None
             if not chunk:
                 self._ended = True
             parts.append(chunk)
