@@ -12,22 +12,18 @@
   off), a size cap, no redirects followed, no proxies from the environment.
 
 Errors are `FetchError` (an upstream failure: a refused target or a bad answer) and `FetchTimeout` (too slow).
-Importing this module is cheap: sockets, threads, `http.client` and `ssl` are loaded only to fetch
-(`ipaddress` is loaded by `urllib.parse` anyway).
+Importing this module is cheap: sockets, threads, the HTTP/1.1 client (lib/wid/net/http1.py) and `ssl` are
+loaded only to fetch (`ipaddress` is loaded by `urllib.parse` anyway).
 """
 
 import ipaddress
 import json
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from wid import config, metrics
 from wid.core.errors import UpstreamFailed, UpstreamTimeout
-
-if TYPE_CHECKING:
-    import http.client
-    import ssl
 
 USER_AGENT = "wid-proxy"
 
@@ -233,29 +229,6 @@ def _getaddrinfo(host: str, port: int, what: str, deadline: float) -> list[tuple
     return [(info[0], info[4]) for info in result]
 
 
-def _connect(conn: "http.client.HTTPConnection", addresses: list[tuple[Any, Any]],
-             context: "ssl.SSLContext | None") -> None:
-    """Open `conn` to the first checked address that answers (never to what a later lookup says)."""
-    import socket
-
-    last: OSError | None = None
-    for family, sockaddr in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(conn.timeout)
-        try:
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock = sock  # the watchdog can cut the TLS handshake too
-        if context is not None:
-            conn.sock = context.wrap_socket(sock, server_hostname=conn.host)
-        return
-    raise last or OSError("no address to connect to")
-
-
 def request(method: str, url: str, *, service: str, what: str, timeout: float, allow_insecure: bool, limit: int,
             headers: dict[str, str] | None = None, body: bytes | None = None) -> HttpResult:
     """One HTTP exchange under the rules above. Never follows redirects: a 3xx is returned as is.
@@ -269,23 +242,20 @@ def request(method: str, url: str, *, service: str, what: str, timeout: float, a
 
 def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure: bool, limit: int,
              headers: dict[str, str] | None, body: bytes | None) -> HttpResult:
-    import http.client
     import socket
     import threading
+
+    from wid.net.http1 import Connection, ProtocolError
 
     scheme, host, port = check_url(url, what, allow_insecure=allow_insecure)
     deadline = time.monotonic() + timeout
     addresses = _addresses(host, port, what, allow_insecure, deadline)
     context = None
-    conn: http.client.HTTPConnection
     if scheme == "https":
         import ssl
 
         context = ssl.create_default_context()
-        conn = http.client.HTTPSConnection(host, port, timeout=max(0.05, deadline - time.monotonic()),
-                                           context=context)
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=max(0.05, deadline - time.monotonic()))
+    conn = Connection(host, port, timeout=max(0.05, deadline - time.monotonic()), tls=context)
     expired = threading.Event()
 
     def cut_off() -> None:  # the deadline passed: break whatever read or write is waiting
@@ -304,10 +274,9 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
     try:
-        _connect(conn, addresses, context)
-        conn.request(method, target, body=body, headers=sent)
-        raw = conn.getresponse()
-        length = raw.getheader("Content-Length")
+        conn.connect(addresses)  # the checked addresses, never what a later lookup says
+        raw = conn.request(method, target, sent, body)
+        length = raw.header("Content-Length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
             raise FetchError(f"{what} answered with {int(length)} bytes, more than the "
                              f"{limit} this proxy accepts", code="response_too_large")
@@ -327,7 +296,7 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
         if expired.is_set():
             raise TimeoutError
         result_headers: dict[str, str] = {}
-        for name, value in raw.getheaders():
+        for name, value in raw.headers:
             key = name.lower()
             result_headers[key] = f"{result_headers[key]}, {value}" if key in result_headers else value
         return HttpResult(raw.status, result_headers, b"".join(chunks), url)
@@ -336,7 +305,7 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
     except TimeoutError:
         raise FetchTimeout(f"{what} did not answer within {timeout:g} s",
                            retryable=True) from None
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, ProtocolError) as exc:
         if expired.is_set():
             raise FetchTimeout(f"{what} did not answer within {timeout:g} s",
                                retryable=True) from None

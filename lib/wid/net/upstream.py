@@ -1,8 +1,9 @@
 """The HTTP client for trusted upstreams (the DigitalOcean API and its OAuth endpoints): one request,
 its answer read with a size cap or streamed, and an upstream 5xx as this proxy's 502.
 
-The standard library's client (no `requests` on request paths). Untrusted URLs (issuers, PDSes) go
-through lib/wid/net/safe_http.py instead; which upstreams exist is lib/wid/upstreams/registry.py.
+On lib/wid/net/http1.py's connections (no `requests` or `http.client` on request paths). Untrusted URLs
+(issuers, PDSes) go through lib/wid/net/safe_http.py instead; which upstreams exist is
+lib/wid/upstreams/registry.py.
 
 Keep-alive: a connection whose response was read to its end waits, one per origin and thread, for the
 next request to the same origin (a persistent-mode worker saves a TCP and TLS handshake per call; a
@@ -12,7 +13,6 @@ sent again, once, on a new connection when the kept one turns out to have been c
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -22,11 +22,12 @@ from urllib.parse import SplitResult, urlsplit
 
 from wid import metrics
 from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
+from wid.net.http1 import Connection, ProtocolError, RemoteDisconnected, Response
 
 CHUNK = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # What a server that closed a kept-alive connection looks like to the next request sent on it.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_STALE = (RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _idle = threading.local()  # .pool: origin -> the connection kept for it by this thread
 
 
@@ -36,8 +37,8 @@ class UpstreamResponse:
 
     __slots__ = ("connection", "headers", "origin", "raw", "status")
 
-    def __init__(self, *, status: int, headers: list[tuple[str, str]], connection: http.client.HTTPConnection,
-                 raw: http.client.HTTPResponse, origin: tuple[str, str, int | None]) -> None:
+    def __init__(self, *, status: int, headers: list[tuple[str, str]], connection: Connection, raw: Response,
+                 origin: tuple[str, str, int | None]) -> None:
         self.status = status
         self.headers = headers
         self.connection = connection
@@ -45,13 +46,13 @@ class UpstreamResponse:
         self.origin = origin
 
     def header(self, name: str) -> str | None:
-        return self.raw.getheader(name)
+        return self.raw.header(name)
 
     def read(self, limit: int = 10 * 1024 * 1024) -> bytes:
         """The whole body, refusing more than `limit` bytes (an upstream cannot exhaust our memory)."""
         try:
             data = self.raw.read(limit + 1)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             self.connection.close()
             raise UpstreamFailed("upstream connection failed while reading the response: "
                                  f"{type(exc).__name__}") from None
@@ -78,7 +79,7 @@ class UpstreamResponse:
         if self.raw.will_close:
             self.connection.close()
             return
-        pool: dict[tuple[str, str, int | None], http.client.HTTPConnection] = _idle.__dict__.setdefault("pool", {})
+        pool: dict[tuple[str, str, int | None], Connection] = _idle.__dict__.setdefault("pool", {})
         previous = pool.pop(self.origin, None)
         if previous is not None and previous is not self.connection:
             previous.close()
@@ -92,10 +93,9 @@ def _tls_context() -> Any:
     return ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
 
 
-def _connect(parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
-    if parts.scheme == "https":
-        return http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=_tls_context())
-    return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+def _connect(parts: SplitResult, timeout: float) -> Connection:
+    tls = _tls_context() if parts.scheme == "https" else None
+    return Connection(parts.hostname or "", parts.port or (443 if tls is not None else 80), timeout=timeout, tls=tls)
 
 
 def send(method: str, url: str, *, service: str, headers: Mapping[str, str], body: bytes | None = None,
@@ -122,8 +122,7 @@ def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | No
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
-            conn.request(method, target, body=body, headers=dict(headers))
-            raw = conn.getresponse()
+            raw = conn.request(method, target, headers, body)
         except _STALE as exc:
             conn.close()
             if conn is not kept:
@@ -133,10 +132,10 @@ def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | No
         except TimeoutError:
             conn.close()
             raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             conn.close()
             raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
-        return UpstreamResponse(status=raw.status, headers=raw.getheaders(), connection=conn, raw=raw, origin=origin)
+        return UpstreamResponse(status=raw.status, headers=raw.headers, connection=conn, raw=raw, origin=origin)
 
 
 def server_error(service: str, status: int, body: bytes, retry_after: str | None, what: str) -> WidError:

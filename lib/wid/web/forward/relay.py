@@ -7,9 +7,9 @@ body's own is set, or the body is streamed).
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Iterable
 
+from wid.net.http1 import ProtocolError
 from wid.net.upstream import UpstreamResponse, server_error
 from wid.web.response import Response
 
@@ -29,7 +29,7 @@ def relay(response: UpstreamResponse, *, service: str, what: str, buffer: bool =
     if response.status >= 500:
         try:
             error_body = response.raw.read(64 * 1024)
-        except (OSError, http.client.HTTPException):
+        except (OSError, ProtocolError):
             error_body = b""
         finally:
             response.connection.close()
