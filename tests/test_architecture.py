@@ -205,8 +205,10 @@ def test_named_tuples_live_in_modules_without_postponed_annotations() -> None:
 # of an exchange's instructions) or belongs to operators, tests or the Droplet side. `http.cookies` (with
 # store/browser_state.py, seven million instructions) is for the OAuth flows' browser state only; `hashlib`
 # (OpenSSL's _hashlib, eleven million) for the requests that hash: an exchange or an API call does not.
+# `http.client` brings `email` and `ssl` (net/http1.py is the proxy's client); `ssl` comes only with an
+# https connection, when one is made.
 REQUEST_FORBIDDEN = ("dataclasses", "inspect", "getpass", "shutil", "paramiko", "yaml", "requests", "hcl2",
-                     "prometheus_client", "http.cookies", "hashlib")
+                     "prometheus_client", "http.cookies", "hashlib", "http.client", "email", "ssl")
 # git.py serves git with dulwich, which imports `dataclasses` (and so `inspect`) in dulwich/file.py and
 # `shutil` in dulwich/index.py: a git request pays for them whatever lib/wid does. The OAuth callbacks
 # (callback.py; atproto.py serves ATProto's flow beside its XRPC calls) read the flow's cookie.
@@ -248,3 +250,4 @@ def test_the_request_import_check_sees_indirect_imports() -> None:
     assert _forbidden_imports("wid.web.app") == set()
     assert _forbidden_imports("dataclasses") == {"dataclasses", "inspect"}
     assert _forbidden_imports("tempfile") == {"shutil"}  # tempfile imports shutil
+    assert _forbidden_imports("http.client") == {"http.client", "email", "ssl"}

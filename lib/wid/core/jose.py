@@ -11,6 +11,7 @@ JWK names an `alg`, only that one. Our own tokens are RS256 only (lib/wid/store/
 
 import base64
 import binascii
+import functools
 import json
 from typing import Any, NamedTuple
 
@@ -129,33 +130,50 @@ def decode(token: str) -> Jws:
     return Jws(header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), b64url_decode(parts[2]))
 
 
-def _int_param(jwk: dict[str, Any], name: str) -> int:
+def _param(jwk: dict[str, Any], name: str) -> str:
     value = jwk.get(name)
     if not isinstance(value, str):
         raise JoseError(f"JWK has no {name!r}")
+    return value
+
+
+def _int(value: str) -> int:
     return int.from_bytes(b64url_decode(value), "big")
 
 
 def public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     kty = jwk.get("kty")
     if kty == "RSA":
-        try:
-            key = rsa.RSAPublicNumbers(_int_param(jwk, "e"), _int_param(jwk, "n")).public_key()
-        except ValueError:  # cryptography's checks: e odd and at least 3, n odd and larger than e...
-            raise JoseError("RSA key parameters n and e do not form a public key") from None
-        if key.key_size < 2048:
-            raise JoseError("RSA keys shorter than 2048 bits are refused")
-        return key
+        return _rsa_public_key(_param(jwk, "e"), _param(jwk, "n"))
     if kty == "EC":
-        curves: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
-        curve = curves.get(str(jwk.get("crv")))
-        if curve is None:
-            raise JoseError(f"EC curve {jwk.get('crv')!r} is not supported")
-        try:
-            return ec.EllipticCurvePublicNumbers(_int_param(jwk, "x"), _int_param(jwk, "y"), curve).public_key()
-        except ValueError:
-            raise JoseError("EC key is not on its curve") from None
+        return _ec_public_key(str(jwk.get("crv")), _param(jwk, "x"), _param(jwk, "y"))
     raise JoseError(f"key type {kty!r} is not supported")
+
+
+# The same few keys verify token after token (ours, an issuer's): a long-lived process builds each once.
+# Keyed by the JWK's own parameters, so a cached key is exactly the one they describe; bounded; a refused
+# key raises and is not remembered.
+@functools.lru_cache(maxsize=64)
+def _rsa_public_key(e: str, n: str) -> rsa.RSAPublicKey:
+    try:
+        key = rsa.RSAPublicNumbers(_int(e), _int(n)).public_key()
+    except ValueError:  # cryptography's checks: e odd and at least 3, n odd and larger than e...
+        raise JoseError("RSA key parameters n and e do not form a public key") from None
+    if key.key_size < 2048:
+        raise JoseError("RSA keys shorter than 2048 bits are refused")
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _ec_public_key(crv: str, x: str, y: str) -> ec.EllipticCurvePublicKey:
+    curves: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
+    curve = curves.get(crv)
+    if curve is None:
+        raise JoseError(f"EC curve {crv!r} is not supported")
+    try:
+        return ec.EllipticCurvePublicNumbers(_int(x), _int(y), curve).public_key()
+    except ValueError:
+        raise JoseError("EC key is not on its curve") from None
 
 
 def verify(jws: Jws, jwk: dict[str, Any]) -> None:
