@@ -107,7 +107,11 @@ class Connection:
         given = {name.lower() for name in headers}
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in given:
-            host = f"[{self.host}]" if ":" in self.host else self.host
+            # The name as getaddrinfo and ssl send it (IDNA A-labels); never a line break into the head.
+            host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
+            if not _TARGET.fullmatch(host):
+                raise ValueError(f"host {self.host[:200]!r} is empty or has a space or a control character")
+            host = f"[{host}]" if ":" in host else host
             default_port = 443 if self.tls is not None else 80
             lines.append(f"Host: {host}" if self.port == default_port else f"Host: {host}:{self.port}")
         if "content-length" not in given and (body is not None or method in _SENDS_BODY):
@@ -214,6 +218,8 @@ class Response:
         while wanted is None or wanted > 0:
             if self._chunk_left is None:
                 line = _line(file, "chunk size line")
+                if not line.endswith(b"\n"):
+                    raise ProtocolError("the answer ended before its last chunk")
                 match = _CHUNK_SIZE.fullmatch(_content(line))
                 if match is None:
                     raise ProtocolError(f"invalid chunk size line {line[:100]!r}")
@@ -231,7 +237,10 @@ class Response:
             if wanted is not None:
                 wanted -= take
             if self._chunk_left == 0:
-                if _line(file, "chunk end") not in (b"\r\n", b"\n"):
+                end = _line(file, "chunk end")
+                if not end:
+                    raise ProtocolError("the answer ended inside a chunk")
+                if end not in (b"\r\n", b"\n"):
                     raise ProtocolError("a chunk is longer than its size says")
                 self._chunk_left = None
         return b"".join(parts)
