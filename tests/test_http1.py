@@ -523,6 +523,34 @@ def test_a_kept_connection_the_server_closed_is_remote_disconnected_on_the_next_
         conn.request("GET", "/", {})
 
 
+@pytest.mark.parametrize("answers", [
+    [OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil", OK],  # one answer longer than its framing
+    [(OK, 0.1, b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n"), OK],  # a notice, later
+])
+def test_bytes_sent_after_an_answer_are_never_read_as_the_next_requests_answer(
+        serve: Servers, answers: list[Answer]) -> None:
+    server = serve(answers)
+    conn = connection(server)
+    assert conn.request("GET", "/mine", {}).read() == b"ok"
+    time.sleep(0.2)  # the unasked bytes have arrived
+    with pytest.raises(RemoteDisconnected, match="no request asked for"):
+        conn.request("GET", "/victim", {"Authorization": "Bearer t"})
+    assert conn.sock is None and len(server.requests) == 1  # closed, and the request never sent on it
+
+
+def test_upstream_sends_again_on_a_new_connection_when_the_kept_one_has_unasked_bytes(serve: Servers) -> None:
+    from wid.net import upstream
+
+    server = serve([OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil", b"HTTP/1.1 200 OK\r\n"
+                    b"Content-Length: 6\r\n\r\nsecond"], close=False)
+    url = f"http://127.0.0.1:{server.port}"
+    assert upstream.send("GET", f"{url}/a", service="digitalocean_api", headers={}).read() == b"ok"
+    time.sleep(0.2)
+    again = upstream.send("GET", f"{url}/b", service="digitalocean_api", headers={})
+    assert again.read() == b"ok" and server.accepted == 2  # the first answer of a new connection, not "evil"
+    again.connection.close()
+
+
 def test_a_server_that_never_answers_times_out(serve: Servers) -> None:
     server = serve([b""], close=False)
     with pytest.raises(TimeoutError):
@@ -570,13 +598,16 @@ def tls_files() -> Iterator[TLSFiles]:
 
 
 def test_https_verifies_the_certificate_against_the_host_name(serve: Servers, tls_files: TLSFiles) -> None:
-    server = serve([OK], tls=tls_files.server_context())
+    server = serve([OK, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+                   tls=tls_files.server_context())
     trusting = ssl.create_default_context(cafile=tls_files.ca_file)
     to_server = [(socket.AF_INET, ("127.0.0.1", server.port))]
     conn = Connection("localhost", 443, timeout=5, tls=trusting)
     conn.connect(to_server)
     assert conn.request("GET", "/", {}).read() == b"ok"
+    assert conn.request("GET", "/", {}).read() == b"ok"  # kept alive over TLS
     assert server.requests[0].split(b"\r\n")[1] == b"Host: localhost"  # 443 is https's default port
+    conn.close()
     wrong = Connection("wrong.example.test", server.port, timeout=5, tls=trusting)
     with pytest.raises(ssl.SSLCertVerificationError, match=r"wrong\.example\.test") as caught:
         wrong.connect(to_server)
@@ -584,4 +615,4 @@ def test_https_verifies_the_certificate_against_the_host_name(serve: Servers, tl
     untrusted = Connection("localhost", server.port, timeout=5, tls=ssl.create_default_context())
     with pytest.raises(ssl.SSLCertVerificationError):  # the right name, but not from a CA the client trusts
         untrusted.request("GET", "/", {})
-    assert len(server.requests) == 1  # nothing was sent to a server that failed verification
+    assert len(server.requests) == 2  # nothing was sent to a server that failed verification

@@ -8,8 +8,9 @@ headers and `ssl` whatever the scheme, together two fifths of a CGI database rea
 Strict where leniency could let a server's answer be read two ways: a status line, header line, chunk size
 or Content-Length that is not exactly what RFC 9112 allows is a `ProtocolError`, as are Transfer-Encoding
 and Content-Length together, a transfer coding other than chunked, a folded header line, and a body that
-ends before its framing says. Heads are bounded (a line, the number of headers); bodies are read only as
-far as the caller asks (the caller caps them).
+ends before its framing says; bytes that arrive after an answer are never read as the next request's.
+Heads are bounded (a line, the number of headers); bodies are read only as far as the caller asks (the
+caller caps them).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class ProtocolError(Exception):
 
 class RemoteDisconnected(ConnectionResetError):
     """The server closed the connection before sending a byte of its answer (a kept-alive connection it had
-    already given up on looks like this to the next request sent on it)."""
+    already given up on looks like this to the next request sent on it), or had sent bytes before the request
+    was (then nothing was sent). Either way the request may go again on a new connection."""
 
 
 class Connection:
@@ -94,10 +96,25 @@ class Connection:
         head = self._head(method, target, headers, body)
         if self.sock is None:
             self.connect()
+        if self._unasked():  # they would be read as this request's answer: a desync, not an answer
+            self.close()
+            raise RemoteDisconnected("the server sent bytes no request asked for (an answer longer than its "
+                                     "framing, or its own timeout notice); the request was not sent")
         self.sock.sendall(head + body if body and len(body) <= 64 * 1024 else head)
         if body and len(body) > 64 * 1024:
             self.sock.sendall(body)
         return self._response(method)
+
+    def _unasked(self) -> bytes:
+        """Bytes already received that no request has asked for, peeked at without waiting."""
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0)
+        try:
+            return self._file.peek(1) or b""
+        except OSError:  # nothing has arrived (over TLS: SSLWantReadError)
+            return b""
+        finally:
+            self.sock.settimeout(timeout)
 
     def _head(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
         if not _TOKEN.fullmatch(method.encode("latin-1", "replace")):
