@@ -8,8 +8,9 @@ headers and `ssl` whatever the scheme, together two fifths of a CGI database rea
 Strict where leniency could let a server's answer be read two ways: a status line, header line, chunk size
 or Content-Length that is not exactly what RFC 9112 allows is a `ProtocolError`, as are Transfer-Encoding
 and Content-Length together, a transfer coding other than chunked, a folded header line, and a body that
-ends before its framing says. Heads are bounded (a line, the number of headers); bodies are read only as
-far as the caller asks (the caller caps them).
+ends before its framing says; bytes that arrive after an answer are never read as the next request's.
+Heads are bounded (a line, the number of headers); bodies are read only as far as the caller asks (the
+caller caps them).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class ProtocolError(Exception):
 
 class RemoteDisconnected(ConnectionResetError):
     """The server closed the connection before sending a byte of its answer (a kept-alive connection it had
-    already given up on looks like this to the next request sent on it)."""
+    already given up on looks like this to the next request sent on it), or had sent bytes before the request
+    was (then nothing was sent). Either way the request may go again on a new connection."""
 
 
 class Connection:
@@ -94,10 +96,25 @@ class Connection:
         head = self._head(method, target, headers, body)
         if self.sock is None:
             self.connect()
+        if self._unasked():  # they would be read as this request's answer: a desync, not an answer
+            self.close()
+            raise RemoteDisconnected("the server sent bytes no request asked for (an answer longer than its "
+                                     "framing, or its own timeout notice); the request was not sent")
         self.sock.sendall(head + body if body and len(body) <= 64 * 1024 else head)
         if body and len(body) > 64 * 1024:
             self.sock.sendall(body)
         return self._response(method)
+
+    def _unasked(self) -> bytes:
+        """Bytes already received that no request has asked for, peeked at without waiting."""
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0)
+        try:
+            return self._file.peek(1) or b""
+        except OSError:  # nothing has arrived (over TLS: SSLWantReadError)
+            return b""
+        finally:
+            self.sock.settimeout(timeout)
 
     def _head(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
         if not _TOKEN.fullmatch(method.encode("latin-1", "replace")):
@@ -107,7 +124,11 @@ class Connection:
         given = {name.lower() for name in headers}
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in given:
-            host = f"[{self.host}]" if ":" in self.host else self.host
+            # The name as getaddrinfo and ssl send it (IDNA A-labels); never a line break into the head.
+            host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
+            if not _TARGET.fullmatch(host):
+                raise ValueError(f"host {self.host[:200]!r} is empty or has a space or a control character")
+            host = f"[{host}]" if ":" in host else host
             default_port = 443 if self.tls is not None else 80
             lines.append(f"Host: {host}" if self.port == default_port else f"Host: {host}:{self.port}")
         if "content-length" not in given and (body is not None or method in _SENDS_BODY):
@@ -214,6 +235,8 @@ class Response:
         while wanted is None or wanted > 0:
             if self._chunk_left is None:
                 line = _line(file, "chunk size line")
+                if not line.endswith(b"\n"):
+                    raise ProtocolError("the answer ended before its last chunk")
                 match = _CHUNK_SIZE.fullmatch(_content(line))
                 if match is None:
                     raise ProtocolError(f"invalid chunk size line {line[:100]!r}")
@@ -231,7 +254,10 @@ class Response:
             if wanted is not None:
                 wanted -= take
             if self._chunk_left == 0:
-                if _line(file, "chunk end") not in (b"\r\n", b"\n"):
+                end = _line(file, "chunk end")
+                if not end:
+                    raise ProtocolError("the answer ended inside a chunk")
+                if end not in (b"\r\n", b"\n"):
                     raise ProtocolError("a chunk is longer than its size says")
                 self._chunk_left = None
         return b"".join(parts)

@@ -8,7 +8,8 @@ lib/wid/upstreams/registry.py.
 Keep-alive: a connection whose response was read to its end waits, one per origin and thread, for the
 next request to the same origin (a persistent-mode worker saves a TCP and TLS handshake per call; a
 CGI process simply exits). Only idempotent requests take a waiting connection, and only they are
-sent again, once, on a new connection when the kept one turns out to have been closed by the server.
+sent again, once, on a new connection when the kept one turns out to have been closed by the server (or to
+hold bytes no request asked for, which lib/wid/net/http1.py refuses to read as an answer).
 """
 
 from __future__ import annotations
