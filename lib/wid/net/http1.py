@@ -25,10 +25,11 @@ if TYPE_CHECKING:
 
 MAX_LINE = 64 * 1024  # a status line, header line, chunk-size line or trailer line
 MAX_HEADERS = 100  # header (or trailer) lines in one answer
+MAX_INTERIM = 10  # 1xx answers before the final one: a server cannot keep a request waiting on them
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # HTAB, SP, visible and obs-text octets
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;.*)?")  # whitespace only before an extension
 _TARGET = re.compile(r"[!-~]+")  # visible ASCII, no space: what a request line may carry as its target
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SENDS_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -144,14 +145,12 @@ class Connection:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _response(self, method: str) -> Response:
-        first = True
-        while True:
+        for interim in range(MAX_INTERIM + 1):
             line = _line(self._file, "status line")
             if not line:
-                if first:
+                if not interim:
                     raise RemoteDisconnected("the server closed the connection without answering")
                 raise ProtocolError("the server closed the connection after an interim (1xx) answer")
-            first = False
             match = _STATUS_LINE.fullmatch(_content(line))
             if match is None:
                 raise ProtocolError(f"not an HTTP/1.x status line: {line[:100]!r}")
@@ -163,6 +162,7 @@ class Connection:
                 return Response(self, method, status, (match[3] or b"").decode("latin-1"), headers,
                                 http10=match[1] == b"0")
             # 100 Continue, 103 Early Hints...: interim answers; the final one follows.
+        raise ProtocolError(f"the server sent more than {MAX_INTERIM} interim (1xx) answers")
 
 
 class Response:
@@ -189,6 +189,8 @@ class Response:
         elif codings is not None:
             if lengths is not None:
                 raise ProtocolError("the answer has both Transfer-Encoding and Content-Length")
+            if http10:  # RFC 9112 6.1: its framing is faulty (it may have passed a hop that did not decode it)
+                raise ProtocolError("an HTTP/1.0 answer has Transfer-Encoding")
             if [c.strip().lower() for c in codings.split(",")] != ["chunked"]:
                 raise ProtocolError(f"unsupported Transfer-Encoding {codings[:100]!r}")
             self._chunked = True
