@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.demo.signals import Interrupted, _Signals
 from devkit.demo.steps_workloads import curl_status_lines
 from devkit.proxy import ROOT
 from wid.cli import demo
@@ -188,3 +189,18 @@ def test_only_the_demo_imports_the_devkit_and_nothing_imports_the_tests() -> Non
                 found.append((str(path.relative_to(ROOT)), module, where))
     assert found == [("lib/wid/cli/demo.py", "devkit.demo", "run")]
 
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop this test makes
+def test_a_signal_whose_interrupted_was_lost_in_a_destructor_stops_the_demo_at_the_next_step() -> None:
+    signals = _Signals()
+
+    class Collected:
+        def __del__(self) -> None:  # a signal handled while an object is collected raises in here
+            signals.handle(signal.SIGINT, None)
+
+    signals.check()  # nothing received yet
+    Collected()  # Python prints "Exception ignored in ..." and drops the Interrupted
+    with pytest.raises(Interrupted) as raised:
+        signals.check()
+    assert raised.value.signum == signal.SIGINT

@@ -50,8 +50,10 @@ def test_concurrent_first_requests_create_one_key(backend: str) -> None:
     code = "from wid.store import keys; print(keys.active_key().kid)"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for _ in range(6)]
-    kids = {p.communicate(timeout=120)[0].strip() for p in procs}
-    assert all(p.returncode == 0 for p in procs)
+    outputs = [p.communicate(timeout=120) for p in procs]
+    failed = [err for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode != 0]
+    assert not failed, failed
+    kids = {out.strip() for out, _ in outputs}
     assert len(kids) == 1
     listing = keys.listing()
     assert [k.state for k in listing] == ["active"]

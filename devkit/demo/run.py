@@ -69,6 +69,7 @@ def main(*, client: str, faults: list[str], keep: bool, color: str) -> int:
     status = 0
     try:
         for number, (title, step) in enumerate(STEPS, 1):
+            SIGNALS.check()
             console.heading(number, len(STEPS), title)
             t0 = time.monotonic()
             try:
@@ -82,6 +83,7 @@ def main(*, client: str, faults: list[str], keep: bool, color: str) -> int:
                 failed = (number, title)
                 break
             console.passed(summary, time.monotonic() - t0)
+        SIGNALS.check()
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         console.write(f"\nwid demo: interrupted ({signal.Signals(signum).name}); cleaning up")

@@ -23,12 +23,21 @@ class _Signals:
     def __init__(self) -> None:
         self.depth = 0
         self.pending: int | None = None
+        self.received: int | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        # Kept for check(): Python prints and drops an exception raised while a destructor runs (a socket or
+        # file being collected), and the handler can run inside one.
+        self.received = signum
         if self.depth:
             self.pending = signum
             return
         raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise Interrupted for a signal that came earlier and whose Interrupted was lost."""
+        if self.received is not None:
+            raise Interrupted(self.received)
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
