@@ -221,3 +221,43 @@ def test_a_cgi_process_whose_client_went_away_ends_quietly(app_env: Path) -> Non
         os.close(write_end)
     assert done.returncode == 0, done.stderr[-2000:]
     assert b"Traceback" not in done.stderr and b"Exception ignored" not in done.stderr
+
+
+_GC_PROBE = '''#!/usr/bin/env python3
+"""Reports the collector's state while the script imported and while its handler runs."""
+import gc
+
+imported_with_collector = gc.isenabled()
+from wid.web.app import run_cgi  # noqa: E402
+from wid.web.response import Response  # noqa: E402
+
+
+def handler(request: object) -> Response:
+    return Response.json({"imported_with_collector": imported_with_collector, "collector": gc.isenabled(),
+                          "frozen": gc.get_freeze_count()})
+
+
+run_cgi(handler)
+'''
+
+
+def test_a_rendered_cgi_script_imports_with_the_collector_off_and_serves_with_it_on(app_env: Path,
+                                                                                      tmp_path: Path) -> None:
+    """render_cgi's prologue turns the cyclic collector off before the script's imports; run_cgi sets what
+    was imported aside (gc.freeze) and turns it back on, so a request's own cycles are still collected."""
+    from wid.cli.main import render_cgi
+
+    source, target = tmp_path / "source", tmp_path / "rendered"
+    source.mkdir()
+    (source / "probe.py").write_text(_GC_PROBE)
+    render_cgi(source, target)
+    rendered = (target / "probe.py").read_text().splitlines()
+    assert rendered[0] == f"#!{sys.executable} -IS" and rendered[1:4] == ["import gc", "import sys", "gc.disable()"]
+    storage.database().migrate()
+    storage.close_all()
+    env = {**_cgi_env(), "REQUEST_METHOD": "GET", "REQUEST_URI": "/probe", "SCRIPT_NAME": "/probe"}
+    done = subprocess.run([str(target / "probe.py")], env=env, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(done.stdout.split(b"\r\n\r\n", 1)[1])
+    assert state["imported_with_collector"] is False and state["collector"] is True
+    assert state["frozen"] > 10_000  # the modules' objects, never scanned again

@@ -54,6 +54,9 @@ def render_cgi(source: Path, target: Path) -> None:
     `-IS`: isolated from the caller's environment and without `site`, whose work (scanning
     site-packages and .pth files) costs every request; the module path `site` built for this
     process (venv, .pth entries such as an editable install) is written into each script instead.
+    Each script first turns the cyclic garbage collector off: importing creates objects by the
+    hundred thousand, none of them garbage, and scanning them was a twentieth of an exchange's
+    instructions. wid.web.app run_cgi turns it back on for the request's own work.
     """
     import tempfile
 
@@ -61,7 +64,7 @@ def render_cgi(source: Path, target: Path) -> None:
     # (a pytest-xdist worker rendering a test's script), argv[0] is "-c", not a file: nothing to drop.
     launcher = Path(sys.argv[0]).resolve().parent if Path(sys.argv[0]).is_file() else None
     paths = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != launcher]
-    prologue = f"import sys\nsys.path[:] = {paths!r}\n"
+    prologue = f"import gc\nimport sys\ngc.disable()\nsys.path[:] = {paths!r}\n"
     target.mkdir(parents=True, exist_ok=True)
     for script in sorted(source.glob("*.py")):
         body = script.read_text().split("\n", 1)[1]
