@@ -13,12 +13,14 @@ import base64
 import binascii
 import functools
 import json
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+if TYPE_CHECKING:  # loaded by the functions that meet an EC key: our own tokens are RS256 (module docstring)
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 from wid.core import strictjson
 
@@ -141,7 +143,7 @@ def _int(value: str) -> int:
     return int.from_bytes(b64url_decode(value), "big")
 
 
-def public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+def public_key(jwk: dict[str, Any]) -> "rsa.RSAPublicKey | ec.EllipticCurvePublicKey":
     kty = jwk.get("kty")
     if kty == "RSA":
         return _rsa_public_key(_param(jwk, "e"), _param(jwk, "n"))
@@ -165,7 +167,9 @@ def _rsa_public_key(e: str, n: str) -> rsa.RSAPublicKey:
 
 
 @functools.lru_cache(maxsize=64)
-def _ec_public_key(crv: str, x: str, y: str) -> ec.EllipticCurvePublicKey:
+def _ec_public_key(crv: str, x: str, y: str) -> "ec.EllipticCurvePublicKey":
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     curves: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
     curve = curves.get(crv)
     if curve is None:
@@ -195,6 +199,9 @@ def verify(jws: Jws, jwk: dict[str, Any]) -> None:
                 padding.PSS(padding.MGF1(spec.hash()), padding.PSS.DIGEST_LENGTH) if spec.pss else padding.PKCS1v15())
             key.verify(jws.signature, jws.signing_input, pad, spec.hash())
         else:
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
             # JWS carries the raw r || s, each the curve's size (RFC 7518 section 3.4); DER is refused.
             size = (key.curve.key_size + 7) // 8
             if len(jws.signature) != 2 * size:
