@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from devkit.proxy import ROOT, ProxyServer
 from devkit.seed import article_files as exchange_files
 from devkit.seed import install_rbac, mint
 from tests.harness import PostgresServer
+from tests.raw_http import RawServer
 from wid.web import server
 
 DROPLET_ROLE = "ex-database-and-spaces-keys-access"
@@ -203,36 +203,12 @@ def test_upstream_connections_are_kept_alive(world: World) -> None:
     assert world.stand_in.connections - before <= 12
 
 
-class ClosingServer:
-    """An HTTP/1.1 server that closes every connection after one answer without saying so, as a server
-    whose keep-alive timeout has passed does: the next request on a kept connection finds it closed."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.accepted = 0
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-
 def test_a_kept_connection_closed_by_the_server_is_replaced_for_idempotent_requests_only() -> None:
     from wid.net import upstream
 
-    server = ClosingServer()
+    # Closes every connection after one answer without saying so, as a server whose keep-alive timeout has
+    # passed does: the next request on a kept connection finds it closed.
+    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
     try:
         first = upstream.send("GET", f"{server.url}/a", service="digitalocean_api", headers={})
         assert first.read() == b"ok" and first.connection.sock is not None  # kept: the answer did not say close
@@ -244,7 +220,7 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_for_idempotent_reque
         assert third.connection is not second.connection  # a POST never takes a kept connection
         assert third.read() == b"ok" and server.accepted == 3
     finally:
-        server.sock.close()
+        server.stop()
 
 
 def test_what_a_process_remembers_is_bounded(app_env: Path) -> None:
