@@ -475,6 +475,23 @@ def test_upstream_sends_again_on_a_new_connection_when_the_kept_one_has_unasked_
     again.connection.close()
 
 
+def test_upstream_names_what_was_wrong_with_an_answer_it_cannot_read(serve: Servers) -> None:
+    from wid.core.errors import UpstreamFailed
+    from wid.net import upstream
+
+    server = serve([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello"])
+    with pytest.raises(UpstreamFailed) as head:
+        upstream.send("GET", f"{server.url}/a", service="digitalocean_api", headers={})
+    assert str(head.value) == ("upstream 127.0.0.1 answered with something that is not HTTP/1.1 "
+                               "(the answer has both Transfer-Encoding and Content-Length)")
+    server = serve([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel"])
+    response = upstream.send("GET", f"{server.url}/b", service="digitalocean_api", headers={})
+    with pytest.raises(UpstreamFailed) as body:
+        response.read()
+    assert str(body.value) == ("upstream 127.0.0.1 answered with something that is not HTTP/1.1 "
+                               "(the answer ended 2 bytes before its Content-Length)")
+
+
 def test_a_server_that_never_answers_times_out(serve: Servers) -> None:
     server = serve([b""], close=False)
     with pytest.raises(TimeoutError):

@@ -101,8 +101,10 @@ class Connection:
             self.close()
             raise RemoteDisconnected("the server sent bytes no request asked for (an answer longer than its "
                                      "framing, or its own timeout notice); the request was not sent")
-        self.sock.sendall(head + body if body and len(body) <= 64 * 1024 else head)
-        if body and len(body) > 64 * 1024:
+        if body and len(body) <= 64 * 1024:  # one write for a small request (as one segment, not two)
+            head, body = head + body, None
+        self.sock.sendall(head)
+        if body:
             self.sock.sendall(body)
         return self._response(method)
 

@@ -272,7 +272,7 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
     watchdog.start()
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+    sent = {"User-Agent": USER_AGENT, **(headers or {})}  # http1 adds Accept-Encoding: identity
     try:
         conn.connect(addresses)  # the checked addresses, never what a later lookup says
         raw = conn.request(method, target, sent, body)
@@ -309,6 +309,9 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
         if expired.is_set():
             raise FetchTimeout(f"{what} did not answer within {timeout:g} s",
                                retryable=True) from None
+        if isinstance(exc, ProtocolError):
+            raise FetchError(f"{what}: {host} answered with something that is not HTTP/1.1 ({exc})",
+                             retryable=True) from exc
         # The cause stays attached: callers that may show it (a certificate problem...) read __cause__.
         raise FetchError(f"{what}: cannot reach {host} ({type(exc).__name__})",
                          retryable=True) from exc

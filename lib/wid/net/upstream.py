@@ -53,7 +53,11 @@ class UpstreamResponse:
         """The whole body, refusing more than `limit` bytes (an upstream cannot exhaust our memory)."""
         try:
             data = self.raw.read(limit + 1)
-        except (OSError, ProtocolError) as exc:
+        except ProtocolError as exc:
+            self.connection.close()
+            raise UpstreamFailed(f"upstream {self.origin[1]} answered with something that is not HTTP/1.1 "
+                                 f"({exc})") from None
+        except OSError as exc:
             self.connection.close()
             raise UpstreamFailed("upstream connection failed while reading the response: "
                                  f"{type(exc).__name__}") from None
@@ -133,7 +137,11 @@ def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | No
         except TimeoutError:
             conn.close()
             raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
-        except (OSError, ProtocolError) as exc:
+        except ProtocolError as exc:
+            conn.close()
+            raise UpstreamFailed(f"upstream {parts.hostname} answered with something that is not HTTP/1.1 "
+                                 f"({exc})") from None
+        except OSError as exc:
             conn.close()
             raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
         return UpstreamResponse(status=raw.status, headers=raw.headers, connection=conn, raw=raw, origin=origin)
