@@ -85,7 +85,7 @@ def bare_interpreter(rounds: int) -> list[float]:
 def import_profile(runs: int = 5) -> tuple[float, list[tuple[float, float, int, str]]]:
     """Import time of the CGI script's modules (python -X importtime): total ms, and the import tree
     (self ms, cumulative ms, depth, module) of the modules costing at least 1.5 ms, medians of `runs`."""
-    code = "import wid.web.handlers.oidc_issue, wid.web.app, wsgiref.handlers"
+    code = "import wid.web.handlers.oidc_issue, wid.web.app, wid.web.cgi"
     samples: dict[tuple[int, str], list[tuple[int, int]]] = {}
     order: list[tuple[int, str]] = []
     totals: list[float] = []

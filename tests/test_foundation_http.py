@@ -207,7 +207,7 @@ def test_a_cgi_process_ends_once_its_answer_and_log_are_out(app_env: Path) -> No
 
 def test_a_cgi_process_whose_client_went_away_ends_quietly(app_env: Path) -> None:
     """The reader of the answer is gone before the CGI script writes it (a client that hung up): the write
-    fails with a broken pipe, which wsgiref lets go, and so does run_cgi's flush before its fast exit: the
+    fails with a broken pipe, which cgi.serve lets go, and so does run_cgi's flush before its fast exit: the
     process ends with status 0, without a traceback or an "Exception ignored"."""
     storage.database().migrate()
     storage.close_all()

@@ -112,20 +112,20 @@ def run_cgi(handler: Handler) -> None:
     the log lines are flushed, every transaction has ended, and the only threads are daemon threads that
     an ordinary exit abandons too."""
     import gc
-    from wsgiref.handlers import CGIHandler
 
     from wid.store import storage  # imported already by _respond
+    from wid.web import cgi
 
     # The rendered script imported with the collector off (wid.cli.main render_cgi): what it imported
     # lives until the process ends, so it is set aside for good, and the request's own objects are
     # collected as usual.
     gc.freeze()
     gc.enable()
-    CGIHandler().run(wsgi(handler))
+    cgi.serve(wsgi(handler))
     storage.close_all()  # SQLite checkpoints on the last close; PostgreSQL is told goodbye
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except OSError:  # the client hung up (CGIHandler let the broken pipe go too): nothing left to deliver
+        except OSError:  # the client hung up (cgi.serve let the broken pipe go too): nothing left to deliver
             pass
     os._exit(0)
