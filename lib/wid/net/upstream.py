@@ -15,7 +15,7 @@ hold bytes no request asked for, which lib/wid/net/http1.py refuses to read as a
 from __future__ import annotations
 
 import json
-import threading
+from _thread import _local as ThreadLocal  # threading.local itself, without `threading`'s import
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
@@ -29,7 +29,7 @@ CHUNK = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # What a server that closed a kept-alive connection looks like to the next request sent on it.
 _STALE = (RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-_idle = threading.local()  # .pool: origin -> the connection kept for it by this thread
+_idle = ThreadLocal()  # .pool: origin -> the connection kept for it by this thread
 
 
 class UpstreamResponse:

@@ -15,8 +15,8 @@ import binascii
 import hashlib
 import socket
 import struct
-import threading
 import time
+from _thread import allocate_lock  # threading.Lock itself, without `threading`'s import
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -217,7 +217,7 @@ def verify_sshsig(sig: SshSignature, message: bytes, namespace: str) -> None:
 
 # -- fetching a host key over SSH ------------------------------------------------------------------
 
-_paramiko_lock = threading.Lock()
+_paramiko_lock = allocate_lock()
 
 
 def _quiet_paramiko() -> None:

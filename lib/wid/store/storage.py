@@ -9,9 +9,13 @@ and a released migration file is never edited or renamed.
 
 from __future__ import annotations
 
+# The C modules themselves (docs/architecture.md, "What a request imports"): the `sqlite3` package adds
+# to `_sqlite3` only adapters for `datetime` values, which this proxy never stores (its times are
+# integers), at the price of importing `datetime`; `threading.local` and `threading.Lock` are `_thread`'s.
+import _sqlite3 as sqlite3
 import os
-import sqlite3
-import threading
+from _thread import _local as ThreadLocal
+from _thread import allocate_lock
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -105,11 +109,11 @@ class Database:
         self.uri = uri
         self.dialect = "postgresql" if uri else "sqlite"  # wid.config accepts only postgresql:// URIs
         self.data_dir = data_dir
-        self._local = threading.local()
+        self._local = ThreadLocal()
         self._migrated = False
         # Per-database memo for modules that cache what they read (signing keys, compiled RBAC...).
         self.cache = BoundedCache()
-        self.cache_lock = threading.Lock()
+        self.cache_lock = allocate_lock()
 
     @property
     def sqlite_path(self) -> Path:
@@ -360,7 +364,7 @@ def _hung_up(conn: Any) -> bool:
 
 
 _databases: dict[tuple[str | None, Path], Database] = {}
-_lock = threading.Lock()
+_lock = allocate_lock()
 
 
 def database() -> Database:
