@@ -164,7 +164,7 @@ def directory(raw: str) -> Path:
     return Path(os.path.abspath(raw))  # lexically: no system call on every request
 
 
-_CADDY_SIZE = re.compile(r"^([0-9]+)(|B|K|KB|KI|KIB|M|MB|MI|MIB|G|GB|GI|GIB)$", re.IGNORECASE)
+_CADDY_UNITS = {"": 1, "K": 10**3, "KI": KIB, "M": 10**6, "MI": MIB, "G": 10**9, "GI": GIB}
 
 
 def caddy_size(raw: str) -> str:
@@ -174,9 +174,9 @@ def caddy_size(raw: str) -> str:
 
 def caddy_size_bytes(raw: str) -> int:
     """Bytes of a size in the subset of Caddy's syntax we accept: 64MB (10^6), 64MiB (2^20), 67108864."""
-    match = _CADDY_SIZE.match(raw) if len(raw) <= 20 else None
-    if not match:
+    number = raw.rstrip("BbIiKkMmGg")
+    unit = raw[len(number):].upper()
+    unit = unit[:-1] if unit.endswith("B") else unit  # 64M and 64MB, 64Mi and 64MiB are the same size
+    if not (len(raw) <= 20 and number.isascii() and number.isdigit() and unit in _CADDY_UNITS):
         raise ValueError("must be a size such as 64MB, 64MiB or 67108864")
-    unit = match[2].upper().rstrip("B")
-    factor = {"": 1, "K": 10**3, "KI": KIB, "M": 10**6, "MI": MIB, "G": 10**9, "GI": GIB}[unit]
-    return int(match[1]) * factor
+    return int(number) * _CADDY_UNITS[unit]

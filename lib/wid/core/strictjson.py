@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from wid.core.errors import InvalidRequest
@@ -34,10 +33,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-# Where a lone surrogate can come from: an escape of one (\uD800-\uDFFF) or, in str input, the character itself.
-# A valid pair decodes to one character, so the walk below only ever finds lone ones.
-_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_SURROGATE = r"[\ud800-\udfff]"  # compiled at first use (re caches it): seldom needed
+def _may_hold_surrogates(text: str, decoded: bool) -> bool:
+    """Where a lone surrogate can come from: an escape (`\\u` then four hex digits) or, in text that was not
+    decoded from UTF-8 here (the decoder refuses surrogates), the character itself. A valid pair decodes to
+    one character, so the walk below only ever finds lone ones."""
+    return "\\u" in text or (not decoded and not text.isascii())
 
 
 def _refuse_surrogates(value: Any) -> None:
@@ -45,10 +45,11 @@ def _refuse_surrogates(value: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            found = re.search(_SURROGATE, item)
-            if found:
-                raise StrictJsonError(f"JSON text holds a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), "
-                                      "which is not a character")
+            try:
+                item.encode("utf-8")  # refuses a surrogate, and says where it is
+            except UnicodeEncodeError as exc:
+                raise StrictJsonError(f"JSON text holds a lone UTF-16 surrogate (\\u{ord(item[exc.start]):04x}), "
+                                      "which is not a character") from None
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
@@ -71,7 +72,7 @@ def loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
-        if _MAYBE_SURROGATE.search(text):
+        if _may_hold_surrogates(text, decoded=isinstance(data, bytes)):
             _refuse_surrogates(value)
         return value
     except StrictJsonError:

@@ -6,9 +6,8 @@ and `wid_kind` naming what it is for, so a token of one kind is never accepted w
 Signing with the active key and the strict verifier are lib/wid/store/signing.py (they need the keys).
 """
 
-import re
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 from wid.core import names
 
@@ -21,10 +20,14 @@ KIND_CLAIM = "wid_kind"
 # Claims the signer sets; a caller can never choose them.
 RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp", "jti", "act", KIND_CLAIM, "droplet_id"})
 LEEWAY_SECONDS = 30
-_AUDIENCE = re.compile(rf"api://(?P<api>{names.API.pattern})\?actx=(?P<actx>{names.ACTX.pattern})")
 # Our key ids are RFC 7638 SHA-256 thumbprints; any other kid names no key of ours and is refused before
 # it reaches the database (where a NUL, say, is an error of its own).
-KID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+_KID_CHARACTERS = names.LETTERS_DIGITS | frozenset("_-")
+
+
+def is_kid(value: object) -> TypeGuard[str]:
+    """Whether `value` can be one of our key ids: 43 base64url characters."""
+    return names.is_word(value, _KID_CHARACTERS, _KID_CHARACTERS, 43, 43)
 
 
 class TokenError(Exception):
@@ -47,10 +50,11 @@ def parse_audience(aud: Any) -> Audience:
     """`api://{API}?actx={actx}` with exactly one actx and nothing else; anything else is refused."""
     if not isinstance(aud, str):
         raise TokenError("aud must be one string of the form api://{API}?actx={actx}")
-    match = _AUDIENCE.fullmatch(aud)
-    if not match:
+    # Neither name may hold '?', '=' or '&': the first "?actx=" is the only place the two can meet.
+    api, separator, actx = aud.removeprefix("api://").partition("?actx=")
+    if not aud.startswith("api://") or not separator or not names.is_api(api) or not names.is_actx(actx):
         raise TokenError(f"aud {aud!r} is not of the form api://{{API}}?actx={{actx}} with exactly one actx")
-    return Audience(match["api"], match["actx"])
+    return Audience(api, actx)
 
 
 def sub_context(sub: Any) -> str:
@@ -63,7 +67,7 @@ def sub_context(sub: Any) -> str:
         actx, sep, rest = ":".join(parts[:3]), ":" if len(parts) == 4 else "", parts[3] if len(parts) == 4 else ""
     else:
         actx, sep, rest = body.partition(":")
-    if not sep or not names.ACTX.fullmatch(actx) or not rest:
+    if not sep or not names.is_actx(actx) or not rest:
         raise TokenError(f"sub {sub!r} must be actx:{{context}}:{{name}}")
     return actx
 

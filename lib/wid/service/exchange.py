@@ -21,14 +21,13 @@ Every exchange and every refusal is audited (event "exchange": jti, sub, iss, ac
 reason); the token itself never is.
 """
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from wid import config
-from wid.core import jose, tokens
+from wid.core import jose, names, tokens
 from wid.core.errors import Forbidden, InvalidRequest, Unauthenticated, UnknownAudience, WidError
 from wid.service import authz
 from wid.store import audit, signing
@@ -43,7 +42,8 @@ MAX_SUB_LENGTH = 255
 # Beyond tokens.RESERVED_CLAIMS: claims with a meaning to verifiers that a caller must not assert.
 RESERVED = tokens.RESERVED_CLAIMS | {"aud", "sub", "may_act", "cnf", "azp", "nonce", "auth_time", "client_id",
                                      "scope", "typ"}
-_CLAIM_NAME = re.compile(rf"[A-Za-z_][A-Za-z0-9_.:-]{{0,{MAX_CLAIM_NAME - 1}}}\Z")
+_CLAIM_NAME_FIRST = names.LETTERS | {"_"}
+_CLAIM_NAME_CHARACTERS = names.LETTERS_DIGITS | frozenset("_.:-")
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 # RFC 8693 3: token type identifiers (names, not secrets).
@@ -93,7 +93,7 @@ def parse_json_request(body: Mapping[str, Any]) -> ExchangeRequest:
         if key.casefold() in folded:
             raise InvalidRequest(f"the keys {folded[key.casefold()]!r} and {key!r} differ only by case")
         folded[key.casefold()] = key
-        if not _CLAIM_NAME.match(key):
+        if not names.is_word(key, _CLAIM_NAME_FIRST, _CLAIM_NAME_CHARACTERS, MAX_CLAIM_NAME):
             raise InvalidRequest(f"claim name {key[:MAX_CLAIM_NAME]!r} must be a letter or _ followed by at most "
                                  f"{MAX_CLAIM_NAME - 1} letters, digits or _ . : -")
     aud, sub, ttl = body.get("aud"), body.get("sub"), body.get("ttl", default_ttl())

@@ -52,7 +52,7 @@ def verify_decoded(jws: jose.Jws, *, kinds: frozenset[str] | set[str], audience:
     if jws.alg != "RS256":
         raise tokens.TokenError(f"algorithm {jws.alg} is not used by this issuer")
     kid = jws.kid
-    jwk = keys.public_jwk(kid) if kid and tokens.KID.match(kid) else None
+    jwk = keys.public_jwk(kid) if tokens.is_kid(kid) else None
     if jwk is None:
         raise tokens.TokenError("token is signed by a key this issuer does not know (kid)")
     try:

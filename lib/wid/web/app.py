@@ -6,13 +6,13 @@ Nothing here may depend on being a fresh process: the same handlers run under bo
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from wid import config, metrics
+from wid.core import names
 from wid.core.errors import MethodNotAllowed, Misconfigured, NotFound, Unavailable, WidError
 from wid.log import log, request_id
 from wid.web.errors import error_response, status_of
@@ -20,7 +20,7 @@ from wid.web.request import METHODS, Request
 from wid.web.response import Response, status_phrase
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_REQUEST_ID_CHARACTERS = names.LETTERS_DIGITS | frozenset("._-")
 
 Handler = Callable[[Request], Response]
 
@@ -55,7 +55,8 @@ def wsgi(handler: Handler, route: str = "") -> WsgiApp:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        token = request_id.set(incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex())
+        chosen = names.is_word(incoming, _REQUEST_ID_CHARACTERS, _REQUEST_ID_CHARACTERS, 64, 8)
+        token = request_id.set(incoming if chosen else os.urandom(16).hex())
         try:
             started = time.perf_counter()
             request = Request(environ)

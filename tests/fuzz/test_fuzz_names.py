@@ -1,0 +1,97 @@
+"""The request paths check names without regular expressions (lib/wid/core/names.py `is_word`: compiling
+one costs a CGI process about 0.6 M instructions). Each check here must say exactly what the regular
+expression it replaced says, matched whole: these differential properties hold them to it, on strings
+built from the characters at each class's edges, line breaks, look-alikes and non-ASCII digits."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from tests.fuzz.budget import scaled
+from wid import config_parsers
+from wid.core import names, tokens
+
+# Each class's edges ('@' '[' '`' '{' around the letters, '/' ':' around the digits), the punctuation the
+# classes allow, line breaks, a dotless i (its upper case is 'I'), a superscript and an Arabic-Indic digit
+# (str.isdigit() says True), a fullwidth A.
+_EDGES = "aAzZ09_-.:?=&/@[`{\n\r \t\u0131\u00b2\u0663\uff21bBkKiImMgG"
+edgy = st.text(alphabet=st.sampled_from(_EDGES), max_size=70)
+words = st.one_of(edgy, st.text(max_size=70))
+
+API = r"[A-Za-z][A-Za-z0-9]{0,31}"
+ACTX = r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}"
+
+
+@scaled(1)
+@given(words)
+@example("a" * 32)
+@example("a" * 33)
+@example("a\n")
+def test_api_names_are_what_the_expression_says(value: str) -> None:
+    assert names.is_api(value) == (re.fullmatch(API, value) is not None)
+
+
+@scaled(1)
+@given(words)
+@example("0" * 128)
+@example("0" * 129)
+@example(":a")
+@example("a:b.c_d-e")
+def test_context_ids_are_what_the_expression_says(value: str) -> None:
+    assert names.is_actx(value) == (re.fullmatch(ACTX, value) is not None)
+
+
+@scaled(1)
+@given(st.one_of(words, st.text(alphabet=st.sampled_from("aZ09_-\n="), min_size=42, max_size=44)))
+@example("A" * 43)
+@example("A" * 42 + "\n")
+def test_key_ids_are_what_the_expression_says(value: str) -> None:
+    assert tokens.is_kid(value) == (re.fullmatch(r"[A-Za-z0-9_-]{43}", value) is not None)
+
+
+@pytest.mark.parametrize("value", [None, 7, b"A" * 43, ["A" * 43]])
+def test_only_a_str_is_a_name(value: object) -> None:
+    assert not names.is_api(value) and not names.is_actx(value) and not tokens.is_kid(value)
+
+
+@scaled(1)
+@given(st.one_of(st.builds(lambda api, actx: f"api://{api}?actx={actx}", words, words),
+                 st.builds(lambda a, b, c: f"{a}://{b}?actx={c}", edgy, edgy, edgy), words))
+@example("api://DigitalOcean?actx=team?actx=other")
+@example("api://DigitalOcean?actx=team\n")
+@example("api://?actx=team")
+@example("xapi://A?actx=b")
+def test_audiences_are_what_the_expression_says(aud: str) -> None:
+    match = re.fullmatch(rf"api://(?P<api>{API})\?actx=(?P<actx>{ACTX})", aud)
+    try:
+        audience = tokens.parse_audience(aud)
+    except tokens.TokenError:
+        assert match is None
+    else:
+        assert match is not None and (audience.api, audience.actx) == (match["api"], match["actx"])
+
+
+_UNITS = {"": 1, "K": 10**3, "KI": 1 << 10, "M": 10**6, "MI": 1 << 20, "G": 10**9, "GI": 1 << 30}
+
+
+@scaled(1)
+@given(st.one_of(st.builds(lambda n, u: f"{n}{u}", st.integers(0, 10**18).map(str), edgy), edgy, words))
+@example("64MB\n")
+@example("64BB")
+@example("64iB")
+@example("64M\u0131")
+@example("0b")
+def test_sizes_are_what_the_expression_says(raw: str) -> None:
+    # re.ASCII: the expression this replaced (re.IGNORECASE alone, and `$`) took "64M\u0131" (a dotless i,
+    # whose upper case is I) for 64MiB and "64MB\n" for 64MB, values written into the Caddyfile as they came.
+    match = re.fullmatch(r"([0-9]+)(|B|K|KB|KI|KIB|M|MB|MI|MIB|G|GB|GI|GIB)", raw, re.IGNORECASE | re.ASCII)
+    expected = None if match is None or len(raw) > 20 else int(match[1]) * _UNITS[match[2].upper().rstrip("B")]
+    try:
+        got: int | None = config_parsers.caddy_size_bytes(raw)
+    except ValueError:
+        got = None
+    assert got == expected
