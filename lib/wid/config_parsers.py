@@ -17,9 +17,14 @@ from urllib.parse import urlsplit
 KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 
 
+def _digits(text: str, most: int) -> bool:
+    """One to `most` ASCII digits (str.isdigit alone also takes '\u00b2' and other scripts' digits)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def whole(low: int, high: int, unit: str) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+        if not _digits(raw, 12) or not low <= int(raw) <= high:
             raise ValueError(f"must be a whole number of {unit} from {low} to {high}")
         return int(raw)
     return parse
@@ -27,7 +32,8 @@ def whole(low: int, high: int, unit: str) -> Callable[[str], int]:
 
 def decimal(low: float, high: float, unit: str) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw) or not low <= float(raw) <= high:
+        units, point, fraction = raw.partition(".")
+        if not _digits(units, 6) or (point and not _digits(fraction, 6)) or not low <= float(raw) <= high:
             raise ValueError(f"must be a number of {unit} from {low:g} to {high:g}")
         return float(raw)
     return parse

@@ -95,3 +95,39 @@ def test_sizes_are_what_the_expression_says(raw: str) -> None:
     except ValueError:
         got = None
     assert got == expected
+
+
+@scaled(1)
+@given(st.one_of(words, st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
+                 st.text(alphabet=st.sampled_from("0af-gA\n"), min_size=35, max_size=37)))
+@example("f81d4fae-7dec-11d0-a765-00a0c91e6bf6\n")
+@example("f81d4fae-7dec-11d0-a765-00a0c91e6bf-6")
+@example("f81d4fae7-dec-11d0-a765-00a0c91e6bf6")
+def test_team_uuids_are_what_the_expression_says(value: str) -> None:
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    assert names.is_team_uuid(value) == (re.fullmatch(uuid, value) is not None)
+
+
+@scaled(1)
+@given(st.one_of(words, st.text(alphabet=st.sampled_from("a=&%2F?#[] \n\"<>|{}^`\\"), max_size=30)))
+@example("a=b\n")
+@example("")
+def test_verbatim_queries_are_what_the_expression_says(query: str) -> None:
+    assert names.is_verbatim_query(query) == (re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*", query) is not None)
+
+
+@scaled(1)
+@given(st.one_of(words, st.text(alphabet=st.sampled_from("0123456789.\n\u00b2\u0663-+ e"), max_size=16)))
+@example("1\n")
+@example("1.")
+@example(".5")
+@example("\u00b2")
+def test_numbers_in_settings_are_what_the_expressions_say(raw: str) -> None:
+    whole, decimal = config_parsers.whole(0, 10**12, "units"), config_parsers.decimal(0, 10**6, "units")
+    for parse, expression in ((whole, r"[0-9]{1,12}"), (decimal, r"[0-9]{1,6}(\.[0-9]{1,6})?")):
+        try:
+            parse(raw)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == (re.fullmatch(expression, raw) is not None)

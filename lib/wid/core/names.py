@@ -8,7 +8,6 @@ ACTX_MAX fits every context an upstream accepts: a DigitalOcean team UUID (36 ch
 
 from __future__ import annotations
 
-import re
 from typing import TypeGuard
 
 API_MAX = 32
@@ -16,8 +15,9 @@ ACTX_MAX = 128
 LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 LETTERS_DIGITS = LETTERS | frozenset("0123456789")
 _ACTX_CHARACTERS = LETTERS_DIGITS | frozenset(":._-")
-# A DigitalOcean team (its context id): a lowercase UUID as DigitalOcean's API writes it.
-TEAM_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # compiled at first use (re caches it)
+_LOWER_HEX = frozenset("0123456789abcdef")
+# What a query string may carry to an upstream as it is: RFC 3986's query characters and '%' escapes.
+_VERBATIM_QUERY = LETTERS_DIGITS | frozenset("-._~%!$&'()*+,;=:@/?")
 
 
 def is_word(value: object, first: frozenset[str], rest: frozenset[str], longest: int,
@@ -40,7 +40,15 @@ def is_actx(value: object) -> TypeGuard[str]:
 
 
 def is_team_uuid(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and re.fullmatch(TEAM_UUID, value) is not None
+    """A DigitalOcean team (its context id): a lowercase UUID as DigitalOcean's API writes it, 8-4-4-4-12 hex
+    digits."""
+    return (isinstance(value, str) and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-"
+            and _LOWER_HEX.issuperset(value.replace("-", "")))
+
+
+def is_verbatim_query(query_string: str) -> bool:
+    """Whether a query string can go to an upstream as it is (anything else must be percent-encoded)."""
+    return _VERBATIM_QUERY.issuperset(query_string)
 
 
 def api_problem(api: str) -> str | None:

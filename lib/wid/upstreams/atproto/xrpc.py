@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from wid import config
+from wid.core import names
 from wid.core.errors import Forbidden, InvalidRequest, NotFound, UnsupportedMediaType, UpstreamFailed
 from wid.core.strictjson import parse_json_object
 from wid.log import log
@@ -33,7 +34,6 @@ from wid.upstreams.atproto.dpop_http import Nonces, dpop_request, wants_nonce
 
 _NSID = re.compile(r"^(?=.{5,317}$)[a-zA-Z](?:[a-zA-Z0-9-]{0,62})(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,62})){1,}"
                    r"\.[a-zA-Z][a-zA-Z0-9]{0,62}$")
-_QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
 REPO_WRITES = frozenset({"com.atproto.repo.createRecord", "com.atproto.repo.putRecord",
                          "com.atproto.repo.deleteRecord", "com.atproto.repo.applyWrites"})
 
@@ -83,7 +83,7 @@ def _refused_token(result: HttpResult) -> bool:
 
 def send(did: str, method: str, nsid: str, query_string: str, *, body: bytes, headers: dict[str, str]) -> HttpResult:
     """Send an authorized XRPC request to the DID's PDS with its session (see the module docstring)."""
-    if not _QUERY_CHARS.match(query_string):
+    if not names.is_verbatim_query(query_string):
         raise InvalidRequest("the query string has characters that must be percent-encoded")
     data = atproto_session.stored_session(did)
     document = identity.resolve_did(did)

@@ -14,12 +14,12 @@ A context is a team UUID (lib/wid/upstreams/digitalocean/context.py).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 from urllib.parse import quote
 
 from wid import config
+from wid.core import names
 from wid.core.errors import Forbidden, InvalidRequest, UpstreamFailed, WidError
 from wid.net import upstream
 from wid.store import credentials
@@ -31,7 +31,6 @@ from wid.upstreams.oauth_client import TokenEndpointError
 # half its life for tokens that live less than two hours.
 REFRESH_BEFORE_SECONDS = 3600
 # Characters a query string may carry to the upstream as they are (RFC 3986 query + '%' escapes).
-_QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*$")
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 
 
@@ -139,7 +138,7 @@ def team_token(team_uuid: str, *, rejected: str | None = None) -> str:
 
 def upstream_target(path: str, query_string: str) -> str:
     """The request target sent upstream: the checked (decoded) path re-encoded, the query as checked."""
-    if not _QUERY_CHARS.match(query_string):
+    if not names.is_verbatim_query(query_string):
         raise InvalidRequest("the query string has characters that must be percent-encoded")
     target = quote(path, safe=_PATH_SAFE)
     return f"{target}?{query_string}" if query_string else target
