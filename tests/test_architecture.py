@@ -211,12 +211,12 @@ def test_named_tuples_live_in_modules_without_postponed_annotations() -> None:
 # `_thread` themselves.
 REQUEST_FORBIDDEN = ("dataclasses", "inspect", "getpass", "shutil", "paramiko", "yaml", "requests", "hcl2",
                      "prometheus_client", "http.cookies", "hashlib", "http.client", "email", "ssl", "wsgiref",
-                     "sqlite3", "datetime", "threading")
+                     "sqlite3", "datetime", "threading", "pathlib")
 # git.py serves git with dulwich, which imports `dataclasses` (and so `inspect`) in dulwich/file.py and
 # `shutil` in dulwich/index.py: a git request pays for them whatever lib/wid does. The OAuth callbacks
 # (callback.py; atproto.py serves ATProto's flow beside its XRPC calls) read the flow's cookie; atproto.py
 # resolves a handle several ways at once, in threads (dulwich uses them too).
-REQUEST_ALLOWED = {"git.py": frozenset({"dataclasses", "inspect", "shutil", "hashlib", "threading"}),
+REQUEST_ALLOWED = {"git.py": frozenset({"dataclasses", "inspect", "shutil", "hashlib", "threading", "pathlib"}),
                    "callback.py": frozenset({"http.cookies", "hashlib"}),
                    "atproto.py": frozenset({"http.cookies", "hashlib", "threading"}),
                    "droplet_create.py": frozenset({"hashlib"}), "oidc_prove.py": frozenset({"hashlib"}),

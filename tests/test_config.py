@@ -142,7 +142,7 @@ def test_defaults_and_parsed_values() -> None:
     assert values.max_token_ttl == 86400  # empty is unset
     assert values.issuer_owner_claims == {"https://gitlab.example": ("namespace_id", "project_id"),
                                           "https://ci.example": ("github",)}
-    assert values.run_dir == values.data_dir / "run"
+    assert values.run_dir == os.path.join(values.data_dir, "run")
     sources = {s.name: s.source for s in shown}
     assert sources["PORT"] == "environment" and sources["WID_MAX_TOKEN_TTL"] == "default"
 

@@ -391,7 +391,8 @@ def test_encoded_tricks_are_refused_in_either_case(raw: str) -> None:
 
 
 def test_a_clean_path_with_escapes_is_decoded() -> None:
-    assert Request({"REQUEST_METHOD": "GET", "REQUEST_URI": "/v2/tags/caf%C3%A9%41"}).checked_path() == "/v2/tags/caf\u00e9A"
+    request = Request({"REQUEST_METHOD": "GET", "REQUEST_URI": "/v2/tags/caf%C3%A9%41"})
+    assert request.checked_path() == "/v2/tags/caf\u00e9A"
 
 
 def test_jwt_for_a_team_that_never_authorized(world: World) -> None:

@@ -42,7 +42,7 @@ def published_kids(data_dir: Path) -> list[str]:
 
 def database_state(env: dict[str, str]) -> tuple[list[tuple[str, str]], int, list[str]]:
     """(kid, state) of every signing key, key_check rows, applied migrations: read through the library."""
-    database = storage.Database(env.get("DATABASE_URI"), Path(env["WID_DATA_DIR"]))
+    database = storage.Database(env.get("DATABASE_URI"), env["WID_DATA_DIR"])
     try:
         with database.transaction(write=False) as tx:
             keys = [(r[0], r[1]) for r in tx.execute("SELECT kid, state FROM signing_keys")]

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_replaced_jwks_file_is_read_again(backend: str) -> None:
     """The published kids are remembered by the file's identity: a file another replica (or `wid keys
     publish`) wrote since is read again, one left in place is not."""
     signing.sign({"aud": AUD, "sub": SUB}, kind=tokens.EXCHANGED, lifetime=300)
-    path = config.settings().public_dir / ".well-known" / "jwks"
+    path = Path(config.settings().public_dir, ".well-known", "jwks")
     first = wellknown.published_kids()
     assert first == {keys.active_key().kid}
     assert wellknown.published_kids() is first  # the same file: not parsed again

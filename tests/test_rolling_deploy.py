@@ -36,7 +36,7 @@ def previous_release() -> str:
     override = os.environ.get("WID_TEST_OLD_RELEASE")
     if override:
         return override
-    migrations = storage.MIGRATIONS_DIR.relative_to(ROOT).as_posix()
+    migrations = Path(storage.MIGRATIONS_DIR).relative_to(ROOT).as_posix()
     found = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--diff-filter=A", "--format=%H", "--", migrations],
                            capture_output=True, text=True, check=False)
     newest = found.stdout.strip()

@@ -30,7 +30,7 @@ def claims(token: str) -> dict[str, object]:
 
 
 def test_the_default_data_dir_is_the_checkouts_never_the_current_directory(tmp_path: Path) -> None:
-    assert config.default_data_dir() == ROOT / "data"
+    assert config.default_data_dir() == str(ROOT / "data")
     done = wid("keys", "list", cwd=tmp_path)
     assert str(ROOT / "data") in done.stderr
     assert not (tmp_path / "data").exists()

@@ -10,7 +10,6 @@ names. Standard library only, nothing heavy at import time: this runs on every r
 import os
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from wid.config_parsers import (
@@ -64,8 +63,8 @@ class Settings(NamedTuple):
 
     port: int
     this_endpoint: str
-    data_dir: Path
-    run_dir: Path
+    data_dir: str  # absolute paths, as str: request paths do without pathlib (docs/architecture.md)
+    run_dir: str
     database_uri: str | None
     secret_key: str | None
     do_oauth_client_id: str | None
@@ -109,18 +108,18 @@ class Settings(NamedTuple):
         return self.workers if self.workers is not None else min(MAX_WORKERS, 2 * available_cpus())
 
     @property
-    def public_dir(self) -> Path:
+    def public_dir(self) -> str:
         """Files Caddy serves directly (issuer metadata, JWKS)."""
-        return self.data_dir / "public"
+        return os.path.join(self.data_dir, "public")
 
     @property
-    def metrics_dir(self) -> Path:
+    def metrics_dir(self) -> str:
         """Persistent mode's per-worker metric files (wid.metrics), emptied whenever the server starts."""
-        return self.run_dir / "metrics"
+        return os.path.join(self.run_dir, "metrics")
 
     @property
-    def fcgi_socket(self) -> Path:
-        return self.run_dir / "fcgiwrap.sock"
+    def fcgi_socket(self) -> str:
+        return os.path.join(self.run_dir, "fcgiwrap.sock")
 
 
 class Source(NamedTuple):
@@ -183,11 +182,12 @@ def _shown(value: Any, secret: bool) -> str:
     return str(value)
 
 
-def default_data_dir() -> Path:
+def default_data_dir() -> str:
     """Where `make run` keeps its data: the checkout's data/ (scripts/run.sh beside lib/), else the image's
     /var/lib/wid. Never the current directory: `wid` run from elsewhere acts on the same server."""
-    checkout = Path(__file__).resolve().parents[2]
-    return checkout / "data" if (checkout / "scripts" / "run.sh").is_file() else Path("/var/lib/wid")
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    run_script = os.path.join(checkout, "scripts", "run.sh")
+    return os.path.join(checkout, "data") if os.path.isfile(run_script) else "/var/lib/wid"
 
 
 def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[Source], list[str]]:
@@ -199,7 +199,7 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
         port=port,
         this_endpoint=this_endpoint,
         data_dir=data_dir,
-        run_dir=r.read("WID_RUN_DIR", directory, data_dir / "run"),
+        run_dir=r.read("WID_RUN_DIR", directory, os.path.join(data_dir, "run")),
         database_uri=r.read("DATABASE_URI", database_uri, None, secret=True, show=without_credentials),
         secret_key=r.read("WID_SECRET_KEY", fernet_key, None, secret=True),
         do_oauth_client_id=r.read("DIGITALOCEAN_OAUTH_CLIENT_ID", client_credential, None),
@@ -290,9 +290,9 @@ def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
 
 def check_socket_path(s: Settings) -> None:
     """fcgiwrap refuses a socket path longer than a Unix socket holds: say which variable to shorten."""
-    length = len(str(s.fcgi_socket).encode())
+    length = len(s.fcgi_socket.encode())
     if length > MAX_SOCKET_PATH:
-        name = "WID_DATA_DIR" if s.run_dir == s.data_dir / "run" else "WID_RUN_DIR"
+        name = "WID_DATA_DIR" if s.run_dir == os.path.join(s.data_dir, "run") else "WID_RUN_DIR"
         raise ConfigError(f"{name} is too long for fcgiwrap's socket: {s.fcgi_socket} has {length} bytes, at most "
                           f"{MAX_SOCKET_PATH} fit; set WID_RUN_DIR to a directory with a shorter path")
 
@@ -301,7 +301,8 @@ def available_cpus() -> int:
     """CPUs this process may use: its CPU affinity, capped by a cgroup v2 quota (containers, App Platform)."""
     count = len(os.sched_getaffinity(0))
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        with open("/sys/fs/cgroup/cpu.max") as cpu_max:
+            quota, period = cpu_max.read().split()
         if quota != "max":
             count = min(count, max(1, -(-int(quota) // int(period))))
     except (OSError, ValueError):

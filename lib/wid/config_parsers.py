@@ -11,7 +11,6 @@ import binascii
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
@@ -164,10 +163,10 @@ def bearer_secret(raw: str) -> str:
 _B64TOKEN = r"^[A-Za-z0-9._~+/-]+=*$"
 
 
-def directory(raw: str) -> Path:
+def directory(raw: str) -> str:
     if "\0" in raw:
         raise ValueError("must be a directory path")
-    return Path(os.path.abspath(raw))  # lexically: no system call on every request
+    return os.path.abspath(raw)  # lexically: no system call on every request
 
 
 _CADDY_UNITS = {"": 1, "K": 10**3, "KI": KIB, "M": 10**6, "MI": MIB, "G": 10**9, "GI": GIB}

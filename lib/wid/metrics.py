@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 # The seconds the latency histograms tell apart: from a cached answer to an upstream timing out.
@@ -26,10 +25,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _metrics: dict[str, Any] | None = None  # name -> prometheus_client metric, once enabled
-_directory: Path | None = None
+_directory: str | None = None
 
 
-def enable(directory: Path) -> None:
+def enable(directory: str) -> None:
     """Start counting in this process and every process it forks (once, in the server's master).
 
     The directory is emptied first: files left by an earlier run would be added to this one's figures.
@@ -40,9 +39,9 @@ def enable(directory: Path) -> None:
     import shutil  # here only: it loads bz2 and lzma, milliseconds a CGI process must not pay
 
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(mode=0o700, parents=True)
+    os.makedirs(directory, mode=0o700)
     # prometheus_client reads its directory from the environment when it is imported and when it writes.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import Counter, Histogram  # persistent mode only, once per server
 
     _directory = directory

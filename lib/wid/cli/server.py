@@ -24,14 +24,15 @@ class NoServer(Exception):
 
 def describe() -> str:
     s = config.settings()
-    database = "PostgreSQL (DATABASE_URI)" if s.database_uri else f"SQLite {s.data_dir / storage.SQLITE_NAME}"
+    sqlite = os.path.join(s.data_dir, storage.SQLITE_NAME)
+    database = "PostgreSQL (DATABASE_URI)" if s.database_uri else f"SQLite {sqlite}"
     return f"data dir {s.data_dir}, database {database}, issuer {s.this_endpoint}"
 
 
 def attach() -> None:
     """Check there is a server to act on and take its recorded issuer (unless THIS_ENDPOINT is set here)."""
     s = config.settings()
-    if not s.database_uri and not (s.data_dir / storage.SQLITE_NAME).is_file():
+    if not s.database_uri and not os.path.isfile(os.path.join(s.data_dir, storage.SQLITE_NAME)):
         raise NoServer(f"WID_DATA_DIR {s.data_dir} holds no server configuration (no {storage.SQLITE_NAME}): set "
                        "WID_DATA_DIR to the data dir of the server you administer, or prepare a new one with "
                        "`make run` or `wid setup`")

@@ -19,10 +19,10 @@ PyYAML is imported only to merge a user's cloud-config; every other case is stan
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from functools import cache, lru_cache
-from pathlib import Path
 from typing import Any
 
 from wid.core.errors import InvalidRequest
@@ -41,13 +41,14 @@ _MIME_SNIFF = re.compile(r"mime-version:", re.IGNORECASE)
 
 
 # A plain path, as lib/wid/store/storage.py's MIGRATIONS_DIR: importlib.resources imports tempfile and shutil.
-DROPLET_DIR = Path(__file__).resolve().parent.parent / "droplet"
+DROPLET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "droplet")
 
 
 @cache
 def droplet_file(name: str) -> str:
     """A file of the Droplet-side package data (`wid/droplet/`)."""
-    return (DROPLET_DIR / name).read_text(encoding="utf-8")
+    with open(os.path.join(DROPLET_DIR, name), encoding="utf-8") as script:
+        return script.read()
 
 
 def _files() -> list[tuple[str, str, str]]:

@@ -10,7 +10,6 @@ import base64
 import binascii
 import os
 from functools import lru_cache
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -32,13 +31,13 @@ def _validate(key: str, source: str) -> bytes:
     return key.encode()
 
 
-def _development_key(data_dir: Path) -> bytes:
+def _development_key(data_dir: str) -> bytes:
     """The data dir's key, created on first use. Processes starting at once agree on one key: each
     writes a complete candidate file and links it into place, and only one link can succeed."""
-    path = data_dir / "secret.key"
+    path = os.path.join(data_dir, "secret.key")
     storage.ensure_data_dir(data_dir)
-    if not path.exists():
-        candidate = data_dir / f".secret.key.{os.getpid()}.{os.urandom(4).hex()}"
+    if not os.path.exists(path):
+        candidate = os.path.join(data_dir, f".secret.key.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as handle:
@@ -47,8 +46,9 @@ def _development_key(data_dir: Path) -> bytes:
         except FileExistsError:
             pass  # another process's key won
         finally:
-            candidate.unlink()
-    return _validate(path.read_text().strip(), f"{path}")
+            os.unlink(candidate)
+    with open(path) as stored:
+        return _validate(stored.read().strip(), path)
 
 
 @lru_cache(maxsize=4)

@@ -19,7 +19,6 @@ from _thread import allocate_lock
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 from wid import config, metrics
@@ -105,7 +104,7 @@ class BoundedCache(OrderedDict[str, Any]):
 
 
 class Database:
-    def __init__(self, uri: str | None, data_dir: Path):
+    def __init__(self, uri: str | None, data_dir: str):
         self.uri = uri
         self.dialect = "postgresql" if uri else "sqlite"  # wid.config accepts only postgresql:// URIs
         self.data_dir = data_dir
@@ -116,8 +115,8 @@ class Database:
         self.cache_lock = allocate_lock()
 
     @property
-    def sqlite_path(self) -> Path:
-        return self.data_dir / SQLITE_NAME
+    def sqlite_path(self) -> str:
+        return os.path.join(self.data_dir, SQLITE_NAME)
 
     def _connect(self) -> Any:
         if self.dialect == "postgresql":
@@ -289,7 +288,8 @@ class Database:
             return {r[0] for r in tx.execute("SELECT name FROM schema_migrations")}
 
     def _render(self, name: str) -> str:
-        sql = (MIGRATIONS_DIR / name).read_text(encoding="utf-8")
+        with open(os.path.join(MIGRATIONS_DIR, name), encoding="utf-8") as migration:
+            sql = migration.read()
         for word, replacement in _DIALECT_WORDS[self.dialect].items():
             sql = sql.replace(word, replacement)
         return sql
@@ -316,14 +316,14 @@ def _now() -> int:
 
 
 # A plain directory listing: importlib.resources costs ~12 ms per CGI process.
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "migrations")
 
 
 def migration_names() -> list[str]:
     return sorted(name for name in os.listdir(MIGRATIONS_DIR) if name.endswith(".sql"))
 
 
-def _create_private(path: Path) -> None:
+def _create_private(path: str) -> None:
     """Create the SQLite file readable by the service user only, whatever the umask of whoever runs first
     (`wid setup` by hand included); SQLite gives its -wal and -shm files the database file's mode."""
     try:
@@ -334,9 +334,9 @@ def _create_private(path: Path) -> None:
         raise sqlite3.OperationalError(exc.strerror) from exc
 
 
-def ensure_data_dir(path: Path) -> None:
+def ensure_data_dir(path: str) -> None:
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise config.ConfigError(f"data directory {path} (WID_DATA_DIR) cannot be created: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -363,7 +363,7 @@ def _hung_up(conn: Any) -> bool:
         return True
 
 
-_databases: dict[tuple[str | None, Path], Database] = {}
+_databases: dict[tuple[str | None, str], Database] = {}
 _lock = allocate_lock()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from wid import config
@@ -36,15 +35,16 @@ def cache_control() -> str:
     return f"public, max-age={config.settings().jwks_max_age}"
 
 
-def _folder() -> Path:
-    return config.settings().public_dir / ".well-known"
+def _folder() -> str:
+    return os.path.join(config.settings().public_dir, ".well-known")
 
 
-def _write(path: Path, payload: dict[str, Any]) -> None:
+def _write(path: str, payload: dict[str, Any]) -> None:
     import tempfile  # only when keys change: not on every request that signs
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2)
         handle.write("\n")
@@ -60,8 +60,8 @@ def publish() -> list[str]:
     if not jwks:
         jwks = [keys.public_jwk(keys.active_key().kid) or {}]
     folder = _folder()
-    _write(folder / "openid-configuration", openid_configuration(config.settings().this_endpoint))
-    _write(folder / "jwks", {"keys": jwks})
+    _write(os.path.join(folder, "openid-configuration"), openid_configuration(config.settings().this_endpoint))
+    _write(os.path.join(folder, "jwks"), {"keys": jwks})
     return [k["kid"] for k in jwks]
 
 
@@ -72,13 +72,14 @@ _published: tuple[tuple[str, int, int, int], frozenset[str]] | None = None
 
 def published_kids() -> frozenset[str]:
     global _published
-    path = _folder() / "jwks"
+    path = os.path.join(_folder(), "jwks")
     try:
         st = os.stat(path)
-        identity = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        identity = (path, st.st_ino, st.st_mtime_ns, st.st_size)
         if _published is not None and _published[0] == identity:
             return _published[1]
-        data = json.loads(path.read_text())
+        with open(path, "rb") as published:
+            data = json.loads(published.read())
         kids = frozenset(k["kid"] for k in data.get("keys", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return frozenset()

@@ -10,11 +10,11 @@ Errors are HTML pages for browsers and the usual JSON for every other client, wi
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from string import Template
 
 from wid import config
@@ -29,7 +29,7 @@ from wid.web.errors import error_response, headers_of, status_of
 from wid.web.request import Request
 from wid.web.response import Response
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "templates")
 _OAUTH_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TITLES = {
     "invalid_state": "This sign-in link is not valid here",
@@ -44,7 +44,8 @@ _TITLES = {
 
 @lru_cache(maxsize=4)
 def _template(name: str) -> Template:
-    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as template:
+        return Template(template.read())
 
 
 def _esc(value: object) -> str:
