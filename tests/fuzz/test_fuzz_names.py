@@ -6,6 +6,7 @@ built from the characters at each class's edges, line breaks, look-alikes and no
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import example, given
@@ -131,3 +132,57 @@ def test_numbers_in_settings_are_what_the_expressions_say(raw: str) -> None:
         except ValueError:
             accepted = False
         assert accepted == (re.fullmatch(expression, raw) is not None)
+
+
+def _urlsplit_accepts(value: str) -> bool:
+    """The check config_parsers made with urlsplit before it read URLs by hand."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return (parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.username is None
+            and parts.password is None and not parts.fragment and not parts.query)
+
+
+_URL_EDGES = "ahttps:/[]@?#\\.-_1:80\t\n %\u00e9\u0663"
+urls = st.one_of(st.text(alphabet=st.sampled_from(_URL_EDGES), max_size=40),
+                 st.builds(lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+                           st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
+                           st.one_of(st.sampled_from(["example.com", "[::1]", "[fe80::1%25eth0]", "127.0.0.1",
+                                                      "user:pw@host", "h_st", "\u00e9x.test", "", "[::1", "a b"]),
+                                     st.text(alphabet=st.sampled_from(_URL_EDGES), max_size=12)),
+                           st.sampled_from(["", ":", ":0", ":8080", ":65535", ":65536", ":080", ":-1", ":1a",
+                                            ":\u0663"]),
+                           st.one_of(st.sampled_from(["", "/", "/base", "/a?b", "/a#b", "/a\\b", "/a\tb", "/a b"]),
+                                     st.text(alphabet=st.sampled_from(_URL_EDGES), max_size=12))))
+
+
+@scaled(2)
+@given(urls)
+@example("https://host/a\nb")  # urlsplit drops the line break and took it; written on, it would split a line
+@example("https://[::1]x/")
+def test_a_url_setting_is_one_urlsplit_reads_the_same_way(value: str) -> None:
+    """What the hand-written check accepts, urlsplit accepts too, and finds the same host, port and path."""
+    if not config_parsers._is_url(value):
+        return
+    assert _urlsplit_accepts(value)
+    parts = urlsplit(value)
+    authority = value.split("://", 1)[1].split("/", 1)[0]
+    assert parts.netloc == authority and parts.path == value[len(f"{parts.scheme}://{authority}"):]
+
+
+@pytest.mark.parametrize("value", ["http://localhost:8080", "https://api.digitalocean.com", "http://127.0.0.1:9000/base",
+                                   "https://cloud.digitalocean.com", "http://[::1]:8080", "https://wid.example.test",
+                                   "https://token.actions.githubusercontent.com", "http://wid_db:5000/a/b-c.d~e",
+                                   "https://xn--bcher-kva.example", "https://b\u00fccher.example/p%C3%A9"])
+def test_the_urls_operators_write_are_accepted(value: str) -> None:
+    assert config_parsers._is_url(value) and _urlsplit_accepts(value)
+
+
+@pytest.mark.parametrize("value", ["HTTPS://example.com", "https://user@example.com", "https://example.com?x=1",
+                                   "https://example.com/#top", "https://example.com:99999", "https://exa mple.com",
+                                   "https://example.com/a\tb", "https://example.com\\@evil.test", "https:///path",
+                                   "https://[example.com]", "//example.com", "https://example.com:\u0663"])
+def test_what_is_not_plainly_one_url_is_refused(value: str) -> None:
+    assert not config_parsers._is_url(value)

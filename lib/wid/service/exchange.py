@@ -24,7 +24,6 @@ reason); the token itself never is.
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 from wid import config
 from wid.core import jose, names, tokens
@@ -118,6 +117,8 @@ def parse_form_request(body: bytes) -> tuple[str, str, ExchangeRequest]:
     (RFC 6749 3.2); none of them becomes a claim.
     """
     try:
+        from urllib.parse import parse_qsl  # RFC 8693's form: only /v1/oidc/token (docs/architecture.md)
+
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("the body is not application/x-www-form-urlencoded UTF-8",

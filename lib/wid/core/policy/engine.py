@@ -8,7 +8,6 @@ most once), and parameter checks linear in the size of the request.
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 from wid.core import strictjson
 from wid.core.policy.allowed_params import build_allowed
@@ -60,6 +59,8 @@ def request_parameters(query_string: str, body: bytes | None) -> dict[str, Any]:
                 "a '%' not followed by two hex digits", "write %25 for a '%'")
             raise ParameterError(f"the query string has {what}: Go servers such as DigitalOcean's drop the pair "
                                  f"holding it, while a policy would check it; {fix}")
+        from urllib.parse import parse_qsl  # a request with a query string only (docs/architecture.md)
+
         try:
             pairs = parse_qsl(query_string, keep_blank_values=True, errors="strict")
         except (UnicodeDecodeError, ValueError) as exc:
