@@ -38,7 +38,7 @@ from wid.config_parsers import (
 
 T = TypeVar("T")
 
-DEFAULT_TRUSTED_ISSUERS = ("https://token.actions.githubusercontent.com",)
+DEFAULT_TRUSTED_ISSUERS: tuple[str, ...] = ("https://token.actions.githubusercontent.com",)
 DAY = 24 * 3600
 # The Droplet provisioning and workload tokens live 15 minutes (wid.service.provisioning), so no bound
 # on token lifetimes may be lower.
@@ -58,8 +58,12 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
 
-class Settings(NamedTuple):
-    """Every setting, in the order of README.md's table; each attribute's variable is in _read below."""
+class Settings:
+    """Every setting, in the order of README.md's table; each attribute's variable is in _read below.
+
+    Read-only once built. A slotted class, not a NamedTuple: building a NamedTuple class of this many
+    fields cost every CGI process about 4 M instructions (docs/architecture.md, "What a request imports").
+    """
 
     port: int
     this_endpoint: str
@@ -102,6 +106,17 @@ class Settings(NamedTuple):
     atproto_timeout: float
     atproto_did_cache_seconds: int
     atproto_max_response_bytes: int
+    __slots__ = tuple(__annotations__)
+
+    def __init__(self, **values: Any) -> None:
+        if values.keys() != set(self.__slots__):  # every setting, each once: a forgotten one is no default
+            wrong = sorted(set(self.__slots__) ^ values.keys())
+            raise TypeError(f"Settings needs exactly its {len(self.__slots__)} fields; wrong: {wrong}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"settings are read-only: {name} cannot be set")
 
     def persistent_workers(self) -> int:
         """uWSGI worker processes: WID_WORKERS, else two per CPU this process may use."""
@@ -209,7 +224,7 @@ def _read(env: Mapping[str, str], record: bool = False) -> tuple[Settings, list[
         do_oauth_url=r.read("DIGITALOCEAN_OAUTH_URL", base_url, "https://cloud.digitalocean.com"),
         upstream_timeout=float(r.read("WID_UPSTREAM_TIMEOUT", whole(1, 300, "seconds"), 30)),
         trusted_issuers=r.read("WID_TRUSTED_ISSUERS", issuers, DEFAULT_TRUSTED_ISSUERS, empty_is_value=True),
-        issuer_owner_claims=r.read("WID_ISSUER_OWNER_CLAIMS", owner_claims, {}),
+        issuer_owner_claims=r.read("WID_ISSUER_OWNER_CLAIMS", owner_claims, dict[str, tuple[str, ...]]()),
         allow_insecure_issuers=r.read("WID_ALLOW_INSECURE_ISSUERS", flag, False),
         issuer_fetch_timeout=r.read("WID_ISSUER_FETCH_TIMEOUT", decimal(0.1, 60, "seconds"), 5.0),
         max_token_ttl=r.read("WID_MAX_TOKEN_TTL", whole(FIXED_TOKEN_LIFETIME, 7 * DAY, "seconds"), DAY),
