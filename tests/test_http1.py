@@ -3,14 +3,18 @@ answers (in pieces, with pauses, then closes or not) and records the raw request
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from devkit.standins._http import TLSFiles
 from tests.raw_http import Answer, RawServer
+from wid.net import http1
 from wid.net.http1 import MAX_HEADERS, MAX_INTERIM, MAX_LINE, Connection, ProtocolError, RemoteDisconnected, Response
 
 CRLF = b"\r\n"
@@ -571,3 +575,28 @@ def test_interim_answers_without_end_are_refused(serve: Servers) -> None:
     assert answer(serve, interim * MAX_INTERIM + final).read() == b"ok"
     message = refused(serve, interim * (MAX_INTERIM + 1) + final)
     assert message == f"the server sent more than {MAX_INTERIM} interim (1xx) answers"
+
+
+# The grammar checks, held to the regular expressions they replaced (compiled here, in the test only).
+_OCTETS = st.binary(max_size=24) | st.lists(st.sampled_from(
+    [b"H", b"T", b"P", b"/", b"1", b".", b"0", b" ", b"\t", b";", b"a", b"F", b"g", b"\r", b"\n", b"\x00", b"\x7f",
+     b"\x80", b"\xff", b"!", b"|", b"~", b"(", b":", b"2", b"9"]), max_size=24).map(b"".join)
+
+
+@settings(max_examples=300)
+@given(_OCTETS)
+@example(b"HTTP/1.1 200")
+@example(b"HTTP/1.0 404 Not \x80Found\t")
+@example(b"HTTP/1.1 200OK")
+@example(b"1a ; ext")
+@example(b" 1a")
+def test_the_grammar_checks_are_what_the_expressions_say(data: bytes) -> None:
+    assert http1.is_token(data) == (re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", data) is not None)
+    assert http1.is_field_value(data) == (re.fullmatch(rb"[^\x00-\x08\x0a-\x1f\x7f]*", data) is not None)
+    status = re.fullmatch(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?", data)
+    assert http1.status_line(data) == (None if status is None else
+                                       (int(status[1]), int(status[2]), status[3] or b""))
+    size = re.fullmatch(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;.*)?", data, re.DOTALL)  # a line holds no LF anyway
+    assert http1.chunk_size(data) == (None if size is None else int(size[1], 16))
+    text = data.decode("latin-1")
+    assert http1.is_visible(text) == (re.fullmatch(r"[!-~]+", text) is not None)

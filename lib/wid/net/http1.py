@@ -15,7 +15,6 @@ caller caps them).
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,11 +25,12 @@ if TYPE_CHECKING:
 MAX_LINE = 64 * 1024  # a status line, header line, chunk-size line or trailer line
 MAX_HEADERS = 100  # header (or trailer) lines in one answer
 MAX_INTERIM = 10  # 1xx answers before the final one: a server cannot keep a request waiting on them
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # HTAB, SP, visible and obs-text octets
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;.*)?")  # whitespace only before an extension
-_TARGET = re.compile(r"[!-~]+")  # visible ASCII, no space: what a request line may carry as its target
+# The octets of each element of RFC 9110/9112's grammar, checked by deleting them (bytes.translate): what is
+# left is what does not belong. (No regular expressions: compiling these cost every CGI process 3 M
+# instructions; tests/test_http1.py holds each check to the expression it replaced.)
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_VALUE_OCTETS = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])  # HTAB, SP, visible, obs-text
+_HEX_DIGITS = b"0123456789ABCDEFabcdef"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SENDS_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -120,16 +120,16 @@ class Connection:
             self.sock.settimeout(timeout)
 
     def _head(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
-        if not _TOKEN.fullmatch(method.encode("latin-1", "replace")):
+        if not is_token(method.encode("latin-1", "replace")):
             raise ValueError(f"{method!r} is not an HTTP method")
-        if not _TARGET.fullmatch(target):
+        if not is_visible(target):
             raise ValueError(f"request target {target[:200]!r} has a space, a control character or non-ASCII")
         given = {name.lower() for name in headers}
         lines = [f"{method} {target} HTTP/1.1"]
         if "host" not in given:
             # The name as getaddrinfo and ssl send it (IDNA A-labels); never a line break into the head.
             host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
-            if not _TARGET.fullmatch(host):
+            if not is_visible(host):
                 raise ValueError(f"host {self.host[:200]!r} is empty or has a space or a control character")
             host = f"[{host}]" if ":" in host else host
             default_port = 443 if self.tls is not None else 80
@@ -139,9 +139,9 @@ class Connection:
         if "accept-encoding" not in given:
             lines.append("Accept-Encoding: identity")  # a body this client can read as it comes
         for name, value in headers.items():
-            if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):
+            if not is_token(name.encode("latin-1", "replace")):
                 raise ValueError(f"{name!r} is not an HTTP header name")
-            if not _FIELD_VALUE.fullmatch(value.encode("latin-1", "replace")):
+            if not is_field_value(value.encode("latin-1", "replace")):
                 raise ValueError(f"the {name} header's value has a control character (a line break?)")
             lines.append(f"{name}: {value}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -153,16 +153,15 @@ class Connection:
                 if not interim:
                     raise RemoteDisconnected("the server closed the connection without answering")
                 raise ProtocolError("the server closed the connection after an interim (1xx) answer")
-            match = _STATUS_LINE.fullmatch(_content(line))
-            if match is None:
+            parsed = status_line(_content(line))
+            if parsed is None:
                 raise ProtocolError(f"not an HTTP/1.x status line: {line[:100]!r}")
-            status = int(match[2])
+            minor, status, reason = parsed
             headers = _fields(self._file, "header")
             if status == 101 or status < 100:
                 raise ProtocolError(f"unexpected status {status}")
             if status >= 200:
-                return Response(self, method, status, (match[3] or b"").decode("latin-1"), headers,
-                                http10=match[1] == b"0")
+                return Response(self, method, status, reason.decode("latin-1"), headers, http10=minor == 0)
             # 100 Continue, 103 Early Hints...: interim answers; the final one follows.
         raise ProtocolError(f"the server sent more than {MAX_INTERIM} interim (1xx) answers")
 
@@ -241,10 +240,9 @@ class Response:
                 line = _line(file, "chunk size line")
                 if not line.endswith(b"\n"):
                     raise ProtocolError("the answer ended before its last chunk")
-                match = _CHUNK_SIZE.fullmatch(_content(line))
-                if match is None:
+                self._chunk_left = chunk_size(_content(line))
+                if self._chunk_left is None:
                     raise ProtocolError(f"invalid chunk size line {line[:100]!r}")
-                self._chunk_left = int(match[1], 16)
                 if self._chunk_left == 0:
                     _fields(file, "trailer")  # read to the blank line that ends the answer; trailers ignored
                     self.done = True
@@ -291,9 +289,43 @@ def _fields(file: Any, what: str) -> list[tuple[str, str]]:
         if len(fields) == MAX_HEADERS:
             raise ProtocolError(f"the answer has more than {MAX_HEADERS} {what} lines")
         name, colon, value = _content(line).partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):  # also a folded line (it starts with a space) or "name :"
+        if not colon or not is_token(name):  # also a folded line (it starts with a space) or "name :"
             raise ProtocolError(f"malformed {what} line {line[:100]!r}")
         value = value.strip(b" \t")
-        if not _FIELD_VALUE.fullmatch(value):
+        if not is_field_value(value):
             raise ProtocolError(f"the {what} {name[:100]!r} has a control character")
         fields.append((name.decode("ascii"), value.decode("latin-1")))
+
+
+def is_token(data: bytes) -> bool:
+    """RFC 9110 `token` (a method, a header name): one or more tchar."""
+    return bool(data) and not data.translate(None, _TCHAR)
+
+
+def is_field_value(data: bytes) -> bool:
+    """RFC 9110 `field-value` octets: no control character but HTAB (so no line break)."""
+    return not data.translate(None, _FIELD_VALUE_OCTETS)
+
+
+def is_visible(text: str) -> bool:
+    """One or more visible ASCII characters, no space: a request target, a host."""
+    return bool(text) and text.isascii() and text.isprintable() and " " not in text
+
+
+def status_line(content: bytes) -> tuple[int, int, bytes] | None:
+    """`HTTP/1.x SP 3DIGIT [SP reason]` as (x, status, reason), or None."""
+    version, code, reason = content[:8], content[9:12], content[12:]
+    if version not in (b"HTTP/1.0", b"HTTP/1.1") or content[8:9] != b" " or len(code) != 3 or not code.isdigit():
+        return None
+    if reason and (reason[:1] != b" " or not is_field_value(reason[1:])):
+        return None
+    return version[7] - 0x30, int(code), reason[1:]
+
+
+def chunk_size(content: bytes) -> int | None:
+    """The size of a chunk-size line (1 to 15 hex digits; whitespace only before an extension), or None."""
+    size, semicolon, _ = content.partition(b";")
+    size = size.rstrip(b" \t") if semicolon else size
+    if not 1 <= len(size) <= 15 or size.translate(None, _HEX_DIGITS):
+        return None
+    return int(size, 16)
