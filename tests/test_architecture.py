@@ -258,11 +258,14 @@ def test_the_request_import_check_sees_indirect_imports() -> None:
     assert _forbidden_imports("sqlite3") == {"sqlite3", "datetime"}
 
 
-def test_an_exchange_reads_its_settings_without_a_url_parser() -> None:
-    """The busiest route, with its settings read as every request reads them, loads no `urllib.parse` (and
-    with it `ipaddress`: 9 M instructions a CGI process): config_parsers reads URL settings by hand, and
-    a path escape, a query string or RFC 8693's form body imports the parser where it is met."""
-    code = ("import sys\nimport wid.web.handlers.oidc_issue, wid.web.app, wid.web.cgi\nfrom wid import config\n"
+@pytest.mark.parametrize("modules", ["wid.web.handlers.oidc_issue", "wid.web.handlers.do_proxy, wid.net.upstream, "
+                                     "wid.upstreams.digitalocean.api"])
+def test_the_busiest_routes_need_no_url_parser(modules: str) -> None:
+    """An exchange and a DigitalOcean API call, with their settings read as every request reads them, load
+    no `urllib.parse` (and with it `ipaddress`: 9 M instructions a CGI process): config_parsers reads and
+    splits URLs by hand, core/uri.py quotes a path, and a path escape, a query string or RFC 8693's form
+    body imports the parser where it is met."""
+    code = (f"import sys\nimport {modules}, wid.web.app, wid.web.cgi\nfrom wid import config\n"
             "config.settings()\nprint(' '.join(m for m in ('urllib.parse', 'ipaddress') if m in sys.modules))")
     env = {"PATH": "/usr/bin:/bin", "THIS_ENDPOINT": "https://wid.example.test",
            "DIGITALOCEAN_API_URL": "http://127.0.0.1:9000/base", "WID_TRUSTED_ISSUERS": "https://issuer.example"}

@@ -54,33 +54,42 @@ def flag(raw: str) -> bool:
 
 _HOST_PUNCTUATION = frozenset("-._")
 _IPV6_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
-_NOT_IN_PATH = frozenset("?#\\")
+_NOT_IN_TARGET = frozenset("#\\")
 
 
-def _is_url(value: str) -> bool:
-    """An absolute http(s) URL with a host and no credentials, query or fragment, read strictly by hand
-    (every request reads its settings, and urllib.parse costs a CGI process 9 M instructions): the scheme
-    in lower case; a host of letters, digits, '-', '.' and '_', or an IPv6 address in brackets; a port of
-    at most five digits up to 65535; a path of visible characters without '?', '#' or a backslash. urlsplit
-    would read each such URL the same way (tests/fuzz/test_fuzz_names.py checks it), and would silently
-    drop the tabs and line breaks refused here."""
+def split_url(value: str) -> tuple[str, str, int | None, str] | None:
+    """(scheme, host, port, path and query) of an absolute http(s) URL without credentials or fragment, or
+    None. Read strictly by hand (every request reads its settings and most call an upstream; urllib.parse
+    costs a CGI process 9 M instructions): the scheme in lower case; a host of letters, digits, '-', '.'
+    and '_', or an IPv6 address in brackets; a port of at most five digits up to 65535; a path and query
+    of visible characters without '#' or a backslash. urlsplit reads each such URL the same way
+    (tests/fuzz/test_fuzz_names.py checks it), and would silently drop the tabs and line breaks refused
+    here. The host is lower-cased, as urlsplit's `hostname`; an IPv6 address loses its brackets."""
     scheme, separator, rest = value.partition("://")
-    authority, _, path = rest.partition("/")
+    authority, slash, path = rest.partition("/")
     if scheme not in ("http", "https") or not separator or not all(
-            ch.isprintable() and not ch.isspace() and ch not in _NOT_IN_PATH for ch in path):
-        return False
+            ch.isprintable() and not ch.isspace() and ch not in _NOT_IN_TARGET for ch in path):
+        return None
     if authority.startswith("["):
-        address, bracket, port = authority[1:].partition("]")
-        if not bracket or ":" not in address or not _IPV6_CHARACTERS.issuperset(address):
-            return False
+        host, bracket, port = authority[1:].partition("]")
+        if not bracket or ":" not in host or not _IPV6_CHARACTERS.issuperset(host):
+            return None
         if port and not port.startswith(":"):
-            return False
+            return None
         port = port[1:]
     else:
         host, _, port = authority.partition(":")
         if not host or not all(ch.isalnum() or ch in _HOST_PUNCTUATION for ch in host):
-            return False
-    return not port or (_digits(port, 5) and int(port) <= 65535)
+            return None
+    if port and not (_digits(port, 5) and int(port) <= 65535):
+        return None
+    return scheme, host.lower(), int(port) if port else None, slash + path
+
+
+def _is_url(value: str) -> bool:
+    """An absolute http(s) URL with a host and no credentials, query or fragment (see split_url)."""
+    parts = split_url(value)
+    return parts is not None and "?" not in parts[3]
 
 
 def base_url(raw: str) -> str:

@@ -6,7 +6,7 @@ built from the characters at each class's edges, line breaks, look-alikes and no
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import example, given
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.budget import scaled
 from wid import config_parsers
-from wid.core import names, tokens
+from wid.core import names, tokens, uri
 
 # Each class's edges ('@' '[' '`' '{' around the letters, '/' ':' around the digits), the punctuation the
 # classes allow, line breaks, a dotless i (its upper case is 'I'), a superscript and an Arabic-Indic digit
@@ -114,7 +114,7 @@ def test_team_uuids_are_what_the_expression_says(value: str) -> None:
 @example("a=b\n")
 @example("")
 def test_verbatim_queries_are_what_the_expression_says(query: str) -> None:
-    assert names.is_verbatim_query(query) == (re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*", query) is not None)
+    assert uri.is_verbatim_query(query) == (re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*", query) is not None)
 
 
 @scaled(1)
@@ -159,17 +159,37 @@ urls = st.one_of(st.text(alphabet=st.sampled_from(_URL_EDGES), max_size=40),
 
 
 @scaled(2)
-@given(urls)
+@given(st.one_of(urls, st.builds(lambda url, query: f"{url}/x?{query}", urls, st.text(max_size=8))))
 @example("https://host/a\nb")  # urlsplit drops the line break and took it; written on, it would split a line
 @example("https://[::1]x/")
-def test_a_url_setting_is_one_urlsplit_reads_the_same_way(value: str) -> None:
-    """What the hand-written check accepts, urlsplit accepts too, and finds the same host, port and path."""
-    if not config_parsers._is_url(value):
+@example("https://API.Example.com:443/v2/x?a=b")
+def test_a_url_is_split_as_urlsplit_splits_it(value: str) -> None:
+    """What split_url accepts (a setting, or an upstream call's URL), urlsplit accepts too, and finds in
+    it the same scheme, host, port, path and query."""
+    split = config_parsers.split_url(value)
+    if split is None:
         return
-    assert _urlsplit_accepts(value)
     parts = urlsplit(value)
-    authority = value.split("://", 1)[1].split("/", 1)[0]
-    assert parts.netloc == authority and parts.path == value[len(f"{parts.scheme}://{authority}"):]
+    assert parts.username is None and parts.password is None and not parts.fragment
+    assert split == (parts.scheme, parts.hostname, parts.port, parts.path + (f"?{parts.query}" if "?" in value else ""))
+    assert config_parsers._is_url(value) == ("?" not in value) and (not config_parsers._is_url(value)
+                                                                     or _urlsplit_accepts(value))
+
+
+@scaled(2)
+@given(st.one_of(st.text(max_size=30), st.text(alphabet=st.sampled_from("/%a\u00e9 ?#;=@:+~\x00\x7f"),
+                                                 max_size=30)))
+@example("/v2/databases/caf\u00e9 x/%2F")
+def test_a_path_is_quoted_as_urllib_quotes_it(path: str) -> None:
+    try:
+        expected: str | None = quote(path, safe="/-._~!$&'()*+,;=:@")
+    except UnicodeEncodeError:
+        expected = None
+    try:
+        got: str | None = uri.quote_path(path)
+    except UnicodeEncodeError:
+        got = None
+    assert got == expected
 
 
 @pytest.mark.parametrize("value", ["http://localhost:8080", "https://api.digitalocean.com", "http://127.0.0.1:9000/base",

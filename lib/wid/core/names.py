@@ -16,8 +16,6 @@ LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 LETTERS_DIGITS = LETTERS | frozenset("0123456789")
 _ACTX_CHARACTERS = LETTERS_DIGITS | frozenset(":._-")
 _LOWER_HEX = frozenset("0123456789abcdef")
-# What a query string may carry to an upstream as it is: RFC 3986's query characters and '%' escapes.
-_VERBATIM_QUERY = LETTERS_DIGITS | frozenset("-._~%!$&'()*+,;=:@/?")
 
 
 def is_word(value: object, first: frozenset[str], rest: frozenset[str], longest: int,
@@ -44,11 +42,6 @@ def is_team_uuid(value: object) -> TypeGuard[str]:
     digits."""
     return (isinstance(value, str) and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-"
             and _LOWER_HEX.issuperset(value.replace("-", "")))
-
-
-def is_verbatim_query(query_string: str) -> bool:
-    """Whether a query string can go to an upstream as it is (anything else must be percent-encoded)."""
-    return _VERBATIM_QUERY.issuperset(query_string)
 
 
 def api_problem(api: str) -> str | None:

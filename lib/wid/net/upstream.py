@@ -19,9 +19,9 @@ from _thread import _local as ThreadLocal  # threading.local itself, without `th
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
 from wid import metrics
+from wid.config_parsers import split_url
 from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
 from wid.net.http1 import Connection, ProtocolError, RemoteDisconnected, Response
 
@@ -98,9 +98,9 @@ def _tls_context() -> Any:
     return ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
 
 
-def _connect(parts: SplitResult, timeout: float) -> Connection:
-    tls = _tls_context() if parts.scheme == "https" else None
-    return Connection(parts.hostname or "", parts.port or (443 if tls is not None else 80), timeout=timeout, tls=tls)
+def _connect(scheme: str, host: str, port: int | None, timeout: float) -> Connection:
+    tls = _tls_context() if scheme == "https" else None
+    return Connection(host, port or (443 if tls is not None else 80), timeout=timeout, tls=tls)
 
 
 def send(method: str, url: str, *, service: str, headers: Mapping[str, str], body: bytes | None = None,
@@ -114,15 +114,16 @@ def send(method: str, url: str, *, service: str, headers: Mapping[str, str], bod
 
 def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
           timeout: float) -> UpstreamResponse:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise UpstreamFailed(f"upstream URL {url!r} is not http(s)")
-    origin = (parts.scheme, parts.hostname, parts.port)
+    # The URLs here are a base URL from the settings (read by the same split_url) and a target built by the
+    # proxy: one that does not split is a bug, never something to guess at.
+    parts = split_url(url)
+    if parts is None:
+        raise UpstreamFailed(f"upstream URL {url!r} is not an absolute http(s) URL")
+    scheme, host, port, target = parts
+    origin = (scheme, host, port)
     kept = _idle.__dict__.get("pool", {}).pop(origin, None) if method.upper() in _IDEMPOTENT else None
-    target = parts.path or "/"
-    if parts.query:
-        target += f"?{parts.query}"
-    conn = kept or _connect(parts, timeout)
+    target = target or "/"
+    conn = kept or _connect(scheme, host, port, timeout)
     while True:
         try:
             if conn.sock is not None:
@@ -131,19 +132,19 @@ def _send(method: str, url: str, *, headers: Mapping[str, str], body: bytes | No
         except _STALE as exc:
             conn.close()
             if conn is not kept:
-                raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
-            conn = _connect(parts, timeout)  # the kept connection had been closed by the server: once more
+                raise UpstreamFailed(f"cannot reach upstream {host}: {type(exc).__name__}") from None
+            conn = _connect(scheme, host, port, timeout)  # the kept one had been closed by the server: once more
             continue
         except TimeoutError:
             conn.close()
-            raise UpstreamTimeout(f"upstream {parts.hostname} did not answer within {timeout:g}s") from None
+            raise UpstreamTimeout(f"upstream {host} did not answer within {timeout:g}s") from None
         except ProtocolError as exc:
             conn.close()
-            raise UpstreamFailed(f"upstream {parts.hostname} answered with something that is not HTTP/1.1 "
+            raise UpstreamFailed(f"upstream {host} answered with something that is not HTTP/1.1 "
                                  f"({exc})") from None
         except OSError as exc:
             conn.close()
-            raise UpstreamFailed(f"cannot reach upstream {parts.hostname}: {type(exc).__name__}") from None
+            raise UpstreamFailed(f"cannot reach upstream {host}: {type(exc).__name__}") from None
         return UpstreamResponse(status=raw.status, headers=raw.headers, connection=conn, raw=raw, origin=origin)
 
 

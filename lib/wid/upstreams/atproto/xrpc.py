@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from wid import config
-from wid.core import names
+from wid.core import uri
 from wid.core.errors import Forbidden, InvalidRequest, NotFound, UnsupportedMediaType, UpstreamFailed
 from wid.core.strictjson import parse_json_object
 from wid.log import log
@@ -83,7 +83,7 @@ def _refused_token(result: HttpResult) -> bool:
 
 def send(did: str, method: str, nsid: str, query_string: str, *, body: bytes, headers: dict[str, str]) -> HttpResult:
     """Send an authorized XRPC request to the DID's PDS with its session (see the module docstring)."""
-    if not names.is_verbatim_query(query_string):
+    if not uri.is_verbatim_query(query_string):
         raise InvalidRequest("the query string has characters that must be percent-encoded")
     data = atproto_session.stored_session(did)
     document = identity.resolve_did(did)

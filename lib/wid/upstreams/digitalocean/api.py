@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import quote
 
 from wid import config
-from wid.core import names
+from wid.core import uri
 from wid.core.errors import Forbidden, InvalidRequest, UpstreamFailed, WidError
 from wid.net import upstream
 from wid.store import credentials
@@ -31,7 +30,6 @@ from wid.upstreams.oauth_client import TokenEndpointError
 # half its life for tokens that live less than two hours.
 REFRESH_BEFORE_SECONDS = 3600
 # Characters a query string may carry to the upstream as they are (RFC 3986 query + '%' escapes).
-_PATH_SAFE = "/-._~!$&'()*+,;=:@"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,9 +136,9 @@ def team_token(team_uuid: str, *, rejected: str | None = None) -> str:
 
 def upstream_target(path: str, query_string: str) -> str:
     """The request target sent upstream: the checked (decoded) path re-encoded, the query as checked."""
-    if not names.is_verbatim_query(query_string):
+    if not uri.is_verbatim_query(query_string):
         raise InvalidRequest("the query string has characters that must be percent-encoded")
-    target = quote(path, safe=_PATH_SAFE)
+    target = uri.quote_path(path)
     return f"{target}?{query_string}" if query_string else target
 
 
