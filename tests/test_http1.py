@@ -4,9 +4,12 @@ answers (in pieces, with pauses, then closes or not) and records the raw request
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 
 from devkit.standins._http import TLSFiles
 from tests.raw_http import Answer, RawServer
-from wid.net import http1
+from wid.net import http1, tls
 from wid.net.http1 import MAX_HEADERS, MAX_INTERIM, MAX_LINE, Connection, ProtocolError, RemoteDisconnected, Response
 
 CRLF = b"\r\n"
@@ -561,6 +564,64 @@ def test_https_verifies_the_certificate_against_the_host_name(serve: Servers, tl
     with pytest.raises(ssl.SSLCertVerificationError):  # the right name, but not from a CA the client trusts
         untrusted.request("GET", "/", {})
     assert len(server.requests) == 2  # nothing was sent to a server that failed verification
+
+
+def _ca_directory(folder: Path, ca_file: str | None) -> str:
+    """A CA directory as update-ca-certificates leaves one: each CA linked under its subject hash."""
+    folder.mkdir()
+    if ca_file:
+        shutil.copy(ca_file, folder / "ca.pem")
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+    return str(folder)
+
+
+def _connect_with(context: ssl.SSLContext, port: int) -> bytes:
+    conn = Connection("localhost", port, timeout=5, tls=context)
+    conn.connect([(socket.AF_INET, ("127.0.0.1", port))])
+    try:
+        return conn.request("GET", "/", {}).read()
+    finally:
+        conn.close()
+
+
+def test_the_system_ca_directory_is_read_only_for_the_ca_a_server_names(
+        serve: Servers, tls_files: TLSFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """net/tls.py: with a hashed CA directory and no bundle of the operator's, the context holds no CA until
+    a server's chain names one (the bundle file would be parsed whole, for every CGI process's https call),
+    and verifies with it; a directory without the server's CA refuses it."""
+    server = serve([OK, OK], tls=tls_files.server_context())
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", _ca_directory(tmp_path / "with", tls_files.ca_file))
+    context = tls.client_context()
+    assert context.cert_store_stats()["x509_ca"] == 0 and context.check_hostname
+    assert _connect_with(context, server.port) == b"ok"
+    assert context.cert_store_stats()["x509_ca"] == 1  # looked up when the chain named it
+    other = TLSFiles()  # another CA altogether
+    try:
+        monkeypatch.setenv("SSL_CERT_DIR", _ca_directory(tmp_path / "without", other.ca_file))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _connect_with(tls.client_context(), server.port)
+    finally:
+        other.cleanup()
+
+
+def test_an_operators_own_bundle_is_read_as_openssl_reads_it(
+        serve: Servers, tls_files: TLSFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSL_CERT_FILE naming a bundle other than the system's (a private CA) is honoured, beside a hashed
+    directory that does not hold that CA; a directory without hashed links is no CA directory."""
+    server = serve([OK, OK], tls=tls_files.server_context())
+    monkeypatch.setenv("SSL_CERT_DIR", _ca_directory(tmp_path / "empty", None))
+    monkeypatch.setenv("SSL_CERT_FILE", tls_files.ca_file)
+    context = tls.client_context()
+    assert context.cert_store_stats()["x509_ca"] == 1  # the bundle, read up front
+    assert _connect_with(context, server.port) == b"ok"
+    unhashed = tmp_path / "unhashed"
+    unhashed.mkdir()
+    shutil.copy(tls_files.ca_file, unhashed / "ca.pem")
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_DIR", str(unhashed))
+    with pytest.raises(ssl.SSLCertVerificationError):  # OpenSSL would not find ca.pem there: the defaults apply
+        _connect_with(tls.client_context(), server.port)
 
 
 def test_an_http_1_0_answer_with_transfer_encoding_is_refused(serve: Servers) -> None:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from wid import config, metrics
 from wid.core.errors import UpstreamFailed, UpstreamTimeout
+from wid.net import tls
 
 USER_AGENT = "wid-proxy"
 
@@ -250,11 +251,7 @@ def _request(method: str, url: str, *, what: str, timeout: float, allow_insecure
     scheme, host, port = check_url(url, what, allow_insecure=allow_insecure)
     deadline = time.monotonic() + timeout
     addresses = _addresses(host, port, what, allow_insecure, deadline)
-    context = None
-    if scheme == "https":
-        import ssl
-
-        context = ssl.create_default_context()
+    context = tls.client_context() if scheme == "https" else None
     conn = Connection(host, port, timeout=max(0.05, deadline - time.monotonic()), tls=context)
     expired = threading.Event()
 

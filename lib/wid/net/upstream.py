@@ -23,6 +23,7 @@ from typing import Any
 from wid import metrics
 from wid.config_parsers import split_url
 from wid.core.errors import UpstreamFailed, UpstreamTimeout, WidError
+from wid.net import tls
 from wid.net.http1 import Connection, ProtocolError, RemoteDisconnected, Response
 
 CHUNK = 64 * 1024
@@ -93,9 +94,7 @@ class UpstreamResponse:
 
 @cache
 def _tls_context() -> Any:
-    import ssl  # only for https upstreams: tests and loopback stand-ins stay cheaper
-
-    return ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
+    return tls.client_context()  # once per process: a persistent worker keeps it
 
 
 def _connect(scheme: str, host: str, port: int | None, timeout: float) -> Connection:
