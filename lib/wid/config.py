@@ -61,8 +61,8 @@ class ConfigError(Exception):
 class Settings:
     """Every setting, in the order of README.md's table; each attribute's variable is in _read below.
 
-    Read-only once built. A slotted class, not a NamedTuple: building a NamedTuple class of this many
-    fields cost every CGI process about 4 M instructions (docs/architecture.md, "What a request imports").
+    Read-only once built. A plain class, not a NamedTuple: building a NamedTuple class of this many
+    fields cost every CGI process 2 M instructions more (docs/architecture.md, "What a request imports").
     """
 
     port: int
@@ -106,14 +106,13 @@ class Settings:
     atproto_timeout: float
     atproto_did_cache_seconds: int
     atproto_max_response_bytes: int
-    __slots__ = tuple(__annotations__)
 
     def __init__(self, **values: Any) -> None:
-        if values.keys() != set(self.__slots__):  # every setting, each once: a forgotten one is no default
-            wrong = sorted(set(self.__slots__) ^ values.keys())
-            raise TypeError(f"Settings needs exactly its {len(self.__slots__)} fields; wrong: {wrong}")
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        fields = Settings.__annotations__
+        if values.keys() != fields.keys():  # every setting, each once: a forgotten one has no default here
+            wrong = sorted(fields.keys() ^ values.keys())
+            raise TypeError(f"Settings needs exactly its {len(fields)} fields; wrong: {wrong}")
+        self.__dict__.update(values)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"settings are read-only: {name} cannot be set")
