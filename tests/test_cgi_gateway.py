@@ -130,3 +130,26 @@ def test_a_client_that_hung_up_ends_the_answer_quietly(stdout: io.BytesIO, monke
     monkeypatch.setattr(cgi.sys, "stdout", _Stdio(HungUp()))
     cgi.serve(_answering("200 OK", [], [b"x"]))
     assert capsys.readouterr().err == ""
+
+
+def test_a_streamed_answer_is_closed_however_it_ends(stdout: io.BytesIO, capsys: pytest.CaptureFixture[str]) -> None:
+    """PEP 3333: the server calls close() on what the application returned, so a stream lets go of what it
+    holds (an upstream connection) when it is read to its end, when it fails midway, and when its head
+    cannot be sent at all."""
+    closed: list[bool] = []
+
+    def chunks(fail: bool) -> Iterator[bytes]:
+        try:
+            yield b"a"
+            if fail:
+                raise OSError("upstream went away")
+            yield b"b"
+        finally:
+            closed.append(True)
+
+    cgi.serve(_answering("200 OK", [], chunks(fail=False)))
+    cgi.serve(_answering("200 OK", [], chunks(fail=True)))
+    unsent = chunks(fail=False)
+    next(unsent)  # started, so that closing it runs its clean-up
+    cgi.serve(_answering("200 OK", [("Location", "/a\nb")], unsent))  # refused before any chunk is written
+    assert closed == [True, True, True]

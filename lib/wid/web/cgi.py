@@ -64,6 +64,7 @@ def serve(app: Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]) 
         return out.write
 
     sent = False
+    chunks: Iterable[bytes] = ()
     try:
         chunks = app(environ(), start_response)
         pending = _head(*started[-1], chunks)
@@ -78,13 +79,22 @@ def serve(app: Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]) 
     except (BrokenPipeError, ConnectionResetError):
         return
     except Exception as exc:
-        log("cgi_answer_failed", level="error", error=type(exc).__name__, detail=str(exc)[:300],
-            answer="cut short" if sent else "replaced by a 500")
-        if not sent:
-            answer = error_response(WidError("internal error; see the server log"))
-            body = answer.body if isinstance(answer.body, bytes) else b""  # JSON: always bytes
-            try:
-                out.write(_head(f"{answer.status} {status_phrase(answer.status)}", answer.headers, [body]) + body)
-                out.flush()
-            except OSError:
-                pass
+        _failed(exc, out, sent)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # PEP 3333: a streamed answer releases what it holds (an upstream connection)
+            close()
+
+
+def _failed(exc: Exception, out: Any, sent: bool) -> None:
+    log("cgi_answer_failed", level="error", error=type(exc).__name__, detail=str(exc)[:300],
+        answer="cut short" if sent else "replaced by a 500")
+    if sent:
+        return
+    answer = error_response(WidError("internal error; see the server log"))
+    body = answer.body if isinstance(answer.body, bytes) else b""  # JSON: always bytes
+    try:
+        out.write(_head(f"{answer.status} {status_phrase(answer.status)}", answer.headers, [body]) + body)
+        out.flush()
+    except OSError:
+        pass
