@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from wid.web import cgi
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+from wid.web.app import WsgiApp
 
 
 class _Stdio:

@@ -92,15 +92,21 @@ def _is_url(value: str) -> bool:
     return parts is not None and "?" not in parts[3]
 
 
+# What split_url takes, said as a user can check a value against it.
+_URL_RULE = ("an absolute http(s) URL without credentials, query or fragment: the scheme in lower case, a host of "
+             "letters, digits, '-', '.' and '_' (or an IPv6 address in brackets), a port up to 65535, and no "
+             "space, control character or backslash")
+
+
 def base_url(raw: str) -> str:
     if not _is_url(raw):
-        raise ValueError("must be an absolute http(s) URL without credentials, query or fragment")
+        raise ValueError(f"must be {_URL_RULE}")
     return raw.rstrip("/")
 
 
 def endpoint(raw: str) -> str:
     if not _is_url(raw) or raw.endswith("/"):
-        raise ValueError("must be an absolute http(s) URL without credentials, query, fragment or trailing slash")
+        raise ValueError(f"must be {_URL_RULE}, and no trailing slash")
     return raw
 
 
@@ -108,8 +114,7 @@ def issuers(raw: str) -> tuple[str, ...]:
     values = tuple(dict.fromkeys(raw.split()))
     bad = [v for v in values if not _is_url(v)]
     if bad:
-        raise ValueError(f"must be issuer URLs separated by spaces (absolute http(s) URLs without credentials, "
-                         f"query or fragment); {bad[0]!r} is not one")
+        raise ValueError(f"must be issuer URLs separated by spaces, each {_URL_RULE}; {bad[0]!r} is not one")
     return values
 
 

@@ -5,11 +5,13 @@ imports"). tests/fuzz/test_fuzz_names.py holds each to urllib.parse's own readin
 
 from __future__ import annotations
 
-_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+from wid.core.names import LETTERS_DIGITS
+
+_UNRESERVED = LETTERS_DIGITS | frozenset("-._~")
 # A path segment's sub-delims, ':' and '@' (RFC 3986 pchar) and the '/' between segments go as they are.
-_PATH_VERBATIM = frozenset((_UNRESERVED + "/!$&'()*+,;=:@").encode("ascii"))
+_PATH_VERBATIM = frozenset(ord(character) for character in _UNRESERVED | frozenset("/!$&'()*+,;=:@"))
 # What a query string may carry to an upstream as it is: RFC 3986's query characters and '%' escapes.
-_VERBATIM_QUERY = frozenset(_UNRESERVED + "%!$&'()*+,;=:@/?")
+_VERBATIM_QUERY = _UNRESERVED | frozenset("%!$&'()*+,;=:@/?")
 
 
 def quote_path(path: str) -> str:

@@ -35,8 +35,9 @@ def cache_control() -> str:
     return f"public, max-age={config.settings().jwks_max_age}"
 
 
-def _folder() -> str:
-    return os.path.join(config.settings().public_dir, ".well-known")
+def document_path(name: str) -> str:
+    """Where the published document `name` (openid-configuration, jwks) is, for Caddy to serve."""
+    return os.path.join(config.settings().public_dir, ".well-known", name)
 
 
 def _write(path: str, payload: dict[str, Any]) -> None:
@@ -59,9 +60,8 @@ def publish() -> list[str]:
     jwks = keys.published()
     if not jwks:
         jwks = [keys.public_jwk(keys.active_key().kid) or {}]
-    folder = _folder()
-    _write(os.path.join(folder, "openid-configuration"), openid_configuration(config.settings().this_endpoint))
-    _write(os.path.join(folder, "jwks"), {"keys": jwks})
+    _write(document_path("openid-configuration"), openid_configuration(config.settings().this_endpoint))
+    _write(document_path("jwks"), {"keys": jwks})
     return [k["kid"] for k in jwks]
 
 
@@ -72,7 +72,7 @@ _published: tuple[tuple[str, int, int, int], frozenset[str]] | None = None
 
 def published_kids() -> frozenset[str]:
     global _published
-    path = os.path.join(_folder(), "jwks")
+    path = document_path("jwks")
     try:
         st = os.stat(path)
         identity = (path, st.st_ino, st.st_mtime_ns, st.st_size)

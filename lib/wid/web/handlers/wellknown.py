@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 
-from wid import config
 from wid.store import wellknown
 from wid.web.app import Router
 from wid.web.request import Request
@@ -14,7 +12,7 @@ from wid.web.response import Response
 
 def _serve(name: str) -> Response:
     wellknown.publish()
-    with open(os.path.join(config.settings().public_dir, ".well-known", name), "rb") as document:
+    with open(wellknown.document_path(name), "rb") as document:
         data = document.read()
     json.loads(data)  # what we hand out must be JSON, even if the file was tampered with
     return Response(200, data, [("Content-Type", "application/json"), ("Cache-Control", wellknown.cache_control())])
